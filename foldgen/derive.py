@@ -1,0 +1,245 @@
+"""Symbolic reverse-mode differentiation on the vector IR.
+
+``vjp`` is the one derivation primitive: given expressions E_i and cotangent expressions w_i of
+the same shapes, it returns, for each requested leaf z, the expression Σ_i (∂E_i/∂z)ᵀ w_i. With
+E = f and w = 1 it is ∇f; with E = ∇f and w = v it is the Hessian-vector product ∇²f v (and,
+for a parameter θ, the mixed product (∂∇f/∂θ)ᵀ v). Every rule below is a textbook adjoint of
+one node; the constructors of ``foldgen.expr`` simplify the results as they are built.
+
+``jacobian_diagonal`` gives diag(∂E/∂x) where the structure allows it exactly, which the PGD
+rule uses as a diagonal (Newton-like) scaling of its step.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from foldgen.expr import (
+    SCALAR,
+    Add,
+    Broadcast,
+    Const,
+    Diag,
+    DiagPart,
+    Expr,
+    Eye,
+    Func,
+    Leaf,
+    LogSumExp,
+    MatMul,
+    Mul,
+    Outer,
+    Pow,
+    Softmax,
+    Sum,
+    Transpose,
+    add,
+    broadcast,
+    const,
+    diag,
+    diag_part,
+    func,
+    is_zero,
+    matmul,
+    mul,
+    outer,
+    postorder,
+    power,
+    softmax,
+    sub,
+    sum_,
+    transpose,
+    zero,
+)
+from foldgen.functions import ELEMENTWISE, SYMPY_TO_NAME, T
+
+
+def vjp(pairs: list[tuple[Expr, Expr]], wrt: list[Leaf]) -> dict[Leaf, Expr]:
+    """Σ_i (∂E_i/∂z)ᵀ w_i for every leaf z in ``wrt`` (a zero expression where E is constant)."""
+    for e, w in pairs:
+        if e.shape != w.shape:
+            raise ValueError(f"cotangent shape {w.shape} does not match {e.shape}")
+    roots = [e for e, _ in pairs]
+    order = postorder(roots)
+    needed = _needs_gradient(order, set(wrt))
+    cots: dict[Expr, list[Expr]] = {}
+    for e, w in pairs:
+        if e in needed:
+            cots.setdefault(e, []).append(w)
+    for node in reversed(order):
+        if node not in cots or isinstance(node, Leaf):
+            continue
+        bar = add(*cots.pop(node))
+        if is_zero(bar):
+            continue
+        for child, child_bar in _node_vjp(node, bar):
+            if child in needed and not is_zero(child_bar):
+                cots.setdefault(child, []).append(child_bar)
+    return {z: add(*cots[z]) if z in cots else zero(z.shape) for z in wrt}
+
+
+def gradient(f: Expr, x: Leaf) -> Expr:
+    """∇ₓ f of a scalar expression."""
+    return vjp([(f, const(1.0))], [x])[x]
+
+
+def _needs_gradient(order: list[Expr], wrt: set[Leaf]) -> set[Expr]:
+    """Nodes on a path to a requested leaf (others need no cotangent)."""
+    needed: set[Expr] = set()
+    for node in order:
+        if node in wrt or any(c in needed for c in node.children):
+            needed.add(node)
+    return needed
+
+
+def _reduce_to(bar: Expr, shape: tuple) -> Expr:
+    """Sum a cotangent over the entries an operand of shape ``shape`` was broadcast across."""
+    if bar.shape == shape:
+        return bar
+    return sum_(bar)
+
+
+def _node_vjp(node: Expr, bar: Expr) -> list[tuple[Expr, Expr]]:
+    """(child, cotangent of child) for one node given the node's cotangent."""
+    match node:
+        case Add(terms=terms):
+            return [(t, _reduce_to(bar, t.shape)) for t in terms]
+        case Mul(a=a, b=b):
+            return [(a, _reduce_to(mul(bar, b), a.shape)), (b, _reduce_to(mul(bar, a), b.shape))]
+        case Pow(base=a, exp=p):
+            out = [(a, mul(bar, mul(p, power(a, sub(p, const(1.0))))))]
+            if not isinstance(p, Const):
+                out.append((p, sum_(mul(bar, mul(node, func("log", a))))))
+            return out
+        case MatMul(a=a, b=b):
+            return _matmul_vjp(a, b, bar)
+        case Transpose(a=a):
+            return [(a, transpose(bar))]
+        case Sum(a=a):
+            return [(a, broadcast(bar, a.shape))]
+        case Broadcast(a=a):
+            return [(a, sum_(bar))]
+        case Func(name=name, a=a):
+            return [(a, mul(bar, derivative(name, a)))]
+        case Diag(a=a):
+            return [(a, diag_part(bar))]
+        case DiagPart(a=a):
+            return [(a, diag(bar))]
+        case Outer(a=a, b=b):
+            return [(a, matmul(bar, b)), (b, matmul(a, bar))]
+        case LogSumExp(a=a):
+            return [(a, mul(bar, softmax(a)))]
+        case Softmax(a=a):
+            s = node
+            return [(a, sub(mul(s, bar), mul(s, sum_(mul(s, bar)))))]
+        case Const() | Eye():
+            return []
+    raise TypeError(f"no derivative rule for {type(node).__name__}")  # pragma: no cover
+
+
+def _matmul_vjp(a: Expr, b: Expr, bar: Expr) -> list[tuple[Expr, Expr]]:
+    match (a.rank, b.rank):
+        case (2, 2):  # C = A B
+            return [(a, matmul(bar, transpose(b))), (b, matmul(transpose(a), bar))]
+        case (2, 1):  # y = A x
+            return [(a, outer(bar, b)), (b, matmul(bar, a))]
+        case (1, 2):  # y = x A = Aᵀ x
+            return [(a, matmul(b, bar)), (b, outer(a, bar))]
+        case _:  # s = a · b
+            return [(a, mul(bar, b)), (b, mul(bar, a))]
+
+
+def derivative(name: str, a: Expr) -> Expr:
+    """f'(a) for an elementwise function, from sympy's derivative of f(t)."""
+    return from_sympy(ELEMENTWISE[name].derivative(), {T: a})
+
+
+def from_sympy(e: sympy.Expr, env: dict[sympy.Symbol, Expr]) -> Expr:
+    """Translate a scalar sympy expression into the IR, applied elementwise to ``env``."""
+    if e in env:
+        return env[e]
+    if e.is_Number:
+        return const(float(e))
+    if isinstance(e, sympy.Add):
+        return add(*(from_sympy(t, env) for t in e.args))
+    if isinstance(e, sympy.Mul):
+        out: Expr = const(1.0)
+        for t in e.args:
+            out = mul(out, from_sympy(t, env))
+        return out
+    if isinstance(e, sympy.Pow):
+        base = from_sympy(e.base, env)
+        if e.exp == sympy.Rational(1, 2):
+            return func("sqrt", base)
+        return power(base, from_sympy(e.exp, env))
+    name = SYMPY_TO_NAME.get(type(e))
+    if name is None:
+        raise TypeError(f"no IR form for sympy expression {e}")
+    return func(name, from_sympy(e.args[0], env))
+
+
+def jacobian_diagonal(e: Expr, x: Leaf) -> Expr | None:
+    """diag(∂e/∂x) for a vector e of x's shape, or None where the structure hides it.
+
+    Exact through elementwise operations (whose Jacobians are diagonal), scalar broadcasts
+    (∇s on the diagonal) and products with constant matrices M (diag(M) · the diagonal of an
+    exactly diagonal inner Jacobian).
+    """
+    memo: dict[Expr, tuple[Expr, bool] | None] = {}
+    result = _jdiag(e, x, memo)
+    return None if result is None else result[0]
+
+
+def _jdiag(e: Expr, x: Leaf, memo: dict) -> tuple[Expr, bool] | None:
+    """(diagonal, whether the whole Jacobian is that diagonal) or None."""
+    if e in memo:
+        return memo[e]
+    n = x.shape
+    out: tuple[Expr, bool] | None
+    if not e.depends_on(x):
+        out = (zero(n), True)
+    elif e == x:
+        out = (const(1.0, n), True)
+    elif e.shape != x.shape:
+        out = (gradient(e, x), False) if e.rank == 0 else None  # a non-square Jacobian
+    elif e.rank == 0:
+        out = (gradient(e, x), False)  # a scalar s(x) broadcast: the Jacobian is 1 ∇sᵀ
+    elif isinstance(e, Add):
+        parts = [_jdiag(t, x, memo) for t in e.terms]
+        out = None if None in parts else (
+            add(*(p[0] for p in parts)),  # type: ignore[index]
+            all(p[1] for p in parts),  # type: ignore[index]
+        )
+    elif isinstance(e, Mul):
+        da, db = _jdiag(e.a, x, memo), _jdiag(e.b, x, memo)
+        if da is None or db is None:
+            out = None
+        else:
+            exact = (da[1] or not e.a.depends_on(x)) and (db[1] or not e.b.depends_on(x))
+            exact = exact and (e.a.rank or not e.a.depends_on(x))
+            exact = exact and (e.b.rank or not e.b.depends_on(x))
+            out = (add(mul(e.a, db[0]), mul(e.b, da[0])), bool(exact))
+    elif isinstance(e, Pow) and not e.exp.depends_on(x):
+        d = _jdiag(e.base, x, memo)
+        out = None if d is None else (
+            mul(mul(e.exp, power(e.base, sub(e.exp, const(1.0)))), d[0]),
+            d[1],
+        )
+    elif isinstance(e, Func):
+        d = _jdiag(e.a, x, memo)
+        out = None if d is None else (mul(derivative(e.name, e.a), d[0]), d[1])
+    elif isinstance(e, Broadcast):
+        out = (gradient(e.a, x), False)
+    elif isinstance(e, MatMul) and e.b.rank == 1 and not e.a.depends_on(x):
+        d = _jdiag(e.b, x, memo)
+        out = None if d is None or not d[1] else (mul(diag_part(e.a), d[0]), False)
+    elif isinstance(e, MatMul) and e.a.rank == 1 and not e.b.depends_on(x):
+        d = _jdiag(e.a, x, memo)
+        out = None if d is None or not d[1] else (mul(diag_part(e.b), d[0]), False)
+    else:
+        out = None
+    memo[e] = out
+    return out
+
+
+__all__ = ["vjp", "gradient", "jacobian_diagonal", "derivative", "from_sympy", "SCALAR"]

@@ -1,0 +1,239 @@
+"""Emission: print the derived expressions and render the module templates.
+
+Decisions are made in Python (here and in the rule's plan); the Jinja templates only lay
+text out. Runtime helpers (linear solvers, projections) live as plain, tested Python in
+``templates/runtime/`` and are copied function by function — only those a module needs.
+The output is deterministic: no timestamps, sorted where order is not given by the spec.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from pathlib import Path
+
+import jinja2
+
+from foldgen import __version__
+from foldgen.ir import Problem
+from foldgen.printer import number, print_function
+from foldgen.rules.pgd import PgdPlan
+
+RUNTIME_FILES = ("linsolve.py", "projections.py")
+SOLVERS = ("_solve_lfpi", "_solve_gmres", "_solve_cg", "_solve_direct", "_dense_from_matvec")
+PROJECTION_HELPERS = {
+    "none": (),
+    "box": ("_proj_box", "_proj_box_vjp"),
+    "box_sum": ("_proj_box_sum", "_proj_box_sum_vjp"),
+    "affine": ("_affine_factor", "_proj_affine", "_proj_affine_vjp"),
+    "halfspace": ("_proj_halfspace", "_proj_halfspace_vjp"),
+    "ball": ("_proj_ball", "_proj_ball_vjp"),
+}
+
+
+def templates_dir() -> Path:
+    """The templates shipped with the package (``foldgen/templates`` in a wheel), else the
+    source tree's top-level ``templates/``."""
+    try:
+        from importlib.resources import files
+
+        root = Path(str(files("foldgen.templates")))
+        if (root / "module.py.j2").exists():
+            return root
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@functools.cache
+def _runtime_functions() -> dict[str, tuple[str, tuple[str, ...], int]]:
+    """name → (source, dependencies, order) for every top-level function of the runtime."""
+    out: dict[str, tuple[str, tuple[str, ...], int]] = {}
+    for filename in RUNTIME_FILES:
+        text = (templates_dir() / "runtime" / filename).read_text(encoding="utf-8")
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.FunctionDef):
+                source = ast.get_source_segment(text, node) or ""
+                needs = re.search(r"^\s*# needs: (.*)$", source, re.MULTILINE)
+                deps = tuple(d.strip() for d in needs.group(1).split(",")) if needs else ()
+                out[node.name] = (source, deps, len(out))
+    return out
+
+
+def runtime_source(names: tuple[str, ...]) -> str:
+    """The named runtime functions and what they need, in their files' order."""
+    table = _runtime_functions()
+    wanted: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name not in wanted:
+            wanted.add(name)
+            stack.extend(table[name][1])
+    ordered = sorted(wanted, key=lambda n: table[n][2])
+    return "\n\n\n".join(table[n][0] for n in ordered) + "\n"
+
+
+def _dim_sources(problem: Problem, args: tuple[str, ...]) -> dict[str, str]:
+    """dim → expression of the arguments' shapes, falling back to the spec's default."""
+    shapes = {p.name: p.shape for p in problem.parameters}
+    shapes.update({v.name: v.shape for v in problem.variables})
+    sources: dict[str, str] = {}
+    for arg in args:
+        for axis, dim in enumerate(shapes.get(arg, ())):
+            if isinstance(dim, str) and dim not in sources:
+                sources[dim] = f"{arg}.shape[{axis - len(shapes[arg])}]"
+    for dim, default in problem.dims:
+        sources.setdefault(dim, f"DEFAULT_DIMS[{dim!r}]")
+    return sources
+
+
+def _reference(problem: Problem, args: tuple[str, ...]) -> str:
+    names = {p.name for p in problem.parameters} | {v.name for v in problem.variables}
+    return next(a for a in args if a in names)
+
+
+def _literal(value: object) -> str:
+    """A deterministic Python literal for tuples/dicts of names, numbers and None."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, tuple):
+        inner = ", ".join(_literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def render(problem: Problem, plan: PgdPlan, spec_file: str) -> str:
+    """The generated module's source text."""
+    derived = []
+    for fn in plan.functions:
+        derived.append(
+            print_function(
+                fn.name,
+                list(fn.args),
+                list(fn.outputs),
+                ref=_reference(problem, fn.args),
+                dims=_dim_sources(problem, fn.args),
+                doc=fn.doc,
+            ).rstrip("\n")
+        )
+    var = plan.var
+    names = [p.name for p in problem.parameters]
+    context = {
+        "version": __version__,
+        "spec_file": spec_file,
+        "spec_sha256": problem.loaded.sha256,
+        "docstring": module_docstring(problem, plan),
+        "class_name": problem.class_name,
+        "class_doc": class_docstring(problem, plan),
+        "parameters": problem.parameters,
+        "parameters_literal": _literal({p.name: p.shape for p in problem.parameters}),
+        "grad_parameters_literal": _literal(tuple(p.name for p in problem.grad_parameters)),
+        "defaults_literal": _literal(
+            {p.name: p.default for p in problem.parameters if p.default is not None}
+        ),
+        "dims_literal": _literal(dict(problem.dims)),
+        "variable_literal": _literal((var.name, var.shape)),
+        "var": {"name": var.name, "dims": var.shape[0]},
+        "derived": derived,
+        "runtime": runtime_source(SOLVERS + PROJECTION_HELPERS[plan.projection.kind]).rstrip("\n"),
+        "projection": plan.projection,
+        "rule": plan.rule,
+        "step_mode": plan.step_mode,
+        "step_size_literal": _literal(plan.step_value) if plan.step_mode == "fixed" else '"auto"',
+        "solver": {"max_iter": problem.solver.max_iter, "tol": number(problem.solver.tol)},
+        "backward": {
+            "method": problem.backward.method,
+            "max_iter": problem.backward.max_iter,
+            "tol": number(problem.backward.tol),
+        },
+        "objective_grad_params": plan.objective_grad_params,
+        "objective_grad_indices": _literal(
+            tuple(names.index(n) for n in plan.objective_grad_params)
+        ),
+        "set_grad_params": plan.set_grad_params,
+        "set_grad_indices": _literal(tuple(names.index(n) for n in plan.set_grad_params)),
+    }
+    return _environment().get_template("module.py.j2").render(**context)
+
+
+STEP_TEXT = {
+    "fixed": "a fixed step α (step_size in the spec, or the constructor's).",
+    "lipschitz": "α = 1/L, L = λmax(∇²f) by 50 power iterations on the data (f is quadratic,\n"
+    "    so ∇²f is constant); a step_size number overrides it.",
+    "scaled": "D = β diag(1/h), h = diag ∇²f(x) derived in closed form (a Newton-like scaling),\n"
+    "    β halved from 1 until f decreases (Armijo) and f, ∇f are finite; the backward folds\n"
+    "    with D = diag(1/h(x*)).",
+    "bb": "a Barzilai–Borwein step α, halved until f decreases (Armijo) and f, ∇f are finite;\n"
+    "    the backward folds with the last accepted α.",
+}
+
+
+def module_docstring(problem: Problem, plan: PgdPlan) -> str:
+    """The problem, U, Φᵀv and Ψᵀv in readable math."""
+    x = plan.var.name
+    dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
+    lines = [
+        f"{problem.class_name}: {problem.doc or problem.name}",
+        "",
+        f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
+        "",
+        f"    minimize    f({x}) = {plan.math['objective']}"
+        + ("   (the negated maximisation objective)" if problem.sense == "maximize" else ""),
+        f"    subject to  {plan.math['set']}",
+        "",
+        f"Update rule (PGD):  U({x}) = P_C({x} − D ∇f({x})),   ∇f({x}) = {plan.math['gradient']}",
+        f"Step D: {STEP_TEXT[plan.step_mode]}",
+        "",
+        "Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then ∂L/∂θ = Ψ_θᵀ v, with",
+        "",
+        "    Φᵀv = (I − ∇²f D) J_Pᵀ v,   ∇²f u = " + plan.math["hvp"],
+        "    Ψ_θᵀv = −(∂∇f/∂θ)ᵀ (D J_Pᵀ v) + (∂P_C/∂θ)ᵀ v,  where",
+    ]
+    for p in problem.grad_parameters:
+        if p.name in plan.objective_grad_params:
+            lines.append(f"        (∂∇f/∂{p.name})ᵀ u = {plan.math['dgrad_' + p.name]}")
+    if plan.set_grad_params:
+        lines.append(
+            "        and the set data depend on " + ", ".join(plan.set_grad_params) + " (pulled back"
+            " through the projection's closed-form Jacobian)."
+        )
+    lines += [
+        "",
+        "J_P is the closed-form Jacobian of the projection at y = x − D∇f(x). No autograd runs",
+        "through the solver: the backward evaluates these expressions inside the linear solver.",
+    ]
+    return "\n".join(lines)
+
+
+def class_docstring(problem: Problem, plan: PgdPlan) -> str:
+    call = ", ".join(p.name for p in problem.parameters)
+    shapes = "; ".join(
+        f"{p.name} (..., {', '.join(map(str, p.shape))})" if p.shape else f"{p.name} (...)"
+        for p in problem.parameters
+    )
+    return (
+        f"{problem.doc or problem.name}\n\n"
+        f"    Call: layer({call}) -> {plan.var.name}; shapes {shapes}.\n"
+        "    Leading batch dimensions broadcast. Inputs given to the constructor are bound\n"
+        "    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,\n"
+        "    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.\n"
+        "    "
+    )

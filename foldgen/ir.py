@@ -1,0 +1,300 @@
+"""The problem IR: a typed, frozen, canonical form of a spec.
+
+``lower(loaded)`` parses every expression of a validated spec into the vector IR and sorts the
+constraints into the families the update rules know:
+
+- ``Bound``        l ≤ x ≤ u, elementwise; l, u scalars or vectors of parameters (or ±∞)
+- ``AffineEq``     A x = b (A a matrix, or one row a with a·x = b)
+- ``SumEq``        Σx = k (with a box: the capped simplex)
+- ``HalfSpace``    a·x ≤ b
+- ``Ball``         ‖x − c‖₂ ≤ r
+- ``General``      anything else, kept for rules with general constraint handling
+
+Recognition is by algebra, not by spelling: a constraint is affine in x when the symbolic
+gradient of its difference of sides does not depend on x, so ``x @ a <= b``, ``a @ x - b <= 0``
+and ``-b >= -(a @ x)`` are the same half-space. The objective is stored in minimisation form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foldgen import expr as E
+from foldgen.derive import gradient
+from foldgen.errors import SpecError
+from foldgen.expr import Expr, Leaf, ShapeError, shape_str
+from foldgen.parse import ExprError, Relation, Scope, parse_constraint, parse_expression
+from foldgen.spec import BackwardSpec, LoadedSpec, SolverSpec
+
+# Only a matrix that cannot receive gradients may use its symmetry in simplification: the
+# gradient of a grad: true matrix is that of the expression as written (entries independent).
+STRUCTURAL = frozenset({"symmetric", "psd", "pd", "diagonal"})
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    leaf: Leaf
+    grad: bool
+    default: float | None
+    properties: tuple[str, ...]
+
+    @property
+    def shape(self) -> E.Shape:
+        return self.leaf.shape
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    leaf: Leaf
+    init: Expr  # an expression of the parameters and dims, of the variable's shape
+
+    @property
+    def shape(self) -> E.Shape:
+        return self.leaf.shape
+
+
+@dataclass(frozen=True)
+class Bound:
+    var: Leaf
+    lower: Expr | None  # broadcast to the variable's shape
+    upper: Expr | None
+    sources: tuple[int, ...]  # constraint indices, for messages
+
+
+@dataclass(frozen=True)
+class AffineEq:
+    var: Leaf
+    A: Expr  # (m, n), or (n,) for one row a·x = b
+    b: Expr  # (m,), or a scalar
+    source: int
+
+
+@dataclass(frozen=True)
+class SumEq:
+    var: Leaf
+    k: Expr
+    source: int
+
+
+@dataclass(frozen=True)
+class HalfSpace:
+    var: Leaf
+    a: Expr
+    b: Expr
+    source: int
+
+
+@dataclass(frozen=True)
+class Ball:
+    var: Leaf
+    center: Expr  # of the variable's shape (zero when absent)
+    radius: Expr
+    source: int
+
+
+@dataclass(frozen=True)
+class General:
+    relation: Relation
+    source: int
+
+
+Constraint = AffineEq | SumEq | HalfSpace | Ball | General
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything the rules need, with no reference back to YAML."""
+
+    name: str
+    class_name: str
+    doc: str | None
+    dims: tuple[tuple[str, int], ...]
+    parameters: tuple[Parameter, ...]
+    variables: tuple[Variable, ...]
+    objective: Expr  # minimised
+    sense: str  # as written: the layer reports and documents the user's own sense
+    bounds: tuple[Bound, ...]
+    constraints: tuple[Constraint, ...]
+    solver: SolverSpec
+    backward: BackwardSpec
+    loaded: LoadedSpec
+
+    @property
+    def grad_parameters(self) -> tuple[Parameter, ...]:
+        return tuple(p for p in self.parameters if p.grad)
+
+    def error(self, path: tuple, message: str) -> SpecError:
+        return self.loaded.error(path, message)
+
+
+def lower(loaded: LoadedSpec) -> Problem:
+    """Parse and classify a validated spec; raises a located SpecError on any problem."""
+    spec = loaded.spec
+    params = tuple(
+        Parameter(
+            name,
+            Leaf(
+                name,
+                "param",
+                tuple(p.shape),
+                frozenset(p.properties) & STRUCTURAL if not p.grad else frozenset(),
+            ),
+            p.grad,
+            p.default,
+            tuple(p.properties),
+        )
+        for name, p in spec.parameters.items()
+    )
+    var_leaves = {name: Leaf(name, "var", tuple(v.shape)) for name, v in spec.variables.items()}
+    dims = dict(spec.dims)
+    param_scope = Scope(dims, {p.name: p.leaf for p in params})
+    full_scope = Scope(dims, {**{p.name: p.leaf for p in params}, **var_leaves})
+
+    variables = []
+    for name, v in spec.variables.items():
+        leaf = var_leaves[name]
+        init = _init_expression(loaded, name, str(v.init), leaf, param_scope)
+        variables.append(Variable(name, leaf, init))
+
+    key = spec.sense
+    objective = _parse(loaded, (key,), lambda: parse_expression(spec.objective, full_scope))
+    if objective.rank != 0:
+        raise loaded.error((key,), f"the objective must be a scalar, got {shape_str(objective.shape)}")
+    if not any(objective.depends_on(v) for v in var_leaves.values()):
+        raise loaded.error((key,), "the objective does not depend on any variable")
+    if key == "maximize":
+        objective = E.neg(objective)
+
+    lowers: dict[Leaf, tuple[Expr, int]] = {}
+    uppers: dict[Leaf, tuple[Expr, int]] = {}
+    families: list[Constraint] = []
+    for i, text in enumerate(spec.constraints):
+        relations = _parse(loaded, ("constraints", i), lambda t=text: parse_constraint(t, full_scope))
+        for rel in relations:
+            found = _classify(loaded, i, rel, list(var_leaves.values()))
+            if isinstance(found, tuple):
+                kind, var, value = found
+                table = lowers if kind == "lower" else uppers
+                if var in table:
+                    first = table[var][1]
+                    raise loaded.error(
+                        ("constraints", i),
+                        f"variable '{var.name}' already has an {kind} bound (constraints[{first}]); "
+                        "combine them into one bound",
+                    )
+                table[var] = (value, i)
+            else:
+                families.append(found)
+    bounds = tuple(
+        Bound(
+            v,
+            lowers[v][0] if v in lowers else None,
+            uppers[v][0] if v in uppers else None,
+            tuple(sorted({t[v][1] for t in (lowers, uppers) if v in t})),
+        )
+        for v in var_leaves.values()
+        if v in lowers or v in uppers
+    )
+    return Problem(
+        name=spec.name,
+        class_name=spec.class_name,
+        doc=spec.doc,
+        dims=tuple(dims.items()),
+        parameters=params,
+        variables=tuple(variables),
+        objective=objective,
+        sense=key,
+        bounds=bounds,
+        constraints=tuple(families),
+        solver=spec.solver,
+        backward=spec.backward,
+        loaded=loaded,
+    )
+
+
+def _parse(loaded: LoadedSpec, path: tuple, fn):
+    try:
+        return fn()
+    except (ExprError, ShapeError) as err:
+        raise loaded.error(path, str(err)) from None
+
+
+def _init_expression(loaded: LoadedSpec, name: str, text: str, leaf: Leaf, scope: Scope) -> Expr:
+    path = ("variables", name, "init")
+    if text in ("zeros", "ones"):
+        return E.const(0.0 if text == "zeros" else 1.0, leaf.shape)
+    init = _parse(loaded, path, lambda: parse_expression(text, scope))
+    if init.rank and init.shape != leaf.shape:
+        raise loaded.error(
+            path, f"init has shape {shape_str(init.shape)}, the variable {shape_str(leaf.shape)}"
+        )
+    return E.broadcast(init, leaf.shape)
+
+
+def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
+    """A ('lower'|'upper', var, bound) triple for a bound, else a constraint family."""
+    lhs, op, rhs = rel.lhs, rel.op, rel.rhs
+    if op == ">=":
+        lhs, rhs, op = rhs, lhs, "<="
+    diff = E.sub(lhs, rhs)
+    used = [v for v in variables if diff.depends_on(v)]
+    if not used:
+        raise loaded.error(("constraints", i), "this constraint involves no variable")
+    if len(used) > 1:
+        return General(rel, i)
+    x = used[0]
+    # Affine in x: the symbolic gradient (of each entry) is free of x.
+    offset = E.substitute(diff, {x: E.zero(x.shape)})
+    linear = E.sub(diff, offset)
+    if diff.rank == 0:
+        a = gradient(diff, x)
+        if not a.depends_on(x):
+            if op == "==":
+                if a == E.const(1.0, x.shape):
+                    return SumEq(x, E.neg(offset), i)
+                return AffineEq(x, a, E.neg(offset), i)
+            return HalfSpace(x, a, E.neg(offset), i)
+        ball = _ball(diff, x, i) if op == "<=" else None
+        return ball or General(rel, i)
+    # Vector constraints: c·x against a bound (c a positive or negative number), or A x = b.
+    coeff = _scalar_coefficient(linear, x) if diff.shape == x.shape else None
+    if coeff is not None and op == "<=":
+        bound = E.mul(E.const(-1.0 / coeff), offset)
+        return ("upper" if coeff > 0 else "lower", x, bound)
+    if op == "==" and isinstance(linear, E.MatMul) and linear.b == x and linear.a.rank == 2:
+        if not linear.a.depends_on(x):
+            return AffineEq(x, linear.a, E.neg(offset), i)
+    return General(rel, i)
+
+
+def _scalar_coefficient(linear: Expr, x: Leaf) -> float | None:
+    if linear == x:
+        return 1.0
+    if isinstance(linear, E.Mul) and isinstance(linear.a, E.Const) and linear.b == x:
+        return linear.a.value or None
+    return None
+
+
+def _ball(diff: Expr, x: Leaf, i: int) -> Ball | None:
+    """‖x − c‖ − r ≤ 0 or Σ(x − c)² − r ≤ 0, with c and r free of x."""
+    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
+    core = [t for t in terms if t.depends_on(x)]
+    if len(core) != 1:
+        return None
+    rest = E.neg(E.add(*(t for t in terms if not t.depends_on(x))))
+    t = core[0]
+    squared = False
+    if isinstance(t, E.Pow) and t.exp == E.const(0.5):
+        t = t.base
+    else:
+        squared = True
+    if not (isinstance(t, E.Sum) and isinstance(t.a, E.Pow) and t.a.exp == E.const(2.0)):
+        return None
+    inner = t.a.base
+    center = E.sub(x, inner)
+    if center.depends_on(x):
+        return None
+    radius = E.power(rest, E.const(0.5)) if squared else rest
+    return Ball(x, center, radius, i)

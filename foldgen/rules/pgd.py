@@ -1,0 +1,233 @@
+"""Projected gradient descent: U(x) = P_C(x − D ∇f(x)).
+
+D is the step: a scalar α (``step_size`` given, or 1/L for a quadratic objective, or a
+Barzilai–Borwein step with backtracking), or — for a non-quadratic objective whose Hessian
+diagonal h the derivation can see exactly — the Newton-like diagonal D = diag(1/h) with a
+backtracking factor. Every D > 0 has the same fixed points (the KKT points), so the backward
+may fold through U at x* with D frozen: Φ = J_P (I − D∇²f), and with D = diag(1/h) on a
+separable objective Φ vanishes on the free set, which keeps the adjoint solve exact and fast
+where the Hessian is badly conditioned (entropy near 0).
+
+What this module decides at build time: which closed-form projection P_C the constraints
+admit, which step mode applies, and the symbolic pieces the generated code evaluates:
+∇f, ∇²f u, (∂∇f/∂θ)ᵀ u, the set data of C and its vector–Jacobian product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foldgen import expr as E
+from foldgen.derive import gradient, jacobian_diagonal, vjp
+from foldgen.expr import Expr, Leaf
+from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
+from foldgen.mathprint import math_str
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class SetItem:
+    """One tensor of the feasible set's data (a bound, A, b, a radius …)."""
+
+    name: str
+    expr: Expr
+    lift: int  # core rank at run time (after the template's row lifting, if any)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The closed-form projection onto C and its data."""
+
+    kind: str  # none | box | box_sum | affine | halfspace | ball
+    items: tuple[SetItem, ...]
+    row: bool  # affine: one row a·x = b, lifted to a 1×n matrix at run time
+    description: str  # "0 ≤ x ≤ 1, Σx = k" for the docstring
+    metric: bool  # accepts a diagonal metric (a vector step)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A derived expression set to print as one generated function."""
+
+    name: str
+    args: tuple[str, ...]
+    outputs: tuple[Expr, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
+class PgdPlan:
+    rule: str
+    var: Leaf
+    projection: Projection
+    step_mode: str  # fixed | lipschitz | scaled | bb
+    step_value: float | None
+    functions: tuple[Derived, ...]
+    objective_grad_params: tuple[str, ...]  # grad params reached through ∇f
+    set_grad_params: tuple[str, ...]  # grad params reached through the set data
+    math: dict[str, str]
+
+
+def plan(problem: Problem) -> PgdPlan:
+    """Everything the templates need to emit a PGD layer; rejects what PGD cannot do."""
+    if len(problem.variables) != 1:
+        raise problem.error(
+            ("variables",), "rule 'pgd' supports one variable for now; stack them into one vector"
+        )
+    var = problem.variables[0]
+    x = var.leaf
+    if x.rank != 1:
+        raise problem.error(
+            ("variables", var.name, "shape"), "rule 'pgd' needs a vector variable (shape [n])"
+        )
+    projection = _projection(problem, x)
+    pnames = tuple(p.name for p in problem.parameters)
+    grad_leaves = [p.leaf for p in problem.grad_parameters]
+
+    f = problem.objective
+    g = gradient(f, x)
+    u = Leaf("_u", "aux", x.shape)
+    second = vjp([(g, u)], [x, *grad_leaves])
+    hvp = second[x]
+    quadratic = not hvp.depends_on(x)
+    obj_params = tuple(p.name for p in grad_leaves if not E.is_zero(second[p]))
+
+    step = problem.solver.step_size
+    hess_diag = None
+    if step not in (None, "auto"):
+        mode, value = "fixed", float(step)
+    elif quadratic:
+        mode, value = "lipschitz", None
+    else:
+        hess_diag = jacobian_diagonal(g, x) if projection.metric else None
+        mode, value = ("scaled" if hess_diag is not None else "bb"), None
+
+    args = (x.name, *pnames)
+    functions = [
+        Derived("_objective", args, (f,), "f(x), minimised."),
+        Derived("_gradient", args, (g,), "∇f(x)."),
+        Derived("_hvp", (x.name, "_u", *pnames), (hvp,), "∇²f(x) u."),
+        Derived("_init", pnames, (var.init,), "The starting point from the spec's init."),
+    ]
+    if obj_params:
+        functions.append(
+            Derived(
+                "_gradient_vjp",
+                (x.name, "_u", *pnames),
+                tuple(second[p] for p in grad_leaves if p.name in obj_params),
+                "(∂∇f/∂θ)ᵀ u for the gradient parameters θ that ∇f depends on.",
+            )
+        )
+    if hess_diag is not None:
+        functions.append(
+            Derived("_hessian_diagonal", args, (hess_diag,), "diag ∇²f(x), for the scaled step.")
+        )
+    set_params: tuple[str, ...] = ()
+    if projection.items:
+        functions.append(
+            Derived(
+                "_set_data",
+                (x.name, *pnames),
+                tuple(i.expr for i in projection.items),
+                "The feasible set's data, evaluated once per solve.",
+            )
+        )
+        bars = [Leaf(f"_{i.name}_bar", "aux", i.expr.shape) for i in projection.items]
+        set_vjp = vjp(list(zip((i.expr for i in projection.items), bars)), grad_leaves)
+        set_params = tuple(p.name for p in grad_leaves if not E.is_zero(set_vjp[p]))
+        if set_params:
+            functions.append(
+                Derived(
+                    "_set_data_vjp",
+                    (x.name, *(b.name for b in bars), *pnames),
+                    tuple(set_vjp[p] for p in grad_leaves if p.name in set_params),
+                    "Cotangents of the set data pulled back to the parameters.",
+                )
+            )
+    math = {
+        "objective": math_str(f),
+        "gradient": math_str(g),
+        "hvp": math_str(hvp),
+        "set": projection.description,
+        **{
+            f"dgrad_{p.name}": math_str(second[p.leaf])
+            for p in problem.grad_parameters
+            if p.name in obj_params
+        },
+    }
+    return PgdPlan(
+        rule="pgd",
+        var=x,
+        projection=projection,
+        step_mode=mode,
+        step_value=value,
+        functions=tuple(functions),
+        objective_grad_params=obj_params,
+        set_grad_params=set_params,
+        math=math,
+    )
+
+
+def _projection(problem: Problem, x: Leaf) -> Projection:
+    bound = next((b for b in problem.bounds if b.var == x), None)
+    others = [c for c in problem.constraints]
+    general = [c for c in others if isinstance(c, General)]
+    if general:
+        raise problem.error(
+            ("constraints", general[0].source),
+            "rule 'pgd' needs a feasible set with a closed-form projection, and this "
+            "constraint is not one of the supported families (bounds, an affine equality, "
+            "a half-space, a Euclidean ball, a capped simplex); use rule 'admm' or 'sqp'",
+        )
+    if not others:
+        if bound is None:
+            return Projection("none", (), False, "x unconstrained", True)
+        return Projection("box", _bound_items(bound, x), False, _bound_text(bound, x), True)
+    if len(others) > 1 or (bound is not None and not isinstance(others[0], SumEq)):
+        sources = sorted({*(bound.sources if bound else ()), *(c.source for c in others)})
+        raise problem.error(
+            ("constraints", sources[-1]),
+            "rule 'pgd' has no closed-form projection onto the intersection of constraints "
+            f"{', '.join(f'[{s}]' for s in sources)} (supported: one family alone, or bounds "
+            "with sum(x) == k); use rule 'admm' or 'sqp'",
+        )
+    c = others[0]
+    n = x.shape
+    if isinstance(c, SumEq):
+        b = bound or Bound(x, None, None, ())
+        items = (*_bound_items(b, x), SetItem("k", c.k, 0))
+        text = (_bound_text(b, x) + ", " if bound else "") + f"Σ{x.name} = {math_str(c.k)}"
+        if bound is None:  # a hyperplane alone is an affine set
+            row = SetItem("A", E.const(1.0, n), 1)
+            return Projection("affine", (row, SetItem("b", c.k, 0)), True, text, False)
+        return Projection("box_sum", items, False, text, True)
+    if isinstance(c, AffineEq):
+        row = c.A.rank == 1
+        text = f"{math_str(c.A)}{'·' if row else ' '}{x.name} = {math_str(c.b)}"
+        return Projection(
+            "affine",
+            (SetItem("A", c.A, c.A.rank), SetItem("b", c.b, c.b.rank)),
+            row,
+            text,
+            False,
+        )
+    if isinstance(c, HalfSpace):
+        text = f"{math_str(c.a)}·{x.name} ≤ {math_str(c.b)}"
+        return Projection("halfspace", (SetItem("a", c.a, 1), SetItem("b", c.b, 0)), False, text, False)
+    assert isinstance(c, Ball)
+    center = E.broadcast(c.center, n)
+    text = f"‖{x.name} − {math_str(c.center)}‖ ≤ {math_str(c.radius)}"
+    return Projection("ball", (SetItem("c", center, 1), SetItem("r", c.radius, 0)), False, text, False)
+
+
+def _bound_items(b: Bound, x: Leaf) -> tuple[SetItem, SetItem]:
+    lo = E.broadcast(b.lower, x.shape) if b.lower is not None else E.const(-INF, x.shape)
+    hi = E.broadcast(b.upper, x.shape) if b.upper is not None else E.const(INF, x.shape)
+    return SetItem("lo", lo, 1), SetItem("hi", hi, 1)
+
+
+def _bound_text(b: Bound, x: Leaf) -> str:
+    lo = f"{math_str(b.lower)} ≤ " if b.lower is not None else ""
+    hi = f" ≤ {math_str(b.upper)}" if b.upper is not None else ""
+    return f"{lo}{x.name}{hi}"

@@ -1,0 +1,603 @@
+"""The spec: a YAML file read into frozen, validated pydantic models that remember positions.
+
+`load_spec` is the first stage of the pipeline. It composes the YAML node tree (keeping each
+node's line and column, rejecting duplicate keys), validates it against `Spec`, and turns
+the first problem into one `SpecError` that names the file, line, column and key. The models
+check everything that does not need the expression parser: keys, types, settings of the
+update rule, names, and the dims used in shapes. Expressions stay strings here; the parser
+reports its problems through `LoadedSpec.error`, which knows where each one was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import keyword
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from foldgen import naming
+from foldgen.errors import SpecError
+
+__all__ = [
+    "BackwardSpec",
+    "LoadedSpec",
+    "ParameterSpec",
+    "Path",
+    "Position",
+    "SolverSpec",
+    "Spec",
+    "VariableSpec",
+    "load_spec",
+    "load_spec_text",
+]
+
+Path = tuple[str | int, ...]
+"""A location in the spec: mapping keys and list indices, e.g. ``("constraints", 0)``."""
+Position = tuple[int | None, int | None]
+"""1-based (line, column); None where unknown."""
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
+_MATRIX_PROPERTIES = ("symmetric", "psd", "pd", "diagonal")
+
+# Context keys by which a validator says where, below its own location, the problem is.
+_PATH = "foldgen_path"
+_AT_KEY = "foldgen_at_key"
+
+
+def _fail(message: str, path: Path = (), *, at_key: bool = False) -> PydanticCustomError:
+    """A validation error located `path` below the validator's own location.
+
+    Pydantic locates an error at the field or model whose validator raised it; the extra
+    path lets a model-level check point at the exact entry (`parameters.Q.shape[1]`).
+    """
+    return PydanticCustomError("foldgen", message, {_PATH: path, _AT_KEY: at_key})
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _shown(value: object) -> str:
+    """A YAML value as a user wrote it, for 'got ...' in messages."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _not_bool(value: object) -> object:
+    """Reject YAML booleans where a number is expected (pydantic's lax mode reads true as 1)."""
+    if isinstance(value, bool):
+        raise _fail(f"expected a number, got {_shown(value)}")
+    return value
+
+
+# Floats accept numeric strings on purpose: PyYAML reads `1e-9` (no dot) as a string.
+_Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+_PositiveFloat = Annotated[_Float, Field(gt=0)]
+_PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+
+
+def _check_shape(value: object) -> object:
+    """Shape entries are dim names or positive integers; the dims are checked by `Spec`."""
+    if not isinstance(value, list | tuple):
+        raise _fail(f"expected a list of dims such as [n] or [n, n], got {_shown(value)}")
+    for i, entry in enumerate(value):
+        if isinstance(entry, bool) or not isinstance(entry, str | int):
+            raise _fail(f"a shape entry is a dim name or a positive integer, got {_shown(entry)}", (i,))
+        if isinstance(entry, int) and entry <= 0:
+            raise _fail(f"a shape entry must be positive, got {entry}", (i,))
+    return tuple(value)
+
+
+_Shape = Annotated[tuple[str | int, ...], BeforeValidator(_check_shape)]
+
+
+def _shape_text(shape: tuple[str | int, ...]) -> str:
+    return "[" + ", ".join(str(entry) for entry in shape) + "]"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParameterSpec(_Frozen):
+    """An input of the layer; `properties` are facts the compiler may rely on."""
+
+    shape: _Shape = ()
+    grad: bool = True
+    default: _Float | None = None
+    properties: tuple[Literal["symmetric", "psd", "pd", "diagonal", "nonneg"], ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> ParameterSpec:
+        if self.default is not None and self.shape:
+            raise _fail(
+                f"a default is only allowed for scalar parameters (shape: []), "
+                f"not for shape {_shape_text(self.shape)}",
+                ("default",),
+            )
+        square = len(self.shape) == 2 and self.shape[0] == self.shape[1]
+        for i, prop in enumerate(self.properties):
+            if prop in _MATRIX_PROPERTIES and not square:
+                raise _fail(
+                    f"'{prop}' needs a square matrix shape such as [n, n], not {_shape_text(self.shape)}",
+                    ("properties", i),
+                )
+        return self
+
+
+class VariableSpec(_Frozen):
+    """A decision variable; `init` is the forward's starting point (zeros, ones or an expression)."""
+
+    shape: _Shape = ()
+    init: str = "zeros"
+
+    @field_validator("shape")
+    @classmethod
+    def _scalar_or_vector(cls, shape: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        if len(shape) > 1:
+            raise _fail(f"matrix variables are not supported yet (shape {_shape_text(shape)})")
+        return shape
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: object) -> object:
+        # `init: 0.5` is an expression too; YAML hands it over as a number.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+
+class SolverSpec(_Frozen):
+    """The update rule `U` and the forward's stopping; each rule has its own setting."""
+
+    rule: Literal["pgd", "admm", "sqp"]
+    max_iter: _PositiveInt = 1000
+    tol: _PositiveFloat = 1e-8
+    step_size: _PositiveFloat | Literal["auto"] | None = Field(default=None, validate_default=True)
+    rho: _PositiveFloat | None = Field(default=None, validate_default=True)
+    step: Annotated[_Float, Field(gt=0, le=1)] | None = Field(default=None, validate_default=True)
+
+    # The rule each rule-specific key belongs to, and its default under that rule.
+    _OWNER: ClassVar[dict[str, tuple[str, float | str]]] = {
+        "step_size": ("pgd", "auto"),
+        "rho": ("admm", 1.0),
+        "step": ("sqp", 1.0),
+    }
+
+    @field_validator("step_size", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: object) -> object:
+        # Checked here so that a bad value gives one message, not one per member of the union.
+        if value is None or value == "auto":
+            return value
+        number = math.nan
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if not 0 < number < math.inf:
+            raise _fail(f"expected a positive number or 'auto', got {_shown(value)}")
+        return number
+
+    @field_validator("step_size", "rho", "step")
+    @classmethod
+    def _belongs_to_rule(cls, value: float | str | None, info: ValidationInfo) -> float | str | None:
+        assert info.field_name is not None
+        owner, default = cls._OWNER[info.field_name]
+        rule = info.data.get("rule")
+        if rule is None:  # the rule itself is invalid and already reported
+            return value
+        if rule != owner:
+            if value is not None:
+                raise _fail(f"'{info.field_name}' applies to rule '{owner}', not '{rule}'", at_key=True)
+            return None
+        return default if value is None else value
+
+
+class BackwardSpec(_Frozen):
+    """How the backward pass solves its fixed-point linear system."""
+
+    method: Literal["lfpi", "gmres", "cg", "direct", "auto"] = "auto"
+    max_iter: _PositiveInt = 500
+    tol: _PositiveFloat = 1e-10
+
+
+class Spec(_Frozen):
+    """A whole spec file (SPEC.md); expressions are kept as strings for the parser."""
+
+    foldgen: Literal[1]
+    name: str
+    class_: str | None = Field(default=None, alias="class")
+    doc: str | None = None
+    dims: dict[str, _PositiveInt] = {}
+    parameters: dict[str, ParameterSpec]
+    variables: dict[str, VariableSpec]
+    minimize: str | None = None
+    maximize: str | None = None
+    constraints: tuple[str, ...] = ()
+    solver: SolverSpec
+    backward: BackwardSpec = BackwardSpec()
+
+    @property
+    def objective(self) -> str:
+        """The objective expression, whichever sense it was given in."""
+        objective = self.minimize if self.minimize is not None else self.maximize
+        assert objective is not None  # guaranteed by validation
+        return objective
+
+    @property
+    def sense(self) -> Literal["minimize", "maximize"]:
+        return "minimize" if self.minimize is not None else "maximize"
+
+    @property
+    def class_name(self) -> str:
+        """The generated class: `class:` if given, else the CamelCase of `name`."""
+        return self.class_ or naming.class_name(self.name)
+
+    @field_validator("foldgen", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> object:
+        if type(value) is not int or value != 1:
+            raise _fail(f"unsupported format version {_shown(value)}; this foldgen reads 'foldgen: 1'")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _module_name(cls, name: str) -> str:
+        # The name becomes `<name>.py`, which must be importable without shadowing anything.
+        if not naming.is_snake_case(name):
+            raise _fail(f"'{name}' is not snake_case (lowercase words joined by '_', e.g. 'box_qp')")
+        if keyword.iskeyword(name):
+            raise _fail(f"'{name}' is a Python keyword, so '{name}.py' could not be imported")
+        if name == "torch" or name in sys.stdlib_module_names:
+            raise _fail(f"'{name}.py' would shadow the module '{name}' that Python code imports")
+        return name
+
+    @field_validator("class_")
+    @classmethod
+    def _class(cls, name: str | None) -> str | None:
+        if name is not None and not _CLASS_NAME.fullmatch(name):
+            raise _fail(f"'{name}' is not a class name (a capital letter, then letters and digits)")
+        return name
+
+    @model_validator(mode="after")
+    def _check(self) -> Spec:
+        if (self.minimize is None) == (self.maximize is None):
+            if self.minimize is None:
+                raise _fail("missing key 'minimize' or 'maximize'")
+            raise _fail("give exactly one of 'minimize' and 'maximize', not both", ("maximize",), at_key=True)
+        if not self.variables:
+            raise _fail("declare at least one variable", ("variables",))
+        self._check_names()
+        self._check_shapes()
+        reason = naming.reserved_reason(self.class_name)
+        if reason is not None:
+            where = "class" if self.class_ is not None else "name"
+            raise _fail(f"the class name '{self.class_name}' is reserved: {reason}", (where,))
+        return self
+
+    def _check_names(self) -> None:
+        """Dims, parameters and variables share one namespace in expressions and generated code."""
+        declared: dict[str, str] = {}
+        for group in ("dims", "parameters", "variables"):
+            for name in getattr(self, group):
+                where = (group, name)
+                if not _NAME.fullmatch(name):
+                    raise _fail(
+                        f"'{name}' is not a valid name (letters, digits and '_', starting with a letter)",
+                        where,
+                        at_key=True,
+                    )
+                reason = naming.reserved_reason(name)
+                if reason is not None:
+                    raise _fail(f"{reason}; choose another name, such as '{name}_'", where, at_key=True)
+                if name in declared:
+                    raise _fail(f"'{name}' is already declared in {declared[name]}", where, at_key=True)
+                declared[name] = group
+
+    def _check_shapes(self) -> None:
+        for group in ("parameters", "variables"):
+            for name, item in getattr(self, group).items():
+                for i, entry in enumerate(item.shape):
+                    if isinstance(entry, str) and entry not in self.dims:
+                        raise _fail(self._unknown_dim(entry), (group, name, "shape", i))
+
+    def _unknown_dim(self, dim: str) -> str:
+        if not self.dims:
+            return f"unknown dim '{dim}'; no dims are declared (add 'dims: {{{dim}: <size>}}')"
+        declared = ", ".join(self.dims)
+        return f"unknown dim '{dim}'; declared dims: {declared}{_did_you_mean(dim, list(self.dims))}"
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec with where it came from, so later stages can report located errors.
+
+    `positions` maps a path to the (line, column) of its value; `key_positions` maps a
+    mapping entry's path to the position of its key.
+    """
+
+    spec: Spec
+    file: str
+    text: str
+    sha256: str
+    positions: Mapping[Path, tuple[int, int]]
+    key_positions: Mapping[Path, tuple[int, int]]
+
+    def locate(self, path: Path, *, at_key: bool = False) -> Position:
+        """Where `path` was written, or the nearest enclosing entry that has a position."""
+        return _locate(self.positions, self.key_positions, path, at_key)
+
+    def error(self, path: Path, message: str, *, at_key: bool = False) -> SpecError:
+        """A `SpecError` for `path`, e.g. ``error(("constraints", 2), "unknown name 'y'")``."""
+        line, col = self.locate(path, at_key=at_key)
+        return SpecError(message, file=self.file, line=line, col=col, key=naming.key_path(path) or None)
+
+
+def load_spec(path: str | os.PathLike[str]) -> LoadedSpec:
+    """Read, parse and validate a spec file; any problem raises one `SpecError`."""
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as stream:
+            data = stream.read()
+    except OSError as err:
+        raise SpecError(f"cannot read the spec: {err.strerror or err}", file=file) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"the spec is not UTF-8 text ({err.reason} at byte {err.start})", file=file) from None
+    return _load(text, file, hashlib.sha256(data).hexdigest())
+
+
+def load_spec_text(text: str, file: str) -> LoadedSpec:
+    """`load_spec` for a spec held in a string; `file` is the name used in messages."""
+    return _load(text, file, hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def _load(text: str, file: str, sha256: str) -> LoadedSpec:
+    """Compose and index the YAML, then validate it: the shared body of both loaders."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            indexer = _Indexer(loader, file)
+            node = loader.get_single_node()
+            data = None
+            if node is not None:
+                indexer.visit(node)
+                data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise _yaml_error(err, text, file) from None
+    positions, key_positions = indexer.positions, indexer.key_positions
+    if not isinstance(data, dict):
+        line, col = _locate(positions, key_positions, (), False)
+        got = {type(None): "nothing", list: "a list"}.get(type(data), f"the single value {_shown(data)}")
+        raise SpecError(
+            f"a spec is a mapping of keys (foldgen, name, parameters, ...), but this file holds {got}",
+            file=file,
+            line=line,
+            col=col,
+        )
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise _spec_error(err, data, file, positions, key_positions) from None
+    return LoadedSpec(spec, file, text, sha256, MappingProxyType(positions), MappingProxyType(key_positions))
+
+
+def _yaml_error(err: yaml.YAMLError, text: str, file: str) -> SpecError:
+    """A located `SpecError` for text that is not YAML (or not one YAML document)."""
+    if isinstance(err, yaml.reader.ReaderError):
+        line = text.count("\n", 0, err.position) + 1
+        col = err.position - text.rfind("\n", 0, err.position)
+        return SpecError(f"invalid YAML: {err.reason}", file=file, line=line, col=col)
+    if isinstance(err, yaml.MarkedYAMLError):
+        problem = err.problem or ""
+        if err.context and (not problem or problem.startswith("but")):
+            problem = f"{err.context}, {problem}" if problem else err.context
+        mark = err.problem_mark or err.context_mark
+        where: Position = _mark_position(mark) if mark is not None else (None, None)
+        return SpecError(f"invalid YAML: {problem}", file=file, line=where[0], col=where[1])
+    return SpecError(f"invalid YAML: {err}", file=file)
+
+
+class _Indexer:
+    """Records the position of every node, rejecting what plain YAML loading would let through.
+
+    PyYAML keeps the last of duplicate keys silently and reads `on:` as the key `True`;
+    both are errors here, located at the offending key.
+    """
+
+    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
+        self.loader = loader
+        self.file = file
+        self.positions: dict[Path, tuple[int, int]] = {}
+        self.key_positions: dict[Path, tuple[int, int]] = {}
+
+    def visit(self, node: yaml.Node, path: Path = (), ancestors: tuple[yaml.Node, ...] = ()) -> None:
+        self.positions[path] = _mark_position(node.start_mark)
+        if any(node is ancestor for ancestor in ancestors):
+            raise self._error("an alias refers to a node that contains it", node.start_mark, path)
+        ancestors = (*ancestors, node)
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.visit(item, (*path, i), ancestors)
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` entries are located at the mapping that merges them
+                key = self.loader.construct_object(key_node)
+                if not isinstance(key, str):
+                    raise self._error(_not_a_name(key_node, key), key_node.start_mark, path)
+                child = (*path, key)
+                if child in self.key_positions:
+                    first_line = self.key_positions[child][0]
+                    message = f"duplicate key '{key}' (first given on line {first_line})"
+                    raise self._error(message, key_node.start_mark, child)
+                self.key_positions[child] = _mark_position(key_node.start_mark)
+                self.visit(value_node, child, ancestors)
+
+    def _error(self, message: str, mark: yaml.Mark, path: Path) -> SpecError:
+        line, col = _mark_position(mark)
+        return SpecError(message, file=self.file, line=line, col=col, key=naming.key_path(path) or None)
+
+
+def _not_a_name(key_node: yaml.Node, key: object) -> str:
+    if not isinstance(key_node, yaml.ScalarNode):
+        return "a key must be a name, not a collection"
+    message = f"key {key_node.value!r} is read by YAML as {_shown(key)}, not as a name"
+    return message + ("; quote it if it is a name" if isinstance(key, bool) else "")
+
+
+def _mark_position(mark: yaml.Mark) -> tuple[int, int]:
+    return mark.line + 1, mark.column + 1
+
+
+def _locate(
+    positions: Mapping[Path, tuple[int, int]],
+    key_positions: Mapping[Path, tuple[int, int]],
+    path: Path,
+    at_key: bool,
+) -> Position:
+    if at_key and path in key_positions:
+        return key_positions[path]
+    for depth in range(len(path), -1, -1):
+        if path[:depth] in positions:
+            return positions[path[:depth]]
+    return None, None
+
+
+# Pydantic messages rewritten for someone who writes YAML, not Python.
+_TYPE_MESSAGES = {
+    "dict_type": "expected a mapping (key: value entries)",
+    "model_type": "expected a mapping (key: value entries)",
+    "model_attributes_type": "expected a mapping (key: value entries)",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+}
+
+
+def _spec_error(
+    err: ValidationError,
+    data: dict[str, Any],
+    file: str,
+    positions: Mapping[Path, tuple[int, int]],
+    key_positions: Mapping[Path, tuple[int, int]],
+) -> SpecError:
+    """The first validation problem as one located `SpecError` (a count stands for the rest)."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    path, message, at_key = _explain(first, data)
+    if len(errors) > 1:
+        more = len(errors) - 1
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    line, col = _locate(positions, key_positions, path, at_key)
+    return SpecError(message, file=file, line=line, col=col, key=naming.key_path(path) or None)
+
+
+def _explain(error: ErrorDetails, data: dict[str, Any]) -> tuple[Path, str, bool]:
+    """The path, message and whether to point at the key, for one pydantic error."""
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    path = _data_path(error["loc"], data)
+    got = error.get("input")
+    if kind == "foldgen":
+        return (*path, *ctx[_PATH]), error["msg"], ctx[_AT_KEY]
+    if kind == "missing":
+        return path[:-1], f"missing key '{path[-1]}'", False
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        hint = _did_you_mean(key, _allowed_keys(path[:-1]))
+        return path, f"unknown key '{key}'{hint}", True
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        hint = _did_you_mean(got, choices) if isinstance(got, str) else ""
+        return path, f"{_reworded(error['msg'])}, got {_shown(got)}{hint}", False
+    message = _TYPE_MESSAGES.get(kind, _reworded(error["msg"]))
+    if isinstance(got, list | dict):
+        message += ", got a list" if isinstance(got, list) else ", got a mapping"
+    else:
+        message += f", got {_shown(got)}"
+    return path, message, False
+
+
+def _reworded(message: str) -> str:
+    """Pydantic's 'Input should be ...' reads as 'should be ...' after the key in a message."""
+    return message.replace("Input should be", "should be", 1)
+
+
+def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
+    """The part of a pydantic `loc` that indexes the YAML data.
+
+    Pydantic adds steps of its own (union members such as ``float`` or ``literal['auto']``,
+    ``[key]`` for dict keys); those are dropped. The last step is kept even when absent, since
+    it names a missing key.
+    """
+    path: list[str | int] = []
+    for i, part in enumerate(loc):
+        indexes = (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        )
+        if indexes:
+            data = data[part]
+        elif i == len(loc) - 1 and isinstance(data, dict):
+            data = None  # the name of a missing key
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _allowed_keys(path: Path) -> list[str]:
+    """The keys the model at `path` accepts (by their YAML names), for did-you-mean hints."""
+    annotation: Any = Spec
+    for part in path:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = next(
+                (f for name, f in annotation.model_fields.items() if (f.alias or name) == part),
+                None,
+            )
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [field.alias or name for name, field in annotation.model_fields.items()]
+    return []

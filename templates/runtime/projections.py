@@ -1,0 +1,236 @@
+"""Closed-form projections and their vector-Jacobian products (VJPs), batched.
+
+Vectors are (..., n), matrices (..., m, n), scalars (...); leading batch dims broadcast.
+Every VJP returns one cotangent per input it names, each with the FULL broadcast shape of
+all its inputs ((..., n), (..., m, n) or (...)); the caller sums them down to the shapes of
+its parameters (``t.sum_to_size(param.shape)``). Some may be expanded views: do not modify
+them in place. Bounds may be +-inf. At a kink (a component exactly on a bound, a point
+exactly on a boundary) the VJPs return one valid element of the generalized Jacobian.
+
+The code generator copies the top-level functions of this file verbatim into generated
+modules, so each one depends only on ``math``, ``torch`` and the ``_`` functions named in
+its ``# needs:`` line. No autograd is used: these run inside a custom backward.
+"""
+
+import math
+
+import torch
+
+
+def _proj_box(y, lo, hi):
+    """Projection onto the box lo <= x <= hi (clamp); lo, hi are tensors broadcastable to y."""
+    return torch.minimum(torch.maximum(y, lo), hi)  # (..., n)
+
+
+def _proj_box_vjp(v, y, lo, hi):
+    """VJP of the clamp: v flows to y on the free set and to the bound a component is clamped to.
+
+    A component exactly on a bound is assigned to that bound (consistent with the forward,
+    which returns the bound there).
+    """
+    at_lo = y <= lo  # (..., n)
+    at_hi = (y >= hi) & ~at_lo
+    free = ~at_lo & ~at_hi
+    y_bar = torch.where(free, v, 0)  # (..., n)
+    lo_bar = torch.where(at_lo, v, 0)
+    hi_bar = torch.where(at_hi, v, 0)
+    return y_bar, lo_bar, hi_bar
+
+
+def _proj_box_sum(y, lo, hi, k, d):
+    """Projection onto {lo <= x <= hi, sum(x) = k} in the metric diag(d)^-1, d > 0.
+
+    KKT: x = clamp(y - tau * d, lo, hi) with one tau per element such that sum(x) = k
+    (d = 1: Euclidean projection onto a capped simplex). s(tau) = sum(clamp(y - tau * d))
+    is continuous, non-increasing and linear between the breakpoints (y_i - lo_i) / d_i and
+    (y_i - hi_i) / d_i, where components change between at-lo / free / at-hi. So the
+    bisection runs over the sorted breakpoints, not over tau values: after
+    ceil(log2(2n + 1)) halvings tau is bracketed by two consecutive breakpoints, the active
+    set on that interval is known exactly, and tau is solved for exactly on it, making x
+    exact to rounding. (Halving tau values would need a dtype-based count that is not
+    enough when the breakpoints span many orders of magnitude, e.g. d from 1e-3 to 1e3.)
+    The count depends only on n, and the loop has no host synchronisation. The outer
+    bracket is valid for infinite bounds too (see the body), so +-inf needs no special case.
+
+    Shapes: y, lo, hi, d (..., n) or broadcastable; k (...). Returns x (..., n) and
+    ok (...) bool, False where the set is empty (some lo > hi, or sum(lo) > k or
+    sum(hi) < k beyond a rounding slack); there x = clamp(y, lo, hi) (finite for finite
+    data), which is not a projection. Within the slack k is moved onto [sum(lo), sum(hi)].
+    """
+    shape = torch.broadcast_shapes(y.shape, lo.shape, hi.shape, d.shape, k.shape + (1,))
+    y, lo, hi, d = (t.expand(shape) for t in (y, lo, hi, d))  # (..., n)
+    k = k.expand(shape[:-1])  # (...)
+    finfo = torch.finfo(y.dtype)
+    n = shape[-1]
+    lo_fin = torch.isfinite(lo)
+    hi_fin = torch.isfinite(hi)
+    lo_sum = lo.sum(-1)  # (...), may be -inf
+    hi_sum = hi.sum(-1)  # (...), may be +inf
+    size = torch.where(lo_fin, lo.abs(), 0).sum(-1) + torch.where(hi_fin, hi.abs(), 0).sum(-1)
+    slack = 4 * n * finfo.eps * (k.abs() + size)  # rounding of the sums  # (...)
+    ok = (lo_sum <= k + slack) & (hi_sum >= k - slack) & (lo <= hi).all(-1)  # NaN: False
+    kk = torch.minimum(torch.maximum(k, lo_sum), hi_sum)  # k moved into [sum(lo), sum(hi)]
+
+    # Bracket [a, b] with s(a) >= k >= s(b). For tau <= min over finite hi of (y - hi) / d,
+    # those components sit at hi and the others are >= y - tau * d, so s(tau) >= k also once
+    # tau <= (sum_{hi=inf} y + sum_{hi finite} hi - k) / sum_{hi=inf} d; symmetrically for b.
+    a1 = torch.where(hi_fin, (y - hi) / d, math.inf).amin(-1)  # (...)
+    d_a = torch.where(hi_fin, 0, d).sum(-1)
+    a2 = (torch.where(hi_fin, hi, y).sum(-1) - kk) / torch.where(d_a > 0, d_a, 1)
+    a = torch.minimum(a1, torch.where(d_a > 0, a2, math.inf))
+    b1 = torch.where(lo_fin, (y - lo) / d, -math.inf).amax(-1)  # (...)
+    d_b = torch.where(lo_fin, 0, d).sum(-1)
+    b2 = (torch.where(lo_fin, lo, y).sum(-1) - kk) / torch.where(d_b > 0, d_b, 1)
+    b = torch.maximum(b1, torch.where(d_b > 0, b2, -math.inf))
+    a, b = torch.where(ok, torch.minimum(a, b), 0), torch.where(ok, torch.maximum(a, b), 0)
+
+    # Bisection over the sorted breakpoints (clamped into [a, b], which close the list):
+    # keep indices lo_i < hi_i with s(bp[lo_i]) >= k >= s(bp[hi_i]) until they are adjacent.
+    bp = torch.cat([a[..., None], (y - lo) / d, (y - hi) / d, b[..., None]], dim=-1)
+    bp = torch.minimum(torch.maximum(bp, a[..., None]), b[..., None]).sort(dim=-1).values
+    lo_i = torch.zeros_like(k, dtype=torch.int64)  # (...)
+    hi_i = torch.full_like(lo_i, 2 * n + 1)
+    for _ in range(math.ceil(math.log2(2 * n + 1))):
+        open_ = hi_i - lo_i > 1
+        mid_i = (lo_i + hi_i) // 2
+        z = y - bp.gather(-1, mid_i[..., None]) * d  # (..., n)
+        up = torch.minimum(torch.maximum(z, lo), hi).sum(-1) >= kk  # root at or right of it
+        lo_i = torch.where(open_ & up, mid_i, lo_i)
+        hi_i = torch.where(open_ & ~up, mid_i, hi_i)
+    a = bp.gather(-1, lo_i[..., None]).squeeze(-1)
+    b = bp.gather(-1, hi_i[..., None]).squeeze(-1)
+
+    # Exact tau on the identified set: sum_F (y - tau d) + sum_lo lo + sum_hi hi = k.
+    mid = a + 0.5 * (b - a)
+    z = y - mid[..., None] * d
+    at_lo = z <= lo
+    at_hi = (z >= hi) & ~at_lo
+    free = ~at_lo & ~at_hi
+    d_free = torch.where(free, d, 0).sum(-1)  # (...)
+    rest = kk - torch.where(at_lo, lo, 0).sum(-1) - torch.where(at_hi, hi, 0).sum(-1)
+    tau = (torch.where(free, y, 0).sum(-1) - rest) / torch.where(d_free > 0, d_free, 1)
+    tau = torch.where(d_free > 0, tau, mid)  # no free component: any tau in [a, b] works
+    x = torch.minimum(torch.maximum(y - tau[..., None] * d, lo), hi)
+    x = torch.where(at_lo, lo, torch.where(at_hi, hi, x))
+    x = torch.where(ok[..., None], x, torch.minimum(torch.maximum(y, lo), hi))
+    return x, ok
+
+
+def _proj_box_sum_vjp(v, x, lo, hi, d):
+    """VJP of _proj_box_sum at its output x; returns (y_bar, lo_bar, hi_bar, k_bar).
+
+    On the free set F, dx = dy - dtau * d, and sum(dx) = dk fixes dtau; components at a
+    bound follow it. With vbar = sum_F v d / sum_F d (0 if F is empty): y_bar = v - vbar on
+    F, lo_bar / hi_bar = v - vbar where x is at lo / hi, k_bar = vbar. "At a bound" means
+    within 4 ulps of x, as the forward returns the bound itself there.
+    """
+    shape = torch.broadcast_shapes(v.shape, x.shape, lo.shape, hi.shape, d.shape)
+    finfo = torch.finfo(x.dtype)
+    margin = 4 * finfo.eps * x.abs()
+    at_lo = (x - lo <= margin).expand(shape)  # (..., n)
+    at_hi = (hi - x <= margin) & ~at_lo
+    free = ~at_lo & ~at_hi
+    d_free = torch.where(free, d, 0).sum(-1)  # (...)
+    v_bar = torch.where(free, v * d, 0).sum(-1) / torch.where(d_free > 0, d_free, 1)  # (...)
+    u = v - v_bar[..., None]  # (..., n)
+    y_bar = torch.where(free, u, 0)
+    lo_bar = torch.where(at_lo, u, 0)
+    hi_bar = torch.where(at_hi, u, 0)
+    return y_bar, lo_bar, hi_bar, v_bar
+
+
+def _affine_factor(A):
+    """Cholesky factor of A A^T (..., m, m), computed once per solve and reused per iteration.
+
+    A must have full row rank; elements where it does not get a NaN factor (so only their
+    own results are NaN) instead of an exception for the whole batch.
+    """
+    L, info = torch.linalg.cholesky_ex(A @ A.mT)  # (..., m, m)
+    return torch.where((info == 0)[..., None, None], L, math.nan)
+
+
+def _proj_affine(y, A, b, L):
+    """Projection onto {x : A x = b}: x = y - A^T w, w = (A A^T)^-1 (A y - b); L from _affine_factor.
+
+    Shapes: y (..., n), A (..., m, n), b (..., m), L (..., m, m). Returns x (..., n).
+    """
+    r = (A @ y[..., None]) - b[..., None]  # (..., m, 1)
+    w = torch.cholesky_solve(r, L)  # (..., m, 1)
+    return y - (A.mT @ w).squeeze(-1)  # (..., n)
+
+
+def _proj_affine_vjp(v, x, y, A, b, L):
+    """VJP of _proj_affine; returns (y_bar, A_bar, b_bar).
+
+    With w = (A A^T)^-1 (A y - b) and s = (A A^T)^-1 A v: y_bar = v - A^T s, b_bar = s,
+    A_bar = -s x^T - w y_bar^T.
+    """
+    batch = torch.broadcast_shapes(
+        v.shape[:-1], x.shape[:-1], y.shape[:-1], A.shape[:-2], b.shape[:-1], L.shape[:-2]
+    )
+    m, n = A.shape[-2:]
+    w = torch.cholesky_solve((A @ y[..., None]) - b[..., None], L)  # (..., m, 1)
+    s = torch.cholesky_solve(A @ v[..., None], L)  # (..., m, 1)
+    y_bar = v[..., None] - A.mT @ s  # (..., n, 1)
+    A_bar = -(s @ x[..., None, :]) - (w @ y_bar.mT)  # (..., m, n)
+    return (
+        y_bar.squeeze(-1).expand(batch + (n,)),
+        A_bar.expand(batch + (m, n)),
+        s.squeeze(-1).expand(batch + (m,)),
+    )
+
+
+def _proj_halfspace(y, a, b):
+    """Projection onto {x : a^T x <= b}; a (..., n), b (...). a = 0 leaves y unchanged."""
+    aa = (a * a).sum(-1)  # (...)
+    excess = (a * y).sum(-1) - b  # (...)
+    t = torch.where((excess > 0) & (aa > 0), excess / torch.where(aa > 0, aa, 1), 0)
+    return y - t[..., None] * a  # (..., n)
+
+
+def _proj_halfspace_vjp(v, y, a, b):
+    """VJP of _proj_halfspace; returns (y_bar, a_bar, b_bar).
+
+    Inactive (a^T y <= b): identity, a_bar = b_bar = 0. Active, with t = (a^T y - b) / |a|^2,
+    x = y - t a and c = a^T v / |a|^2: y_bar = v - c a, b_bar = c, a_bar = -c x - t y_bar.
+    """
+    aa = (a * a).sum(-1)  # (...)
+    aa_safe = torch.where(aa > 0, aa, 1)
+    excess = (a * y).sum(-1) - b
+    active = (excess > 0) & (aa > 0)  # (...)
+    t = torch.where(active, excess / aa_safe, 0)[..., None]  # (..., 1)
+    c = torch.where(active, (a * v).sum(-1) / aa_safe, 0)  # (...)
+    y_bar = v - c[..., None] * a  # (..., n); equals v where inactive (c = 0)
+    x = y - t * a
+    a_bar = -c[..., None] * x - t * y_bar
+    shape = torch.broadcast_shapes(v.shape, y.shape, a.shape, b.shape + (1,))
+    return y_bar.expand(shape), a_bar.expand(shape), c.expand(shape[:-1])
+
+
+def _proj_ball(y, c, r):
+    """Projection onto the ball {x : |x - c| <= r}; c (..., n), r (...) >= 0."""
+    delta = y - c  # (..., n)
+    dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
+    outside = dist > r
+    ratio = torch.where(outside, r / torch.where(outside, dist, 1), 1)  # (...)
+    return torch.where(outside[..., None], c + ratio[..., None] * delta, y)  # (..., n)
+
+
+def _proj_ball_vjp(v, y, c, r):
+    """VJP of _proj_ball; returns (y_bar, c_bar, r_bar).
+
+    Outside, with delta = y - c: y_bar = (r / |delta|)(v - delta (delta^T v) / |delta|^2),
+    c_bar = v - y_bar, r_bar = delta^T v / |delta|. Inside: y_bar = v, c_bar = r_bar = 0.
+    """
+    delta = y - c  # (..., n)
+    dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
+    outside = dist > r
+    dist_safe = torch.where(outside, dist, 1)
+    unit = delta / dist_safe[..., None]  # (..., n)
+    radial = (unit * v).sum(-1)  # (...)
+    y_out = (r / dist_safe)[..., None] * (v - unit * radial[..., None])
+    y_bar = torch.where(outside[..., None], y_out, v)  # (..., n)
+    c_bar = torch.where(outside[..., None], v - y_out, 0)
+    r_bar = torch.where(outside, radial, 0)  # (...)
+    shape = torch.broadcast_shapes(v.shape, y.shape, c.shape, r.shape + (1,))
+    return y_bar.expand(shape), c_bar.expand(shape), r_bar.expand(shape[:-1])

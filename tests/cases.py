@@ -1,0 +1,191 @@
+"""Test data for every spec in specs/: inputs drawn so that the problem is well posed and
+no component sits on a kink (with probability one), and, for convex specs, an independent
+CVXPY model of the same problem.
+
+Adding a spec to specs/ without a case here fails ``test_every_spec_has_a_case``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
+
+
+def load_module(name: str, directory: Path = ROOT / "generated"):
+    """Import generated/<name>.py as a fresh module (not via the package)."""
+    spec = importlib.util.spec_from_file_location(f"generated_{name}", directory / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to draw inputs for one spec and how to solve it independently."""
+
+    make: Callable[[tuple[int, ...], torch.dtype, torch.Generator], dict[str, torch.Tensor]]
+    cvxpy: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+    convex: bool = True
+    layer_kwargs: dict = field(default_factory=dict)
+
+
+def _randn(gen, *shape, dtype):
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def _rand(gen, *shape, dtype):
+    return torch.rand(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def _box_qp(batch, dtype, gen, n=8):
+    a = _randn(gen, *batch, n, n, dtype=dtype)
+    q = a @ a.mT / n + 0.5 * torch.eye(n, dtype=dtype)
+    return {"Q": q, "c": 1.5 * _randn(gen, *batch, n, dtype=dtype)}
+
+
+def _box_qp_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["c"].shape[-1])
+    q = 0.5 * (v["Q"] + v["Q"].T)
+    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, q) + v["c"] @ x), [x >= 0, x <= 1]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return x.value
+
+
+def _knapsack(batch, dtype, gen, n=10, scale=2.0):
+    return {
+        "c": scale * _randn(gen, *batch, n, dtype=dtype),
+        "k": torch.tensor(3.0, dtype=dtype),
+        "eps": torch.tensor(1.0, dtype=dtype),
+    }
+
+
+def _knapsack_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["c"].shape[-1])
+    objective = cp.Maximize(v["c"] @ x + float(v["eps"]) * cp.sum(cp.entr(x)))
+    cp.Problem(objective, [x >= 0, x <= 1, cp.sum(x) == float(v["k"])]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return x.value
+
+
+def _ball(batch, dtype, gen, m=8, n=5):
+    return {
+        "A": _randn(gen, *batch, m, n, dtype=dtype),
+        "b": 3.0 * _randn(gen, *batch, m, dtype=dtype),
+        "center": 0.1 * _randn(gen, *batch, n, dtype=dtype),
+        "radius": 0.5 + 0.2 * _rand(gen, *batch, dtype=dtype),
+        "lam": torch.tensor(0.1, dtype=dtype),
+    }
+
+
+def _ball_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["A"].shape[-1])
+    f = 0.5 * cp.sum_squares(v["A"] @ x - v["b"]) + 0.5 * float(v["lam"]) * cp.sum_squares(x)
+    cp.Problem(cp.Minimize(f), [cp.norm(x - v["center"], 2) <= float(v["radius"])]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return x.value
+
+
+def _logistic(batch, dtype, gen, m=12, n=4):
+    return {
+        "X": _randn(gen, *batch, m, n, dtype=dtype),
+        "y": (_rand(gen, *batch, m, dtype=dtype) > 0.5).to(dtype),
+        "lo": -0.3 - 0.2 * _rand(gen, *batch, n, dtype=dtype),
+        "hi": 0.3 + 0.2 * _rand(gen, *batch, n, dtype=dtype),
+        "mu": torch.tensor(0.1, dtype=dtype),
+    }
+
+
+def _logistic_cvx(v):
+    import cvxpy as cp
+
+    w = cp.Variable(v["X"].shape[-1])
+    z = v["X"] @ w
+    f = cp.sum(cp.logistic(z)) - v["y"] @ z + 0.5 * float(v["mu"]) * cp.sum_squares(w)
+    cp.Problem(cp.Minimize(f), [w >= v["lo"], w <= v["hi"]]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return w.value
+
+
+def _equality(batch, dtype, gen, n=6, m=2):
+    a = _randn(gen, *batch, n, n, dtype=dtype)
+    return {
+        "P": a @ a.mT / n + torch.eye(n, dtype=dtype),
+        "q": _randn(gen, *batch, n, dtype=dtype),
+        "A": _randn(gen, *batch, m, n, dtype=dtype),
+        "b": _randn(gen, *batch, m, dtype=dtype),
+    }
+
+
+def _equality_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["q"].shape[-1])
+    p = 0.5 * (v["P"] + v["P"].T)
+    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, p) + v["q"] @ x), [v["A"] @ x == v["b"]]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return x.value
+
+
+def _sparsemax(batch, dtype, gen, n=7):
+    return {"z": _randn(gen, *batch, n, dtype=dtype)}
+
+
+def _sparsemax_cvx(v):
+    import cvxpy as cp
+
+    p = cp.Variable(v["z"].shape[-1])
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(p - v["z"])), [p >= 0, cp.sum(p) == 1]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return p.value
+
+
+def _halfspace(batch, dtype, gen, n=5):
+    return {
+        "y": 2.0 * _randn(gen, *batch, n, dtype=dtype),
+        "a": _randn(gen, *batch, n, dtype=dtype),
+        "b": -0.5 + 0.1 * _randn(gen, *batch, dtype=dtype),
+    }
+
+
+def _halfspace_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["y"].shape[-1])
+    f = cp.sum(cp.logistic(x)) - v["y"] @ x + 0.5 * cp.sum_squares(x)
+    cp.Problem(cp.Minimize(f), [v["a"] @ x <= float(v["b"])]).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return x.value
+
+
+CASES: dict[str, Case] = {
+    "box_qp": Case(_box_qp, _box_qp_cvx),
+    "entropic_knapsack": Case(_knapsack, _knapsack_cvx),
+    "ball_least_squares": Case(_ball, _ball_cvx),
+    "logistic_box": Case(_logistic, _logistic_cvx),
+    "equality_qp": Case(_equality, _equality_cvx),
+    "sparsemax": Case(_sparsemax, _sparsemax_cvx),
+    "halfspace_softplus": Case(_halfspace, _halfspace_cvx),
+}

@@ -1,0 +1,164 @@
+"""The standard battery, applied to every spec in specs/ (STYLE.md practice 11).
+
+For each generated layer: finite differences (gradcheck, float64) on every grad parameter;
+the folded gradient against autograd through the unrolled update map run to convergence;
+the forward against CVXPY on convex specs; backward methods against each other; batched
+calls against a loop of unbatched ones; float32 against float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cases import CASES, SPECS, load_module
+
+F64 = torch.float64
+
+
+def test_every_spec_has_a_case():
+    assert sorted(CASES) == SPECS
+
+
+@pytest.fixture(scope="module", params=SPECS)
+def spec(request):
+    name = request.param
+    module = load_module(name)
+    return name, module, CASES[name]
+
+
+def make_layer(module, **kwargs):
+    cls = getattr(module, module.__all__[0])
+    return cls(on_nonconvergence="raise", **kwargs)
+
+
+def draw(case, batch=(), dtype=F64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return case.make(batch, dtype, gen)
+
+
+def grad_names(module):
+    return list(module.GRAD_PARAMETERS)
+
+
+def test_gradcheck(spec):
+    name, module, case = spec
+    values = draw(case, batch=(2,))
+    layer = make_layer(module)
+    names = grad_names(module)
+
+    def fn(*grads):
+        return layer(**{**values, **dict(zip(names, grads))})
+
+    inputs = tuple(values[n].clone().requires_grad_() for n in names)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert bool(layer.info.converged.all())
+
+
+def _unroll_step(module, x_star, values):
+    """A step D for the unrolled reference: the forward's own scaled step where it has one,
+    else 1/λmax(∇²f(x*)) — any D > 0 gives the same fixed point and derivative."""
+    if hasattr(module, "_hessian_diagonal"):
+        h = module._hessian_diagonal(x_star, *values)
+        d = 1 / h
+        return d, d
+    d = (1 / module._lipschitz(x_star, values, iterations=200))[..., None]
+    return d, torch.ones_like(x_star)
+
+
+def unrolled_gradient(module, layer, values, weight, iterations):
+    """Autograd through `iterations` applications of U from x*: Σ_k Φᵏ Ψ, the unrolled limit."""
+    names = grad_names(module)
+    with torch.no_grad():
+        x_star = layer(**values)
+    inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
+    ordered = [inputs[n] for n in module.PARAMETERS]
+    d, metric = _unroll_step(module, x_star, [v.detach() for v in ordered])
+    S = module._prepare_set(module._set_data(x_star, *ordered))
+    x = x_star
+    for _ in range(iterations):
+        x, _ = module._project(x - d * module._gradient(x, *ordered), metric, S)
+    assert torch.allclose(x, x_star, atol=1e-9), "x* is not a fixed point of the unrolled map"
+    grads = torch.autograd.grad((x * weight).sum(), [inputs[n] for n in names])
+    return dict(zip(names, grads))
+
+
+def folded_gradient(module, layer, values, weight):
+    names = grad_names(module)
+    inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
+    x = layer(**inputs)
+    grads = torch.autograd.grad((x * weight).sum(), [inputs[n] for n in names])
+    return dict(zip(names, grads))
+
+
+def test_folded_equals_unrolled(spec):
+    name, module, case = spec
+    values = draw(case, batch=(3,), seed=1)
+    layer = make_layer(module)
+    weight = torch.randn(layer(**values).shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    folded = folded_gradient(module, layer, values, weight)
+    unrolled = unrolled_gradient(module, layer, values, weight, iterations=3000)
+    for n in folded:
+        scale = unrolled[n].abs().max().clamp_min(1.0)
+        assert (folded[n] - unrolled[n]).abs().max() <= 1e-8 * scale, n
+
+
+def test_forward_matches_cvxpy(spec):
+    name, module, case = spec
+    if case.cvxpy is None:
+        pytest.skip("nonconvex: no independent convex solver applies")
+    layer = make_layer(module)
+    for seed in range(3):
+        values = draw(case, seed=10 + seed)
+        x = layer(**values)
+        reference = case.cvxpy({k: v.numpy() for k, v in values.items()})
+        np.testing.assert_allclose(x.numpy(), reference, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", ["direct", "gmres", "lfpi"])
+def test_backward_methods_agree(spec, method):
+    name, module, case = spec
+    values = draw(case, batch=(4,), seed=3)
+    reference_layer = make_layer(module, backward_method="direct")
+    weight = torch.randn(reference_layer(**values).shape, generator=torch.Generator().manual_seed(4), dtype=F64)
+    reference = folded_gradient(module, reference_layer, values, weight)
+    layer = make_layer(module, backward_method=method, backward_max_iter=5000, backward_tol=1e-13)
+    layer.on_nonconvergence = "ignore"
+    grads = folded_gradient(module, layer, values, weight)
+    converged = layer.backward_info.converged
+    if method != "lfpi":
+        assert bool(converged.all())
+    for n in grads:
+        scale = reference[n].abs().max().clamp_min(1.0)
+        diff = (grads[n] - reference[n]).abs()
+        if method == "lfpi":  # LFPI converges only where ρ(Φ) < 1: compare those elements
+            diff = diff[converged] if diff.dim() and diff.shape[0] == converged.shape[0] else diff
+        assert diff.max() <= 1e-9 * scale, (n, method)
+
+
+def test_batched_equals_loop(spec):
+    name, module, case = spec
+    values = draw(case, batch=(3,), seed=5)
+    layer = make_layer(module)
+    batched = layer(**values)
+    for i in range(3):
+        single = {n: (v[i] if v.dim() > len(module.PARAMETERS[n]) else v) for n, v in values.items()}
+        torch.testing.assert_close(layer(**single), batched[i], atol=1e-10, rtol=0)
+
+
+def test_float32_runs_and_agrees(spec):
+    name, module, case = spec
+    values64 = draw(case, batch=(2,), seed=6)
+    values32 = {n: v.float() for n, v in values64.items()}
+    layer = make_layer(module, tol=1e-6)
+    layer.on_nonconvergence = "ignore"
+    x32 = layer(**values32)
+    assert x32.dtype == torch.float32
+    names = grad_names(module)
+    inputs = {n: v.clone().requires_grad_(n in names) for n, v in values32.items()}
+    x = layer(**inputs)
+    grads = torch.autograd.grad(x.sum(), [inputs[n] for n in names])
+    assert all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+    x64 = make_layer(module)(**values64)
+    assert (x32.double() - x64).abs().max() < 1e-3
