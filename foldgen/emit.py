@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import textwrap
 from pathlib import Path
 
 import jinja2
@@ -186,6 +187,18 @@ STEP_TEXT = {
 }
 
 
+def _fill(text: str, indent: str = "", width: int = 92) -> str:
+    """Wrap long docstring lines, keeping each line's own indentation."""
+    out = []
+    for line in text.split("\n"):
+        lead = indent + line[: len(line) - len(line.lstrip())]
+        wrapped = textwrap.wrap(
+            line.strip(), width=width - len(lead), break_long_words=False, break_on_hyphens=False
+        )
+        out += [lead + w for w in wrapped] or [""]
+    return "\n".join(out)
+
+
 def module_docstring(problem: Problem, plan: PgdPlan) -> str:
     """The problem, U, Φᵀv and Ψᵀv in readable math."""
     x = plan.var.name
@@ -220,7 +233,7 @@ def module_docstring(problem: Problem, plan: PgdPlan) -> str:
         "J_P is the closed-form Jacobian of the projection at y = x − D∇f(x). No autograd runs",
         "through the solver: the backward evaluates these expressions inside the linear solver.",
     ]
-    return "\n".join(lines)
+    return "\n".join(_fill(line) if len(line) > 92 else line for line in lines)
 
 
 def class_docstring(problem: Problem, plan: PgdPlan) -> str:
@@ -229,9 +242,11 @@ def class_docstring(problem: Problem, plan: PgdPlan) -> str:
         f"{p.name} (..., {', '.join(map(str, p.shape))})" if p.shape else f"{p.name} (...)"
         for p in problem.parameters
     )
+    head = _fill(problem.doc or problem.name, width=88).replace("\n", "\n    ")
+    usage = _fill(f"Call: layer({call}) -> {plan.var.name}; shapes {shapes}.", "    ", 92)
     return (
-        f"{problem.doc or problem.name}\n\n"
-        f"    Call: layer({call}) -> {plan.var.name}; shapes {shapes}.\n"
+        f"{head}\n\n"
+        f"{usage}\n"
         "    Leading batch dimensions broadcast. Inputs given to the constructor are bound\n"
         "    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,\n"
         "    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.\n"

@@ -24,11 +24,18 @@ through the solver: the backward evaluates these expressions inside the linear s
 
 import dataclasses
 import math
+import sys
 import warnings
 
 import torch
 
-__all__ = ["BoxQp", "SolveInfo", "BackwardInfo", "ConvergenceWarning", "ConvergenceError"]
+__all__ = [
+    "BoxQp",
+    "SolveInfo",
+    "BackwardInfo",
+    "ConvergenceWarning",
+    "ConvergenceError",
+]
 
 # Core shapes of the inputs (batch dimensions lead and broadcast), in call order.
 PARAMETERS = {"Q": ("n", "n"), "c": ("n",)}
@@ -353,6 +360,7 @@ def _proj_box_vjp(v, y, lo, hi):
     hi_bar = torch.where(at_hi, v, 0)
     return y_bar, lo_bar, hi_bar
 
+
 # The feasible set: the box lo ≤ x ≤ hi (clamp; any metric gives the same projection).
 _SET_RANKS = (1, 1)
 
@@ -384,7 +392,10 @@ def _gather(layer, args, kwargs):
     """The parameter values in call order: positional, keyword, bound, then defaults."""
     free = [name for name in PARAMETERS if name not in layer.bound]
     if len(args) > len(free):
-        raise TypeError(f"{layer.__class__.__name__} takes {len(free)} positional inputs ({', '.join(free)}), got {len(args)}")
+        raise TypeError(
+            f"{layer.__class__.__name__} takes {len(free)} positional inputs "
+            f"({', '.join(free)}), got {len(args)}"
+        )
     given = dict(zip(free, args))
     for name, value in kwargs.items():
         if name not in PARAMETERS:
@@ -421,44 +432,62 @@ def _validate(values, x_init):
     for (name, core), value in zip(PARAMETERS.items(), values):
         if not isinstance(value, torch.Tensor):
             if core or not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"{name}: expected a tensor of shape (..., {', '.join(map(str, core))}), got {type(value).__name__}")
+                raise ValueError(
+                    f"{name}: expected a tensor of shape {_shape_text(core)}, "
+                    f"got {type(value).__name__}"
+                )
             value = torch.tensor(float(value), dtype=dtype, device=device)
         if value.dtype != dtype:
             raise ValueError(f"{name}: dtype {value.dtype} differs from the other inputs' {dtype}")
         if value.device != device:
-            raise ValueError(f"{name}: device {value.device} differs from the other inputs' {device}")
+            raise ValueError(f"{name}: device {value.device} differs from the others' {device}")
         if value.dim() < len(core):
-            raise ValueError(f"{name}: expected shape (..., {', '.join(map(str, core))}), got {tuple(value.shape)}")
+            raise ValueError(
+                f"{name}: expected shape {_shape_text(core)}, got {tuple(value.shape)}"
+            )
         for axis, dim in enumerate(core):
             size = value.shape[value.dim() - len(core) + axis]
             expected = dim if isinstance(dim, int) else sizes.setdefault(dim, size)
             if size != expected:
-                raise ValueError(f"{name}: axis {axis - len(core)} has size {size}, but {dim} = {expected} from an earlier input")
+                raise ValueError(
+                    f"{name}: axis {axis - len(core)} has size {size}, "
+                    f"but {dim} = {expected} from an earlier input"
+                )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
         if value.requires_grad and name not in GRAD_PARAMETERS:
-            raise ValueError(f"{name}: requires grad, but the spec declares it grad: false (detach it, or declare grad: true)")
+            raise ValueError(
+                f"{name}: requires grad, but the spec declares it grad: false "
+                "(detach it, or declare grad: true)"
+            )
         tensors.append(value)
         batches.append(value.shape[: value.dim() - len(core)])
     if x_init is not None:
-        if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype or x_init.device != device:
-            raise ValueError(f"{VARIABLE[0]}_init: expected a {dtype} tensor on {device}")
+        name = f"{VARIABLE[0]}_init"
+        if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
+            raise ValueError(f"{name}: expected a {dtype} tensor")
+        if x_init.device != device:
+            raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
         dim = VARIABLE[1][0]
         expected = sizes.setdefault(dim, x_init.shape[-1] if x_init.dim() else -1)
         if x_init.dim() < 1 or x_init.shape[-1] != expected:
-            raise ValueError(f"{VARIABLE[0]}_init: expected shape (..., {expected}), got {tuple(x_init.shape)}")
+            raise ValueError(f"{name}: expected (..., {expected}), got {tuple(x_init.shape)}")
         if not bool(torch.isfinite(x_init).all()):
-            raise ValueError(f"{VARIABLE[0]}_init: contains NaN or Inf")
+            raise ValueError(f"{name}: contains NaN or Inf")
         batches.append(x_init.shape[:-1])
     try:
         batch = torch.broadcast_shapes(*batches)
     except RuntimeError:
         shapes = ", ".join(f"{n}: {tuple(b)}" for n, b in zip(PARAMETERS, batches))
-        raise ValueError(f"the batch dimensions of the inputs do not broadcast ({shapes})") from None
+        raise ValueError(f"the inputs' batch dimensions do not broadcast ({shapes})") from None
     return tensors, sizes, batch
 
 
 PARAMETERS_LIST = list(PARAMETERS)
+
+
+def _shape_text(core):
+    return "(" + ", ".join(["...", *map(str, core)]) + ")"
 
 
 def _report(layer, what, converged, detail):
@@ -474,7 +503,17 @@ def _report(layer, what, converged, detail):
     message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
-    warnings.warn(message, ConvergenceWarning, stacklevel=4)
+    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level())
+
+
+def _caller_level():
+    """The warning's stack level of the first frame outside this module and torch."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (
+        frame.f_globals is globals() or frame.f_globals.get("__name__", "").startswith("torch")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +607,8 @@ class BoxQp(torch.nn.Module):
         if backward_method not in ("auto", "lfpi", "gmres", "cg", "direct"):
             raise ValueError(f"backward_method: unknown method {backward_method!r}")
         if on_nonconvergence not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_nonconvergence: expected 'warn', 'raise' or 'ignore', got {on_nonconvergence!r}")
+            expected = "'warn', 'raise' or 'ignore'"
+            raise ValueError(f"on_nonconvergence: expected {expected}, got {on_nonconvergence!r}")
         if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
             raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
         self.max_iter = int(max_iter)
@@ -579,7 +619,11 @@ class BoxQp(torch.nn.Module):
         self.backward_tol = float(backward_tol)
         self.on_nonconvergence = on_nonconvergence
         self.bound = []
-        for name, value in (("Q", Q), ("c", c), ):
+        inputs = {
+            "Q": Q,
+            "c": c,
+        }
+        for name, value in inputs.items():
             if value is None:
                 continue
             self.bound.append(name)
@@ -597,7 +641,8 @@ class BoxQp(torch.nn.Module):
 
     def extra_repr(self):
         bound = f", bound={self.bound}" if self.bound else ""
-        return f"max_iter={self.max_iter}, tol={self.tol}, backward_method={self.backward_method!r}{bound}"
+        method = f"backward_method={self.backward_method!r}"
+        return f"max_iter={self.max_iter}, tol={self.tol}, {method}{bound}"
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -608,7 +653,8 @@ class BoxQp(torch.nn.Module):
         S = _prepare_set(_set_data(x, *values))
         x, feasible = _project(x, torch.ones_like(x), S)
         feasible = feasible.expand(batch)
-        fixed = torch.full((*batch, 1), float(self.step_size if self.step_size != "auto" else 1.0), dtype=x.dtype, device=x.device)
+        given = float(self.step_size) if self.step_size != "auto" else 1.0
+        fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
         if self.step_size == "auto":
             # f is quadratic: α = 1/L with L = λmax(∇²f) estimated on the data.
             lipschitz = _lipschitz(x, values)
@@ -632,7 +678,9 @@ class BoxQp(torch.nn.Module):
         converged = feasible & (residual <= self.tol)
         d = d.expand(*batch, d.shape[-1])
         self.info = SolveInfo(iterations, residual, converged, feasible, d.mean(-1))
-        _report(self, "the forward solve", converged | ~feasible, f"residual up to {float(residual.max()):.3g} > tol {self.tol:g} after {self.max_iter} iterations")
+        worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
+        detail = f"residual up to {worst:.3g} > tol {self.tol:g} after {self.max_iter} iterations"
+        _report(self, "the forward solve", converged | ~feasible, detail)
         _report(self, "the forward solve", feasible, "the constraints admit no point")
         return x, (d, S)
 
@@ -657,6 +705,7 @@ class BoxQp(torch.nn.Module):
             # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
             method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
         g = grad_x.expand(*batch, n)
+        max_iter, tol = self.backward_max_iter, self.backward_tol
         phi_t, y = self._phi_t(x, d, S, values)
         if method == "direct":
             lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
@@ -665,19 +714,21 @@ class BoxQp(torch.nn.Module):
             dense = _dense_from_matvec(dense_phi_t, batch, n, x.dtype, x.device)
             v, iterations, residual = _solve_direct(dense, g)
         elif method == "lfpi":
-            v, iterations, residual = _solve_lfpi(phi_t, g, self.backward_max_iter, self.backward_tol)
+            v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
         elif method == "cg":
-            v, iterations, residual = _solve_cg(phi_t, g, self.backward_max_iter, self.backward_tol)
+            v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
         else:
             restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
-            v, iterations, residual = _solve_gmres(phi_t, g, self.backward_max_iter, self.backward_tol, restart)
-        converged = residual <= self.backward_tol
+            v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
+        converged = residual <= tol
         self.backward_info = BackwardInfo(method, iterations, residual, converged)
-        _report(self, f"the backward solve ({method})", converged, f"relative residual up to {float(residual.max()):.3g} > tol {self.backward_tol:g}")
+        detail = f"relative residual up to {float(residual.max()):.3g} > tol {tol:g}"
+        _report(self, f"the backward solve ({method})", converged, detail)
         # Ψᵀv: through ∇f (scaled by −D) and through the set data.
         w, set_bars = _project_vjp(v, x, y, d, S)
         grads = [None] * len(values)
-        for index, bar in zip((1,), _as_tuple(_gradient_vjp(x, d * w, *values))):
+        objective_grads = _gradient_vjp(x, d * w, *values)
+        for index, bar in zip((1,), _as_tuple(objective_grads)):
             grads[index] = -bar
         return [
             None if grad is None or not need else grad.sum_to_size(value.shape)

@@ -150,7 +150,9 @@ def _affine_factor(A):
 
 
 def _proj_affine(y, A, b, L):
-    """Projection onto {x : A x = b}: x = y - A^T w, w = (A A^T)^-1 (A y - b); L from _affine_factor.
+    """Projection onto {x : A x = b}: x = y - A^T w, w = (A A^T)^-1 (A y - b).
+
+    L is the Cholesky factor from _affine_factor.
 
     Shapes: y (..., n), A (..., m, n), b (..., m), L (..., m, m). Returns x (..., n).
     """
