@@ -230,8 +230,9 @@ def module_docstring(problem: Problem, plan: PgdPlan) -> str:
         )
     lines += [
         "",
-        "J_P is the closed-form Jacobian of the projection at y = x − D∇f(x). No autograd runs",
-        "through the solver: the backward evaluates these expressions inside the linear solver.",
+        f"J_P is the closed-form Jacobian of the projection at the gradient step {x} − D∇f({x}).",
+        "No autograd runs through the solver: the backward evaluates these expressions inside",
+        "the linear solver.",
     ]
     return "\n".join(_fill(line) if len(line) > 92 else line for line in lines)
 

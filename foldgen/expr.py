@@ -495,7 +495,10 @@ def power(a: Expr, p: Expr) -> Expr:
         if p.value == 1.0:
             return a
         if isinstance(a, Const):
-            return const(a.value**p.value, a.shape)
+            value = a.value**p.value
+            if isinstance(value, complex):  # (-8) ** (1/3) in Python
+                raise ShapeError(f"({a.value:g}) ** {p.value:g} is not a real number")
+            return const(value, a.shape)
         if isinstance(a, Pow) and isinstance(a.exp, Const):
             return power(a.base, const(a.exp.value * p.value))
     return Pow(a, p)

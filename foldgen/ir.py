@@ -181,7 +181,7 @@ def lower(loaded: LoadedSpec) -> Problem:
                     first = table[var][1]
                     raise loaded.error(
                         ("constraints", i),
-                        f"variable '{var.name}' already has an {kind} bound (constraints[{first}]); "
+                        f"variable '{var.name}' already has a {kind} bound (constraints[{first}]); "
                         "combine them into one bound",
                     )
                 table[var] = (value, i)

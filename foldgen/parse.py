@@ -185,6 +185,11 @@ class _Visitor:
         except ShapeError as err:
             snippet = ast.get_source_segment(self.text.strip(), node)
             raise ExprError(f"in '{snippet}': {err}") from None
+        except ExprError:
+            raise
+        except (ArithmeticError, ValueError) as err:  # constant folding: log(0), 0 ** -1
+            snippet = ast.get_source_segment(self.text.strip(), node)
+            raise ExprError(f"in '{snippet}': cannot evaluate the constant ({err})") from None
 
     def visit_Name(self, node: ast.Name) -> Expr:
         return self.scope.lookup(node.id)
@@ -243,6 +248,7 @@ class _Visitor:
     def _size(self, node: ast.expr, fn: str) -> E.Dim:
         if isinstance(node, ast.Name) and node.id in self.scope.dims:
             return node.id
-        if isinstance(node, ast.Constant) and isinstance(node.value, int) and node.value > 0:
+        # type() rather than isinstance(): ones(True) is not a size
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value > 0:
             return node.value
         raise ExprError(f"{fn}() takes sizes: dim names or positive integers")

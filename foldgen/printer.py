@@ -42,6 +42,7 @@ from foldgen.functions import ELEMENTWISE
 ATOM, POW, UNARY, MULT, ADDITIVE = 6, 5, 4, 3, 2
 INLINE_LIMIT = 60
 RETURN_LIMIT = 80
+LINE_LIMIT = 80  # longest right-hand side: '    _out10 = ' + 80 characters stays within 99
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class TorchPrinter:
         self.used_dims: set[str] = set()
         self.lines: list[str] = []
         self.memo: dict[Expr, Printed] = {}
+        self.temps: set[str] = set()
         self.count = 0
 
     # -- statements -------------------------------------------------------------------------
@@ -85,17 +87,40 @@ class TorchPrinter:
             for c in _printed_operands(node):
                 uses[c] = uses.get(c, 0) + 1
         roots = set(exprs)
+        for r in exprs:  # an output that is also an operand elsewhere is computed once
+            uses[r] = uses.get(r, 0) + 1
         for node in order:
             p = self._print_node(node)
+            # Operands short enough to inline can still add up to an over-long line (an n-ary
+            # sum, a product of calls): hoist the longest into temps until the line fits.
+            while len(p.text) > LINE_LIMIT:
+                kids = [
+                    c
+                    for c in dict.fromkeys(_printed_operands(node))
+                    if c.children
+                    and not self.memo[c].number
+                    and self.memo[c].text not in self.temps
+                ]
+                if not kids:
+                    break
+                longest = max(kids, key=lambda c: len(self.memo[c].text))
+                self.memo[longest] = self._hoist(longest)
+                p = self._print_node(node)
             used = uses.get(node, 0)
-            long = len(p.text) > INLINE_LIMIT and not (node in roots and used == 0)
+            long = len(p.text) > INLINE_LIMIT and not (node in roots and used == 1)
             if node.children and not p.number and (used > 1 or long):
-                name = f"_t{self.count}"
-                self.count += 1
-                self.lines.append(f"{name} = {p.text}")
-                p = Printed(name, ATOM)
+                self.memo[node] = p
+                p = self._hoist(node)
             self.memo[node] = p
         return [self.tensor(e) for e in exprs]
+
+    def _hoist(self, node: Expr) -> Printed:
+        """Emit ``_tN = <node's text>`` and return the temp's name."""
+        name = f"_t{self.count}"
+        self.count += 1
+        self.temps.add(name)
+        self.lines.append(f"{name} = {self.memo[node].text}")
+        return Printed(name, ATOM)
 
     def tensor(self, e: Expr) -> str:
         """The printed value of e as a tensor of its full core shape."""
@@ -114,6 +139,14 @@ class TorchPrinter:
 
     def _get(self, e: Expr) -> Printed:
         return self.memo[e]
+
+    def _as_tensor(self, e: Expr) -> Printed:
+        """e's printed form as a tensor: a plain number (a dim, a constant vector such as
+        ``ones(n)``) cannot be indexed, multiplied by ``@`` or passed to a torch function."""
+        p = self._get(e)
+        if not p.number:
+            return p
+        return Printed(f"{self.ref}.new_full({self._shape_tuple(e.shape)}, {p.text})", ATOM)
 
     def _wrap(self, p: Printed, prec: int) -> str:
         return p.text if p.prec >= prec else f"({p.text})"
@@ -158,31 +191,31 @@ class TorchPrinter:
             case MatMul(a=a, b=b):
                 return self._print_matmul(a, b)
             case Transpose(a=a):
-                return Printed(f"{self._wrap(self._get(a), ATOM)}.mT", ATOM)
+                return Printed(f"{self._wrap(self._as_tensor(a), ATOM)}.mT", ATOM)
             case Sum(a=a):
                 axes = "-1" if a.rank == 1 else "(-2, -1)"
-                return Printed(f"{self._wrap(self._get(a), ATOM)}.sum({axes})", ATOM)
+                return Printed(f"{self._wrap(self._as_tensor(a), ATOM)}.sum({axes})", ATOM)
             case Broadcast(a=a, shape_=shape):
                 p = self._get(a)
                 if p.number:
                     return Printed(f"{self.ref}.new_full({self._shape_tuple(shape)}, {p.text})", ATOM)
                 return Printed(f"_expand({p.text}, {self._shape_tuple(shape)})", ATOM)
             case Func(name=name, a=a):
-                return Printed(f"{ELEMENTWISE[name].torch}({self._get(a).text})", ATOM)
+                return Printed(f"{ELEMENTWISE[name].torch}({self._as_tensor(a).text})", ATOM)
             case Diag(a=a):
-                return Printed(f"torch.diag_embed({self._get(a).text})", ATOM)
+                return Printed(f"torch.diag_embed({self._as_tensor(a).text})", ATOM)
             case DiagPart(a=a):
-                return Printed(f"{self._wrap(self._get(a), ATOM)}.diagonal(0, -2, -1)", ATOM)
+                return Printed(f"{self._wrap(self._as_tensor(a), ATOM)}.diagonal(0, -2, -1)", ATOM)
             case Outer(a=a, b=b):
                 return Printed(
-                    f"{self._wrap(self._get(a), ATOM)}[..., :, None] "
-                    f"* {self._wrap(self._get(b), ATOM)}[..., None, :]",
+                    f"{self._wrap(self._as_tensor(a), ATOM)}[..., :, None] "
+                    f"* {self._wrap(self._as_tensor(b), ATOM)}[..., None, :]",
                     MULT,
                 )
             case LogSumExp(a=a):
-                return Printed(f"torch.logsumexp({self._get(a).text}, -1)", ATOM)
+                return Printed(f"torch.logsumexp({self._as_tensor(a).text}, -1)", ATOM)
             case Softmax(a=a):
-                return Printed(f"torch.softmax({self._get(a).text}, -1)", ATOM)
+                return Printed(f"torch.softmax({self._as_tensor(a).text}, -1)", ATOM)
         raise TypeError(f"no printer for {type(e).__name__}")  # pragma: no cover
 
     def _print_add(self, e: Add) -> Printed:
@@ -191,6 +224,7 @@ class TorchPrinter:
         for t in e.terms:
             negative = isinstance(t, Mul) and isinstance(t.a, Const) and t.a.value < 0
             negative = negative or (isinstance(t, Const) and t.value < 0)
+            negative = negative and self._get(t).text not in self.temps  # a temp: use its name
             all_numbers &= self._get(t).number
             if negative and parts:
                 text = self._negated(t, e.rank)
@@ -205,20 +239,25 @@ class TorchPrinter:
         if isinstance(t, Const):
             return number(-t.value)
         assert isinstance(t, Mul) and isinstance(t.a, Const)
+        if _is_division(t):  # c / b with c < 0: b's reciprocal node is never printed
+            base = t.b.base  # type: ignore[attr-defined]
+            return f"{number(-t.a.value)} / {self._lifted(base, rank, MULT + 1)}"
         if t.a.value == -1.0:
             return self._lifted(t.b, rank, ADDITIVE + 1)
         return f"{number(-t.a.value)} * {self._lifted(t.b, rank, MULT + 1)}"
 
     def _print_mul(self, e: Mul) -> Printed:
         a, b = e.a, e.b
-        number_ = self._get(a).number and self._get(b).number
-        if isinstance(a, Const) and a.value == -1.0:
-            return Printed(f"-{self._lifted(b, e.rank, UNARY)}", UNARY, number_)
+        # Division first: its operands are a and b's base, and b itself is never printed.
         if _is_division(e):
             assert isinstance(b, Pow)
+            number_ = self._get(a).number and self._get(b.base).number
             left = self._lifted(a, e.rank, MULT)
             right = self._lifted(b.base, e.rank, MULT + 1)
             return Printed(f"{left} / {right}", MULT, number_)
+        number_ = self._get(a).number and self._get(b).number
+        if isinstance(a, Const) and a.value == -1.0:
+            return Printed(f"-{self._lifted(b, e.rank, UNARY)}", UNARY, number_)
         left = self._lifted(a, e.rank, MULT)
         right = self._lifted(b, e.rank, MULT + 1)
         return Printed(f"{left} * {right}", MULT, number_)
@@ -226,16 +265,16 @@ class TorchPrinter:
     def _print_pow(self, base: Expr, p: Expr) -> Printed:
         bp = self._get(base)
         if isinstance(p, Const):
-            if p.value == 0.5:
-                return Printed(f"torch.sqrt({bp.text})", ATOM, bp.number)
-            if p.value == -0.5:
-                return Printed(f"torch.rsqrt({bp.text})", ATOM, bp.number)
             if p.value == -1.0:
                 return Printed(f"1.0 / {self._wrap(bp, MULT + 1)}", MULT, bp.number)
-            if p.value == 2.0 and not bp.number:
-                return Printed(f"torch.square({bp.text})", ATOM)
-            if bp.number:
+            if bp.number:  # a plain number (e.g. a dim): torch.sqrt(n) would fail on an int
                 return Printed(f"{self._wrap(bp, POW + 1)} ** {number(p.value)}", POW, True)
+            if p.value == 0.5:
+                return Printed(f"torch.sqrt({bp.text})", ATOM)
+            if p.value == -0.5:
+                return Printed(f"torch.rsqrt({bp.text})", ATOM)
+            if p.value == 2.0:
+                return Printed(f"torch.square({bp.text})", ATOM)
             return Printed(f"torch.pow({bp.text}, {number(p.value)})", ATOM)
         exp = self._lifted(p, base.rank, ATOM)
         if bp.number and self._get(p).number:
@@ -243,14 +282,15 @@ class TorchPrinter:
         return Printed(f"torch.pow({bp.text}, {exp})", ATOM)
 
     def _print_matmul(self, a: Expr, b: Expr) -> Printed:
-        at, bt = self._get(a).text, self._get(b).text
+        pa, pb = self._as_tensor(a), self._as_tensor(b)
+        at, bt = pa.text, pb.text
         match (a.rank, b.rank):
             case (2, 2):
-                return Printed(f"{self._wrap(self._get(a), MULT)} @ {self._wrap(self._get(b), MULT + 1)}", MULT)
+                return Printed(f"{self._wrap(pa, MULT)} @ {self._wrap(pb, MULT + 1)}", MULT)
             case (2, 1):
                 return Printed(f"_mv({at}, {bt})", ATOM)
             case (1, 2):
-                return Printed(f"_mv({self._wrap(self._get(b), ATOM)}.mT, {at})", ATOM)
+                return Printed(f"_mv({self._wrap(pb, ATOM)}.mT, {at})", ATOM)
             case _:
                 return Printed(f"_dot({at}, {bt})", ATOM)
 

@@ -21,8 +21,9 @@ Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then �
         and the set data depend on A, b (pulled back through the projection's closed-form
         Jacobian).
 
-J_P is the closed-form Jacobian of the projection at y = x − D∇f(x). No autograd runs
-through the solver: the backward evaluates these expressions inside the linear solver.
+J_P is the closed-form Jacobian of the projection at the gradient step x − D∇f(x).
+No autograd runs through the solver: the backward evaluates these expressions inside
+the linear solver.
 """
 
 import dataclasses
@@ -455,21 +456,21 @@ def _validate(values, x_init):
 
     Returns the tensors, the sizes of the dims, and the broadcast batch shape.
     """
+    for (name, core), value in zip(PARAMETERS.items(), values):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
+        if not isinstance(value, torch.Tensor) and not number:
+            raise ValueError(
+                f"{name}: expected a tensor of shape {_shape_text(core)}, got {type(value).__name__}"
+            )
+        if isinstance(value, torch.Tensor) and not value.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
     reference = next((v for v in values if isinstance(v, torch.Tensor)), None)
     if reference is None:
-        raise ValueError("at least one input must be a tensor (it sets dtype and device)")
+        raise ValueError(f"{PARAMETERS_LIST[0]}: at least one input must be a tensor")
     dtype, device = reference.dtype, reference.device
-    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        name = PARAMETERS_LIST[[v is reference for v in values].index(True)]
-        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {dtype}")
-    tensors, sizes, batches = [], {}, []
+    tensors, sizes, batch = [], {}, torch.Size()
     for (name, core), value in zip(PARAMETERS.items(), values):
         if not isinstance(value, torch.Tensor):
-            if core or not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(
-                    f"{name}: expected a tensor of shape {_shape_text(core)}, "
-                    f"got {type(value).__name__}"
-                )
             value = torch.tensor(float(value), dtype=dtype, device=device)
         if value.dtype != dtype:
             raise ValueError(f"{name}: dtype {value.dtype} differs from the other inputs' {dtype}")
@@ -495,7 +496,7 @@ def _validate(values, x_init):
                 "(detach it, or declare grad: true)"
             )
         tensors.append(value)
-        batches.append(value.shape[: value.dim() - len(core)])
+        batch = _broadcast_batch(name, batch, value.shape[: value.dim() - len(core)])
     if x_init is not None:
         name = f"{VARIABLE[0]}_init"
         if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
@@ -508,13 +509,19 @@ def _validate(values, x_init):
             raise ValueError(f"{name}: expected (..., {expected}), got {tuple(x_init.shape)}")
         if not bool(torch.isfinite(x_init).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        batches.append(x_init.shape[:-1])
-    try:
-        batch = torch.broadcast_shapes(*batches)
-    except RuntimeError:
-        shapes = ", ".join(f"{n}: {tuple(b)}" for n, b in zip(PARAMETERS, batches))
-        raise ValueError(f"the inputs' batch dimensions do not broadcast ({shapes})") from None
+        batch = _broadcast_batch(name, batch, x_init.shape[:-1])
     return tensors, sizes, batch
+
+
+def _broadcast_batch(name, batch, shape):
+    """The batch shape so far broadcast with one more input's; ValueError naming it if not."""
+    try:
+        return torch.broadcast_shapes(batch, shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: batch dimensions {tuple(shape)} do not broadcast with {tuple(batch)} "
+            "of the earlier inputs"
+        ) from None
 
 
 PARAMETERS_LIST = list(PARAMETERS)

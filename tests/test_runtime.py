@@ -767,10 +767,14 @@ def test_projections_against_cvxpy():
 # Device agnosticism (runs where a GPU is present)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_cuda_smoke(dtype):
-    dev = torch.device("cuda")
+def test_device_smoke(dtype, device):
+    """Everything stays on the inputs' device (CPU always; CUDA too where present)."""
+    dev = torch.device(device)
     tol = 1e-5 if dtype == F32 else 1e-12
     phi = _random_phi((3,), 12, torch.tensor([0.3, 0.5, 0.7], dtype=F64), seed=80)
     g = _rhs((3,), 12, seed=81)
@@ -778,7 +782,7 @@ def test_cuda_smoke(dtype):
     phi_d, g_d = phi.to(dev, dtype), g.to(dev, dtype)
     for method in ("lfpi", "gmres", "direct"):
         v, iters, res = SOLVERS[method](phi_d, g_d, tol)
-        assert v.device.type == "cuda" and iters.device.type == "cuda" and bool((res <= tol).all())
+        assert v.device.type == dev.type and iters.device.type == dev.type and bool((res <= tol).all())
         torch.testing.assert_close(v.cpu().double(), ref, rtol=1e-4, atol=1e-4)
     spd = _spd_phi((3,), 12, torch.tensor([-1.0, -2.0, -3.0]), 0.8, seed=82)
     v, _, res = SOLVERS["cg"](spd.to(dev, dtype), g_d, tol)
@@ -791,10 +795,10 @@ def test_cuda_smoke(dtype):
         t.to(dev) for t in _box_sum_instances(8, 6, seed=83, dtype=dtype, inf_mode="mixed")
     )
     x, ok = PR._proj_box_sum(y, lo, hi, k, d)
-    assert bool(ok.all()) and x.device.type == "cuda"
+    assert bool(ok.all()) and x.device.type == dev.type
     _check_box_sum_kkt(x, y, lo, hi, k, d, ok, atol=tol * 10)
     bars = PR._proj_box_sum_vjp(torch.ones_like(x), x, lo, hi, d)
-    assert all(t.device.type == "cuda" for t in bars)
+    assert all(t.device.type == dev.type for t in bars)
     ya, A, b = (t.to(dev) for t in _affine_data(84, dtype=dtype))
     xa = PR._proj_affine(ya, A, b, PR._affine_factor(A))
     torch.testing.assert_close((A @ xa[..., None]).squeeze(-1), b.expand(3, 2), rtol=tol, atol=tol)
