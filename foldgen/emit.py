@@ -19,18 +19,9 @@ import jinja2
 from foldgen import __version__
 from foldgen.ir import Problem
 from foldgen.printer import number, print_function
-from foldgen.rules.pgd import PgdPlan
+from foldgen.rules.base import Plan
 
 RUNTIME_FILES = ("linsolve.py", "projections.py")
-SOLVERS = ("_solve_lfpi", "_solve_gmres", "_solve_cg", "_solve_direct", "_dense_from_matvec")
-PROJECTION_HELPERS = {
-    "none": (),
-    "box": ("_proj_box", "_proj_box_vjp"),
-    "box_sum": ("_proj_box_sum", "_proj_box_sum_vjp"),
-    "affine": ("_affine_factor", "_proj_affine", "_proj_affine_vjp"),
-    "halfspace": ("_proj_halfspace", "_proj_halfspace_vjp"),
-    "ball": ("_proj_ball", "_proj_ball_vjp"),
-}
 
 
 def templates_dir() -> Path:
@@ -107,12 +98,12 @@ def _reference(problem: Problem, args: tuple[str, ...]) -> str:
     return next(a for a in args if a in names)
 
 
-def _literal(value: object) -> str:
+def literal(value: object) -> str:
     """A deterministic Python literal for tuples/dicts of names, numbers and None."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
     if isinstance(value, tuple):
-        inner = ", ".join(_literal(v) for v in value)
+        inner = ", ".join(literal(v) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
     if isinstance(value, float):
         return number(value)
@@ -121,7 +112,7 @@ def _literal(value: object) -> str:
     return repr(value)
 
 
-def render(problem: Problem, plan: PgdPlan, spec_file: str) -> str:
+def render(problem: Problem, plan: Plan, spec_file: str) -> str:
     """The generated module's source text."""
     derived = []
     for fn in plan.functions:
@@ -136,7 +127,6 @@ def render(problem: Problem, plan: PgdPlan, spec_file: str) -> str:
             ).rstrip("\n")
         )
     var = plan.var
-    names = [p.name for p in problem.parameters]
     context = {
         "version": __version__,
         "spec_file": spec_file,
@@ -145,49 +135,29 @@ def render(problem: Problem, plan: PgdPlan, spec_file: str) -> str:
         "class_name": problem.class_name,
         "class_doc": class_docstring(problem, plan),
         "parameters": problem.parameters,
-        "parameters_literal": _literal({p.name: p.shape for p in problem.parameters}),
-        "grad_parameters_literal": _literal(tuple(p.name for p in problem.grad_parameters)),
-        "defaults_literal": _literal(
+        "parameters_literal": literal({p.name: p.shape for p in problem.parameters}),
+        "grad_parameters_literal": literal(tuple(p.name for p in problem.grad_parameters)),
+        "defaults_literal": literal(
             {p.name: p.default for p in problem.parameters if p.default is not None}
         ),
-        "dims_literal": _literal(dict(problem.dims)),
-        "variable_literal": _literal((var.name, var.shape)),
+        "dims_literal": literal(dict(problem.dims)),
+        "variable_literal": literal((var.name, var.shape)),
         "var": {"name": var.name, "dims": var.shape[0]},
         "derived": derived,
-        "runtime": runtime_source(SOLVERS + PROJECTION_HELPERS[plan.projection.kind]).rstrip("\n"),
-        "projection": plan.projection,
+        "runtime": runtime_source(plan.runtime_names()).rstrip("\n"),
         "rule": plan.rule,
-        "step_mode": plan.step_mode,
-        "step_size_literal": _literal(plan.step_value) if plan.step_mode == "fixed" else '"auto"',
         "solver": {"max_iter": problem.solver.max_iter, "tol": number(problem.solver.tol)},
         "backward": {
             "method": problem.backward.method,
             "max_iter": problem.backward.max_iter,
             "tol": number(problem.backward.tol),
         },
-        "objective_grad_params": plan.objective_grad_params,
-        "objective_grad_indices": _literal(
-            tuple(names.index(n) for n in plan.objective_grad_params)
-        ),
-        "set_grad_params": plan.set_grad_params,
-        "set_grad_indices": _literal(tuple(names.index(n) for n in plan.set_grad_params)),
+        **plan.context(problem),
     }
     return _environment().get_template("module.py.j2").render(**context)
 
 
-STEP_TEXT = {
-    "fixed": "a fixed step α (step_size in the spec, or the constructor's).",
-    "lipschitz": "α = 1/L, L = λmax(∇²f) by 50 power iterations on the data (f is quadratic,\n"
-    "    so ∇²f is constant); a step_size number overrides it.",
-    "scaled": "D = β diag(1/h), h = diag ∇²f(x) derived in closed form (a Newton-like scaling),\n"
-    "    β halved from 1 until f decreases (Armijo) and f, ∇f are finite; the backward folds\n"
-    "    with D = diag(1/h(x*)).",
-    "bb": "a Barzilai–Borwein step α, halved until f decreases (Armijo) and f, ∇f are finite;\n"
-    "    the backward folds with the last accepted α.",
-}
-
-
-def _fill(text: str, indent: str = "", width: int = 92) -> str:
+def fill(text: str, indent: str = "", width: int = 92) -> str:
     """Wrap long docstring lines, keeping each line's own indentation."""
     out = []
     for line in text.split("\n"):
@@ -199,52 +169,20 @@ def _fill(text: str, indent: str = "", width: int = 92) -> str:
     return "\n".join(out)
 
 
-def module_docstring(problem: Problem, plan: PgdPlan) -> str:
-    """The problem, U, Φᵀv and Ψᵀv in readable math."""
-    x = plan.var.name
-    dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
-    lines = [
-        f"{problem.class_name}: {problem.doc or problem.name}",
-        "",
-        f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
-        "",
-        f"    minimize    f({x}) = {plan.math['objective']}"
-        + ("   (the negated maximisation objective)" if problem.sense == "maximize" else ""),
-        f"    subject to  {plan.math['set']}",
-        "",
-        f"Update rule (PGD):  U({x}) = P_C({x} − D ∇f({x})),   ∇f({x}) = {plan.math['gradient']}",
-        f"Step D: {STEP_TEXT[plan.step_mode]}",
-        "",
-        "Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then ∂L/∂θ = Ψ_θᵀ v, with",
-        "",
-        "    Φᵀv = (I − ∇²f D) J_Pᵀ v,   ∇²f u = " + plan.math["hvp"],
-        "    Ψ_θᵀv = −(∂∇f/∂θ)ᵀ (D J_Pᵀ v) + (∂P_C/∂θ)ᵀ v,  where",
-    ]
-    for p in problem.grad_parameters:
-        if p.name in plan.objective_grad_params:
-            lines.append(f"        (∂∇f/∂{p.name})ᵀ u = {plan.math['dgrad_' + p.name]}")
-    if plan.set_grad_params:
-        lines.append(
-            "        and the set data depend on " + ", ".join(plan.set_grad_params) + " (pulled back"
-            " through the projection's closed-form Jacobian)."
-        )
-    lines += [
-        "",
-        f"J_P is the closed-form Jacobian of the projection at the gradient step {x} − D∇f({x}).",
-        "No autograd runs through the solver: the backward evaluates these expressions inside",
-        "the linear solver.",
-    ]
-    return "\n".join(_fill(line) if len(line) > 92 else line for line in lines)
+def module_docstring(problem: Problem, plan: Plan) -> str:
+    """Title, the rule's own account of the problem and its derivatives, wrapped."""
+    lines = [f"{problem.class_name}: {problem.doc or problem.name}", "", *plan.describe(problem)]
+    return "\n".join(fill(line) if len(line) > 92 else line for line in lines)
 
 
-def class_docstring(problem: Problem, plan: PgdPlan) -> str:
+def class_docstring(problem: Problem, plan: Plan) -> str:
     call = ", ".join(p.name for p in problem.parameters)
     shapes = "; ".join(
         f"{p.name} (..., {', '.join(map(str, p.shape))})" if p.shape else f"{p.name} (...)"
         for p in problem.parameters
     )
-    head = _fill(problem.doc or problem.name, width=88).replace("\n", "\n    ")
-    usage = _fill(f"Call: layer({call}) -> {plan.var.name}; shapes {shapes}.", "    ", 92)
+    head = fill(problem.doc or problem.name, width=88).replace("\n", "\n    ")
+    usage = fill(f"Call: layer({call}) -> {plan.var.name}; shapes {shapes}.", "    ", 92)
     return (
         f"{head}\n\n"
         f"{usage}\n"

@@ -500,8 +500,14 @@ def power(a: Expr, p: Expr) -> Expr:
                 raise ShapeError(f"({a.value:g}) ** {p.value:g} is not a real number")
             return const(value, a.shape)
         if isinstance(a, Pow) and isinstance(a.exp, Const):
-            return power(a.base, const(a.exp.value * p.value))
+            # (b^e)^p = b^(e p), except where an even e hides b's sign: (x²)^½ = |x|, not x.
+            if not _is_even(a.exp.value) or _is_even(a.exp.value * p.value):
+                return power(a.base, const(a.exp.value * p.value))
     return Pow(a, p)
+
+
+def _is_even(v: float) -> bool:
+    return v == int(v) and int(v) % 2 == 0
 
 
 def matmul(a: Expr, b: Expr) -> Expr:

@@ -277,6 +277,8 @@ class TorchPrinter:
                 return Printed(f"torch.square({bp.text})", ATOM)
             return Printed(f"torch.pow({bp.text}, {number(p.value)})", ATOM)
         exp = self._lifted(p, base.rank, ATOM)
+        if bp.number and not self._get(p).number and base.rank:
+            bp = self._as_tensor(base)  # torch.pow(2.0, s) would drop the core shape
         if bp.number and self._get(p).number:
             return Printed(f"{self._wrap(bp, POW + 1)} ** {exp}", POW, True)
         return Printed(f"torch.pow({bp.text}, {exp})", ATOM)

@@ -382,29 +382,6 @@ def _proj_ball_vjp(v, y, c, r):
     return y_bar.expand(shape), c_bar.expand(shape), r_bar.expand(shape[:-1])
 
 
-# The feasible set: the Euclidean ball ‖x − c‖ ≤ r.
-_SET_RANKS = (1, 0)
-
-
-def _prepare_set(data):
-    return data
-
-
-def _project(y, d, S):
-    c, r = S
-    return _proj_ball(y, c, r), r >= 0
-
-
-def _project_vjp(v, x, y, d, S):
-    c, r = S
-    y_bar, c_bar, r_bar = _proj_ball_vjp(v, y, c, r)
-    return y_bar, (c_bar, r_bar)
-
-
-def _unprepare_bars(bars):
-    return bars
-
-
 # ---------------------------------------------------------------------------------------------
 # Inputs.
 
@@ -545,6 +522,29 @@ def _caller_level():
 
 # ---------------------------------------------------------------------------------------------
 # Projected gradient descent and its folded backward.
+
+
+# The feasible set: the Euclidean ball ‖x − c‖ ≤ r.
+_SET_RANKS = (1, 0)
+
+
+def _prepare_set(data):
+    return data
+
+
+def _project(y, d, S):
+    c, r = S
+    return _proj_ball(y, c, r), r >= 0
+
+
+def _project_vjp(v, x, y, d, S):
+    c, r = S
+    y_bar, c_bar, r_bar = _proj_ball_vjp(v, y, c, r)
+    return y_bar, (c_bar, r_bar)
+
+
+def _unprepare_bars(bars):
+    return bars
 
 
 def _lipschitz(x, values, iterations=50):

@@ -393,32 +393,6 @@ def _proj_affine_vjp(v, x, y, A, b, L):
     )
 
 
-# The feasible set: the affine set A x = b (one Cholesky factor of A Aᵀ per solve).
-_SET_RANKS = (2, 1, 2)
-
-
-def _prepare_set(data):
-    A, b = data
-    return A, b, _affine_factor(A)
-
-
-def _project(y, d, S):
-    A, b, L = S
-    x = _proj_affine(y, A, b, L)
-    return x, torch.isfinite(L).all(-1).all(-1)
-
-
-def _project_vjp(v, x, y, d, S):
-    A, b, L = S
-    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, L)
-    return y_bar, (A_bar, b_bar)
-
-
-def _unprepare_bars(bars):
-    A_bar, b_bar = bars
-    return A_bar, b_bar
-
-
 # ---------------------------------------------------------------------------------------------
 # Inputs.
 
@@ -559,6 +533,32 @@ def _caller_level():
 
 # ---------------------------------------------------------------------------------------------
 # Projected gradient descent and its folded backward.
+
+
+# The feasible set: the affine set A x = b (one Cholesky factor of A Aᵀ per solve).
+_SET_RANKS = (2, 1, 2)
+
+
+def _prepare_set(data):
+    A, b = data
+    return A, b, _affine_factor(A)
+
+
+def _project(y, d, S):
+    A, b, L = S
+    x = _proj_affine(y, A, b, L)
+    return x, torch.isfinite(L).all(-1).all(-1)
+
+
+def _project_vjp(v, x, y, d, S):
+    A, b, L = S
+    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, L)
+    return y_bar, (A_bar, b_bar)
+
+
+def _unprepare_bars(bars):
+    A_bar, b_bar = bars
+    return A_bar, b_bar
 
 
 def _lipschitz(x, values, iterations=50):

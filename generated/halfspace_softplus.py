@@ -377,29 +377,6 @@ def _proj_halfspace_vjp(v, y, a, b):
     return y_bar.expand(shape), a_bar.expand(shape), c.expand(shape[:-1])
 
 
-# The feasible set: the half-space a·x ≤ b.
-_SET_RANKS = (1, 0)
-
-
-def _prepare_set(data):
-    return data
-
-
-def _project(y, d, S):
-    a, b = S
-    return _proj_halfspace(y, a, b), ((a * a).sum(-1) > 0) | (b >= 0)
-
-
-def _project_vjp(v, x, y, d, S):
-    a, b = S
-    y_bar, a_bar, b_bar = _proj_halfspace_vjp(v, y, a, b)
-    return y_bar, (a_bar, b_bar)
-
-
-def _unprepare_bars(bars):
-    return bars
-
-
 # ---------------------------------------------------------------------------------------------
 # Inputs.
 
@@ -540,6 +517,29 @@ def _caller_level():
 
 # ---------------------------------------------------------------------------------------------
 # Projected gradient descent and its folded backward.
+
+
+# The feasible set: the half-space a·x ≤ b.
+_SET_RANKS = (1, 0)
+
+
+def _prepare_set(data):
+    return data
+
+
+def _project(y, d, S):
+    a, b = S
+    return _proj_halfspace(y, a, b), ((a * a).sum(-1) > 0) | (b >= 0)
+
+
+def _project_vjp(v, x, y, d, S):
+    a, b = S
+    y_bar, a_bar, b_bar = _proj_halfspace_vjp(v, y, a, b)
+    return y_bar, (a_bar, b_bar)
+
+
+def _unprepare_bars(bars):
+    return bars
 
 
 def _lipschitz(x, values, iterations=50):

@@ -375,29 +375,6 @@ def _proj_box_vjp(v, y, lo, hi):
     return y_bar, lo_bar, hi_bar
 
 
-# The feasible set: the box lo ≤ x ≤ hi (clamp; any metric gives the same projection).
-_SET_RANKS = (1, 1)
-
-
-def _prepare_set(data):
-    return data
-
-
-def _project(y, d, S):
-    lo, hi = S
-    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
-
-
-def _project_vjp(v, x, y, d, S):
-    lo, hi = S
-    y_bar, lo_bar, hi_bar = _proj_box_vjp(v, y, lo, hi)
-    return y_bar, (lo_bar, hi_bar)
-
-
-def _unprepare_bars(bars):
-    return bars
-
-
 # ---------------------------------------------------------------------------------------------
 # Inputs.
 
@@ -538,6 +515,29 @@ def _caller_level():
 
 # ---------------------------------------------------------------------------------------------
 # Projected gradient descent and its folded backward.
+
+
+# The feasible set: the box lo ≤ x ≤ hi (clamp; any metric gives the same projection).
+_SET_RANKS = (1, 1)
+
+
+def _prepare_set(data):
+    return data
+
+
+def _project(y, d, S):
+    lo, hi = S
+    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
+
+
+def _project_vjp(v, x, y, d, S):
+    lo, hi = S
+    y_bar, lo_bar, hi_bar = _proj_box_vjp(v, y, lo, hi)
+    return y_bar, (lo_bar, hi_bar)
+
+
+def _unprepare_bars(bars):
+    return bars
 
 
 def _lipschitz(x, values, iterations=50):

@@ -444,29 +444,6 @@ def _proj_box_sum_vjp(v, x, lo, hi, d):
     return y_bar, lo_bar, hi_bar, v_bar
 
 
-# The feasible set: lo ≤ x ≤ hi with Σx = k, projected in the metric diag(d)⁻¹ of the step.
-_SET_RANKS = (1, 1, 0)
-
-
-def _prepare_set(data):
-    return data
-
-
-def _project(y, d, S):
-    lo, hi, k = S
-    return _proj_box_sum(y, lo, hi, k, d)
-
-
-def _project_vjp(v, x, y, d, S):
-    lo, hi, k = S
-    y_bar, lo_bar, hi_bar, k_bar = _proj_box_sum_vjp(v, x, lo, hi, d)
-    return y_bar, (lo_bar, hi_bar, k_bar)
-
-
-def _unprepare_bars(bars):
-    return bars
-
-
 # ---------------------------------------------------------------------------------------------
 # Inputs.
 
@@ -607,6 +584,29 @@ def _caller_level():
 
 # ---------------------------------------------------------------------------------------------
 # Projected gradient descent and its folded backward.
+
+
+# The feasible set: lo ≤ x ≤ hi with Σx = k, projected in the metric diag(d)⁻¹ of the step.
+_SET_RANKS = (1, 1, 0)
+
+
+def _prepare_set(data):
+    return data
+
+
+def _project(y, d, S):
+    lo, hi, k = S
+    return _proj_box_sum(y, lo, hi, k, d)
+
+
+def _project_vjp(v, x, y, d, S):
+    lo, hi, k = S
+    y_bar, lo_bar, hi_bar, k_bar = _proj_box_sum_vjp(v, x, lo, hi, d)
+    return y_bar, (lo_bar, hi_bar, k_bar)
+
+
+def _unprepare_bars(bars):
+    return bars
 
 
 def _lipschitz(x, values, iterations=50):

@@ -140,7 +140,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-
     )
     scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
     torch.testing.assert_close(
-        actual.expand(expected.shape), expected, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}"
+        actual.expand(expected.shape),
+        expected,
+        rtol=rtol,
+        atol=rtol * scale,
+        msg=lambda m: f"{what}: {m}",
     )
 
 

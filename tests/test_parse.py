@@ -7,10 +7,10 @@ import builtins
 import os
 
 import pytest
+from ir_helpers import leaf, scope
 
 from foldgen import expr as E
 from foldgen.parse import ALL_FUNCTIONS, ExprError, Relation, parse_constraint, parse_expression
-from ir_helpers import leaf, scope
 
 DIMS = {"n": 4, "m": 3}
 x = leaf("x", ("n",), "var")
@@ -295,7 +295,7 @@ def test_non_string_is_an_empty_expression():
         "__import__('os')",
         "open('{marker}', 'w')",
         "eval('1')",
-        "exec('open(\"{marker}\", \"w\")')",
+        'exec(\'open("{marker}", "w")\')',
         "getattr(x, 'T')",
         "().__class__.__bases__[0].__subclasses__()",
         "(lambda: open('{marker}', 'w'))()",

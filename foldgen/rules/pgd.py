@@ -22,8 +22,29 @@ from foldgen.derive import gradient, jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
+from foldgen.rules.base import SOLVERS, Derived
 
 INF = float("inf")
+
+PROJECTION_HELPERS = {
+    "none": (),
+    "box": ("_proj_box", "_proj_box_vjp"),
+    "box_sum": ("_proj_box_sum", "_proj_box_sum_vjp"),
+    "affine": ("_affine_factor", "_proj_affine", "_proj_affine_vjp"),
+    "halfspace": ("_proj_halfspace", "_proj_halfspace_vjp"),
+    "ball": ("_proj_ball", "_proj_ball_vjp"),
+}
+
+STEP_TEXT = {
+    "fixed": "a fixed step α (step_size in the spec, or the constructor's).",
+    "lipschitz": "α = 1/L, L = λmax(∇²f) by 50 power iterations on the data (f is quadratic,\n"
+    "    so ∇²f is constant); a step_size number overrides it.",
+    "scaled": "D = β diag(1/h), h = diag ∇²f(x) derived in closed form (a Newton-like scaling),\n"
+    "    β halved from 1 until f decreases (Armijo) and f, ∇f are finite; the backward folds\n"
+    "    with D = diag(1/h(x*)).",
+    "bb": "a Barzilai–Borwein step α, halved until f decreases (Armijo) and f, ∇f are finite;\n"
+    "    the backward folds with the last accepted α.",
+}
 
 
 @dataclass(frozen=True)
@@ -47,16 +68,6 @@ class Projection:
 
 
 @dataclass(frozen=True)
-class Derived:
-    """A derived expression set to print as one generated function."""
-
-    name: str
-    args: tuple[str, ...]
-    outputs: tuple[Expr, ...]
-    doc: str
-
-
-@dataclass(frozen=True)
 class PgdPlan:
     rule: str
     var: Leaf
@@ -67,6 +78,60 @@ class PgdPlan:
     objective_grad_params: tuple[str, ...]  # grad params reached through ∇f
     set_grad_params: tuple[str, ...]  # grad params reached through the set data
     math: dict[str, str]
+
+    def runtime_names(self) -> tuple[str, ...]:
+        return SOLVERS + PROJECTION_HELPERS[self.projection.kind]
+
+    def context(self, problem: Problem) -> dict[str, object]:
+        from foldgen.emit import literal
+
+        names = [p.name for p in problem.parameters]
+        return {
+            "projection": self.projection,
+            "step_mode": self.step_mode,
+            "step_size_literal": literal(self.step_value) if self.step_mode == "fixed" else '"auto"',
+            "objective_grad_params": self.objective_grad_params,
+            "objective_grad_indices": literal(
+                tuple(names.index(n) for n in self.objective_grad_params)
+            ),
+            "set_grad_params": self.set_grad_params,
+            "set_grad_indices": literal(tuple(names.index(n) for n in self.set_grad_params)),
+        }
+
+    def describe(self, problem: Problem) -> list[str]:
+        x = self.var.name
+        dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
+        negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
+        lines = [
+            f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
+            "",
+            f"    minimize    f({x}) = {self.math['objective']}{negated}",
+            f"    subject to  {self.math['set']}",
+            "",
+            f"Update rule (PGD):  U({x}) = P_C({x} − D ∇f({x})),   ∇f({x}) = {self.math['gradient']}",
+            f"Step D: {STEP_TEXT[self.step_mode]}",
+            "",
+            "Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then"
+            " ∂L/∂θ = Ψ_θᵀ v, with",
+            "",
+            "    Φᵀv = (I − ∇²f D) J_Pᵀ v,   ∇²f u = " + self.math["hvp"],
+            "    Ψ_θᵀv = −(∂∇f/∂θ)ᵀ (D J_Pᵀ v) + (∂P_C/∂θ)ᵀ v,  where",
+        ]
+        for p in problem.grad_parameters:
+            if p.name in self.objective_grad_params:
+                lines.append(f"        (∂∇f/∂{p.name})ᵀ u = {self.math['dgrad_' + p.name]}")
+        if self.set_grad_params:
+            lines.append(
+                "        and the set data depend on " + ", ".join(self.set_grad_params)
+                + " (pulled back through the projection's closed-form Jacobian)."
+            )
+        return lines + [
+            "",
+            f"J_P is the closed-form Jacobian of the projection at the gradient step"
+            f" {x} − D∇f({x}).",
+            "No autograd runs through the solver: the backward evaluates these expressions inside",
+            "the linear solver.",
+        ]
 
 
 def plan(problem: Problem) -> PgdPlan:
