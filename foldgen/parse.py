@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from foldgen import expr as E
 from foldgen.expr import Expr, Leaf, ShapeError, shape_str
+
+_T = TypeVar("_T")
 
 
 class ExprError(ValueError):
@@ -113,6 +117,21 @@ class Scope:
         raise ExprError(f"unknown name '{name}'{suffix}")
 
 
+def _depth_guard(fn: Callable[[str, Scope], _T]) -> Callable[[str, Scope], _T]:
+    """Turn Python's recursion limit (ast.parse and the visitor recurse on nesting, e.g. a
+    sum of thousands of terms) into an ExprError instead of a traceback."""
+
+    @functools.wraps(fn)
+    def guarded(text: str, scope: Scope) -> _T:
+        try:
+            return fn(text, scope)
+        except RecursionError:
+            raise ExprError("expression nested too deeply; split it into smaller parts") from None
+
+    return guarded
+
+
+@_depth_guard
 def parse_expression(text: str, scope: Scope) -> Expr:
     """Parse one expression (no comparisons)."""
     tree = _parse(text)
@@ -121,6 +140,7 @@ def parse_expression(text: str, scope: Scope) -> Expr:
     return _Visitor(scope, text).visit(tree.body)
 
 
+@_depth_guard
 def parse_constraint(text: str, scope: Scope) -> list[Relation]:
     """Parse ``a <= b``, ``a >= b``, ``a == b`` or a chain ``lo <= e <= hi`` into relations."""
     tree = _parse(text)

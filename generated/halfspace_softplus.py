@@ -592,12 +592,142 @@ def _bb_step(s, r, previous):
     return alpha.clamp(1e-10, 1e10)
 
 
+def _check_step_size(step_size):
+    if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
+        raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
+    return step_size
+
+
+def _solve(layer, values, x_init, sizes, batch):
+    """PGD from the init (or warm start), per batch element; returns x and what the backward
+    folds with (the step D and the set data)."""
+    n = sizes.get("n", DEFAULT_DIMS.get("n"))
+    start = _init(*values) if x_init is None else x_init
+    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
+    S = _prepare_set(_set_data(x, *values))
+    x, feasible = _project(x, torch.ones_like(x), S)
+    feasible = feasible.expand(batch)
+    given = float(layer.step_size) if layer.step_size != "auto" else 1.0
+    fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
+    line_search = layer.step_size == "auto"
+    f = _objective(x, *values)
+    g = _gradient(x, *values)
+    d = _initial_step(x, g, values) if line_search else fixed
+    taken = d
+    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
+    active = feasible.clone()
+    for _ in range(layer.max_iter):
+        if not bool(active.any()):
+            break
+        if line_search:
+            x_new, f_new, g_new, step, found = _line_search(x, f, g, d, S, values, active)
+            taken = torch.where(active[..., None], step, taken)
+            d = torch.where(active[..., None], _bb_step(x_new - x, g_new - g, step), d)
+        else:
+            x_new, _ = _project(x - d * g, torch.ones_like(x), S)
+            f_new, g_new, found = f, _gradient(x_new, *values), active
+        f = torch.where(active, f_new, f)
+        g = torch.where(active[..., None], g_new, g)
+        step_norm = _norm(x_new - x)
+        residual = torch.where(active, step_norm, residual)
+        iterations = iterations + active.to(torch.int64)
+        x = torch.where(active[..., None], x_new, x)
+        active = active & found & (step_norm > layer.tol)
+    converged = feasible & (residual <= layer.tol)
+    d = taken if line_search else fixed
+    d = d.expand(*batch, d.shape[-1])
+    layer.info = SolveInfo(iterations, residual, converged, feasible, d.mean(-1))
+    worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
+    detail = f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+    _report(layer, "the forward solve", converged | ~feasible, detail)
+    _report(layer, "the forward solve", feasible, "the constraints admit no point")
+    return x, (d, S)
+
+
+def _initial_step(x, g, values):
+    """α₀ = 1/‖∇f(x₀)‖∞, then Barzilai–Borwein steps safeguarded by backtracking."""
+    scale = g.abs().amax(-1, keepdim=True)
+    return torch.where(scale > 0, 1 / scale, 1.0)
+
+
+def _phi_t(x, d, S, values):
+    """v ↦ Φᵀv with Φ = J_P (I − D∇²f) at x (D frozen); also returns y = x − D∇f."""
+    y = x - d * _gradient(x, *values)
+
+    def phi_t(v):
+        w, _ = _project_vjp(v, x, y, d, S)
+        return w - _hvp(x, d * w, *values)
+
+    return phi_t, y
+
+
+def _backward(layer, x, values, state, grad_x):
+    """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = ∂L/∂x, Φ and Ψ at x* with the frozen step."""
+    d, S = state
+    batch = torch.broadcast_shapes(grad_x.shape[:-1], d.shape[:-1])
+    phi_t, y = _phi_t(x, d, S, values)
+
+    def dense_phi_t():
+        lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
+        S_lifted = tuple(_lift(t, r) for t, r in zip(S, _SET_RANKS))
+        return _phi_t(_lift(x, 1), _lift(d, 1), S_lifted, lifted)[0]
+
+    v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]))
+    # Ψᵀv: through ∇f (scaled by −D) and through the set data.
+    w, set_bars = _project_vjp(v, x, y, d, S)
+    grads = [None] * len(values)
+    objective_grads = _gradient_vjp(x, d * w, *values)
+    for index, bar in zip((0,), _as_tuple(objective_grads)):
+        grads[index] = -bar
+    set_grads = _set_data_vjp(x, *_unprepare_bars(set_bars), *values)
+    for index, bar in zip((1, 2), _as_tuple(set_grads)):
+        grads[index] = bar if grads[index] is None else grads[index] + bar
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer.
+
+
+def _adjoint(layer, phi_t, dense_phi_t, g):
+    """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
+
+    ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    """
+    n = g.shape[-1]
+    batch = g.shape[:-1]
+    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
+    if method == "auto":
+        # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
+        method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
+    if method == "direct":
+        dense = _dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device)
+        v, iterations, residual = _solve_direct(dense, g)
+    elif method == "lfpi":
+        v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
+    elif method == "cg":
+        v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
+    else:
+        restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
+        v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
+    converged = residual <= tol
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged)
+    detail = f"relative residual up to {float(residual.max()):.3g} > tol {tol:g}"
+    _report(layer, f"the backward solve ({method})", converged, detail)
+    return v
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
 class _Fold(torch.autograd.Function):
-    """Forward: the PGD solver, outside autograd. Backward: the folded adjoint solve."""
+    """Forward: the solver, outside autograd. Backward: the folded adjoint solve."""
 
     @staticmethod
     def forward(ctx, layer, x_init, sizes, batch, *values):
-        x, state = layer._solve(values, x_init, sizes, batch)
+        x, state = _solve(layer, values, x_init, sizes, batch)
         ctx.layer = layer
         ctx.state = state
         ctx.save_for_backward(x, *values)
@@ -607,7 +737,12 @@ class _Fold(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_x):
         x, *values = ctx.saved_tensors
-        grads = ctx.layer._backward(x, values, ctx.state, grad_x, ctx.needs_input_grad[4:])
+        grads = _backward(ctx.layer, x, values, ctx.state, grad_x)
+        needs = ctx.needs_input_grad[4:]
+        grads = [
+            None if grad is None or not need else grad.sum_to_size(value.shape)
+            for grad, need, value in zip(grads, needs, values)
+        ]
         return (None, None, None, None, *grads)
 
 
@@ -640,11 +775,9 @@ class HalfspaceSoftplus(torch.nn.Module):
         if on_nonconvergence not in ("warn", "raise", "ignore"):
             expected = "'warn', 'raise' or 'ignore'"
             raise ValueError(f"on_nonconvergence: expected {expected}, got {on_nonconvergence!r}")
-        if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
-            raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
         self.max_iter = int(max_iter)
         self.tol = float(tol)
-        self.step_size = step_size
+        self.step_size = _check_step_size(step_size)
         self.backward_method = backward_method
         self.backward_max_iter = int(backward_max_iter)
         self.backward_tol = float(backward_tol)
@@ -675,112 +808,3 @@ class HalfspaceSoftplus(torch.nn.Module):
         bound = f", bound={self.bound}" if self.bound else ""
         method = f"backward_method={self.backward_method!r}"
         return f"max_iter={self.max_iter}, tol={self.tol}, {method}{bound}"
-
-    # -- forward ----------------------------------------------------------------------------
-
-    def _solve(self, values, x_init, sizes, batch):
-        n = sizes.get("n", DEFAULT_DIMS.get("n"))
-        start = _init(*values) if x_init is None else x_init
-        x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
-        S = _prepare_set(_set_data(x, *values))
-        x, feasible = _project(x, torch.ones_like(x), S)
-        feasible = feasible.expand(batch)
-        given = float(self.step_size) if self.step_size != "auto" else 1.0
-        fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
-        line_search = self.step_size == "auto"
-        f = _objective(x, *values)
-        g = _gradient(x, *values)
-        d = self._initial_step(x, g, values) if line_search else fixed
-        taken = d
-        iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
-        residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
-        active = feasible.clone()
-        for _ in range(self.max_iter):
-            if not bool(active.any()):
-                break
-            if line_search:
-                x_new, f_new, g_new, step, found = _line_search(x, f, g, d, S, values, active)
-                taken = torch.where(active[..., None], step, taken)
-                d = torch.where(active[..., None], _bb_step(x_new - x, g_new - g, step), d)
-            else:
-                x_new, _ = _project(x - d * g, torch.ones_like(x), S)
-                f_new, g_new, found = f, _gradient(x_new, *values), active
-            f = torch.where(active, f_new, f)
-            g = torch.where(active[..., None], g_new, g)
-            step_norm = _norm(x_new - x)
-            residual = torch.where(active, step_norm, residual)
-            iterations = iterations + active.to(torch.int64)
-            x = torch.where(active[..., None], x_new, x)
-            active = active & found & (step_norm > self.tol)
-        converged = feasible & (residual <= self.tol)
-        d = taken if line_search else fixed
-        d = d.expand(*batch, d.shape[-1])
-        self.info = SolveInfo(iterations, residual, converged, feasible, d.mean(-1))
-        worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
-        detail = f"residual up to {worst:.3g} > tol {self.tol:g} after {self.max_iter} iterations"
-        _report(self, "the forward solve", converged | ~feasible, detail)
-        _report(self, "the forward solve", feasible, "the constraints admit no point")
-        return x, (d, S)
-
-    def _initial_step(self, x, g, values):
-        """α₀ = 1/‖∇f(x₀)‖∞, then Barzilai–Borwein steps safeguarded by backtracking."""
-        scale = g.abs().amax(-1, keepdim=True)
-        return torch.where(scale > 0, 1 / scale, 1.0)
-
-    # -- backward ---------------------------------------------------------------------------
-
-    def _phi_t(self, x, d, S, values):
-        """v ↦ Φᵀv with Φ = J_P (I − D∇²f) at x (D frozen); also returns y = x − D∇f."""
-        y = x - d * _gradient(x, *values)
-
-        def phi_t(v):
-            w, _ = _project_vjp(v, x, y, d, S)
-            return w - _hvp(x, d * w, *values)
-
-        return phi_t, y
-
-    def _backward(self, x, values, state, grad_x, needs):
-        d, S = state
-        method = self.backward_method
-        n = x.shape[-1]
-        batch = torch.broadcast_shapes(grad_x.shape[:-1], d.shape[:-1])
-        if method == "auto":
-            # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
-            method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
-        g = grad_x.expand(*batch, n)
-        max_iter, tol = self.backward_max_iter, self.backward_tol
-        phi_t, y = self._phi_t(x, d, S, values)
-        if method == "direct":
-            lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
-            S_lifted = tuple(_lift(t, r) for t, r in zip(S, _SET_RANKS))
-            dense_phi_t, _ = self._phi_t(_lift(x, 1), _lift(d, 1), S_lifted, lifted)
-            dense = _dense_from_matvec(dense_phi_t, batch, n, x.dtype, x.device)
-            v, iterations, residual = _solve_direct(dense, g)
-        elif method == "lfpi":
-            v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
-        elif method == "cg":
-            v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
-        else:
-            restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
-            v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
-        converged = residual <= tol
-        self.backward_info = BackwardInfo(method, iterations, residual, converged)
-        detail = f"relative residual up to {float(residual.max()):.3g} > tol {tol:g}"
-        _report(self, f"the backward solve ({method})", converged, detail)
-        # Ψᵀv: through ∇f (scaled by −D) and through the set data.
-        w, set_bars = _project_vjp(v, x, y, d, S)
-        grads = [None] * len(values)
-        objective_grads = _gradient_vjp(x, d * w, *values)
-        for index, bar in zip((0,), _as_tuple(objective_grads)):
-            grads[index] = -bar
-        set_grads = _set_data_vjp(x, *_unprepare_bars(set_bars), *values)
-        for index, bar in zip((1, 2), _as_tuple(set_grads)):
-            grads[index] = bar if grads[index] is None else grads[index] + bar
-        return [
-            None if grad is None or not need else grad.sum_to_size(value.shape)
-            for grad, need, value in zip(grads, needs, values)
-        ]
-
-
-def _as_tuple(t):
-    return t if isinstance(t, tuple) else (t,)

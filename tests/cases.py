@@ -7,10 +7,11 @@ Adding a spec to specs/ without a case here fails ``test_every_spec_has_a_case``
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,9 @@ class Case:
 
     make: Callable[[tuple[int, ...], torch.dtype, torch.Generator], dict[str, torch.Tensor]]
     cvxpy: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
-    convex: bool = True
-    layer_kwargs: dict = field(default_factory=dict)
+    # Autograd through the unrolled update map from x*, for rules other than PGD (whose
+    # reference lives in test_battery): (module, layer, values, weight) -> {name: gradient}.
+    unrolled: Callable | None = None
 
 
 def _randn(gen, *shape, dtype):
@@ -193,3 +195,11 @@ CASES: dict[str, Case] = {
     "sparsemax": Case(_sparsemax, _sparsemax_cvx),
     "halfspace_softplus": Case(_halfspace, _halfspace_cvx),
 }
+
+# Cases of other rules live in their own files (one file per rule) and join here.
+for _rule_cases in ("cases_admm", "cases_sqp"):
+    try:
+        CASES.update(importlib.import_module(_rule_cases).CASES)
+    except ModuleNotFoundError as err:
+        if err.name != _rule_cases:
+            raise

@@ -98,7 +98,10 @@ def test_folded_equals_unrolled(spec):
     layer = make_layer(module)
     weight = torch.randn(layer(**values).shape, generator=torch.Generator().manual_seed(2), dtype=F64)
     folded = folded_gradient(module, layer, values, weight)
-    unrolled = unrolled_gradient(module, layer, values, weight, iterations=3000)
+    if case.unrolled is not None:
+        unrolled = case.unrolled(module, layer, values, weight)
+    else:
+        unrolled = unrolled_gradient(module, layer, values, weight, iterations=3000)
     for n in folded:
         scale = unrolled[n].abs().max().clamp_min(1.0)
         assert (folded[n] - unrolled[n]).abs().max() <= 1e-8 * scale, n

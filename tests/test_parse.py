@@ -344,3 +344,16 @@ def test_shape_error_names_innermost_subexpression_only():
     message = str(info.value)
     assert message.startswith("in 'x + A':")
     assert "[n]" in message and "[m, n]" in message
+
+
+def test_long_and_deeply_nested_expressions():
+    """A sum of hundreds of terms parses; one nested beyond Python's recursion limit is an
+    ExprError, not a RecursionError traceback."""
+    assert p("x" + " + x" * 300) == E.mul(E.const(301.0), x)
+    for text in ("x" + " + x" * 3000, "-" * 3000 + "x"):
+        with pytest.raises(ExprError, match="nested too deeply"):
+            p(text)
+    with pytest.raises(ExprError, match="nested too deeply"):
+        rel("0 <= " + "-" * 3000 + "x")
+    with pytest.raises(ExprError, match="invalid syntax"):
+        p("(" * 300 + "x" + ")" * 300)

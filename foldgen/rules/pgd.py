@@ -86,10 +86,11 @@ class PgdPlan:
         from foldgen.emit import literal
 
         names = [p.name for p in problem.parameters]
+        step_size = literal(self.step_value) if self.step_mode == "fixed" else '"auto"'
         return {
+            "settings": [{"name": "step_size", "default": step_size}],
             "projection": self.projection,
             "step_mode": self.step_mode,
-            "step_size_literal": literal(self.step_value) if self.step_mode == "fixed" else '"auto"',
             "objective_grad_params": self.objective_grad_params,
             "objective_grad_indices": literal(
                 tuple(names.index(n) for n in self.objective_grad_params)
