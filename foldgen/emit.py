@@ -21,7 +21,7 @@ from foldgen.ir import Problem
 from foldgen.printer import number, print_function
 from foldgen.rules.base import Plan
 
-RUNTIME_FILES = ("linsolve.py", "projections.py")
+RUNTIME_FILES = ("linsolve.py", "projections.py", "prox.py", "qp.py")
 
 
 def templates_dir() -> Path:

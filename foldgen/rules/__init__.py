@@ -9,17 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from foldgen.ir import Problem
-from foldgen.rules import pgd
+from foldgen.rules import admm, pgd, sqp
+from foldgen.rules.base import Plan
+
+PLANNERS: dict[str, Callable[[Problem], Plan]] = {
+    "pgd": pgd.plan,
+    "admm": admm.plan,
+    "sqp": sqp.plan,
+}
 
 
-def plan_for(problem: Problem) -> object:
+def plan_for(problem: Problem) -> Plan:
     """The rule's plan for this problem."""
-    planners: dict[str, Callable[[Problem], object]] = {"pgd": pgd.plan}
-    rule = problem.solver.rule
-    if rule not in planners:
-        raise problem.error(
-            ("solver", "rule"),
-            f"rule '{rule}' is part of the spec format but not implemented in this foldgen "
-            "version yet; use rule 'pgd' where the feasible set has a closed-form projection",
-        )
-    return planners[rule](problem)
+    return PLANNERS[problem.solver.rule](problem)
