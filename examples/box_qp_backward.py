@@ -15,7 +15,6 @@ import statistics
 import time
 
 import torch
-
 from _common import load_generated
 
 
@@ -95,13 +94,19 @@ def main() -> None:
     unroll_err = ((c_unroll.grad - exact).norm() / exact.norm()).item()
     fold_bwd = fold_total - fold_fwd
     unroll_bwd = unroll_total - unroll_fwd
-    print(f"box_qp  n={n} batch={batch} float64, PGD forward {iterations} iterations, α = {alpha:.4g}")
+    print(
+        f"box_qp  n={n} batch={batch} float64, PGD forward {iterations} iterations, α = {alpha:.4g}"
+    )
     print("| backward | time (median) | relative gradient error vs exact |")
     print("| --- | --- | --- |")
     print(f"| foldgen ({layer.backward_info.method}) | {fold_bwd * 1e3:.1f} ms | {fold_err:.1e} |")
-    print(f"| autograd through {iterations} unrolled iterations | {unroll_bwd * 1e3:.1f} ms | {unroll_err:.1e} |")
-    print(f"speed-up: {unroll_bwd / fold_bwd:.1f}x "
-          f"(backward = median(forward+backward) − median(forward), {args.repeats} runs each)")
+    print(
+        f"| autograd through {iterations} unrolled iterations | {unroll_bwd * 1e3:.1f} ms | {unroll_err:.1e} |"
+    )
+    print(
+        f"speed-up: {unroll_bwd / fold_bwd:.1f}x "
+        f"(backward = median(forward+backward) − median(forward), {args.repeats} runs each)"
+    )
 
 
 if __name__ == "__main__":

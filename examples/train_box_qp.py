@@ -14,7 +14,6 @@ import argparse
 import time
 
 import torch
-
 from _common import load_generated
 
 

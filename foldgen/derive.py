@@ -206,9 +206,13 @@ def _jdiag(e: Expr, x: Leaf, memo: dict) -> tuple[Expr, bool] | None:
         out = (gradient(e, x), False)  # a scalar s(x) broadcast: the Jacobian is 1 ∇sᵀ
     elif isinstance(e, Add):
         parts = [_jdiag(t, x, memo) for t in e.terms]
-        out = None if None in parts else (
-            add(*(p[0] for p in parts)),  # type: ignore[index]
-            all(p[1] for p in parts),  # type: ignore[index]
+        out = (
+            None
+            if None in parts
+            else (
+                add(*(p[0] for p in parts)),  # type: ignore[index]
+                all(p[1] for p in parts),  # type: ignore[index]
+            )
         )
     elif isinstance(e, Mul):
         da, db = _jdiag(e.a, x, memo), _jdiag(e.b, x, memo)
@@ -221,9 +225,13 @@ def _jdiag(e: Expr, x: Leaf, memo: dict) -> tuple[Expr, bool] | None:
             out = (add(mul(e.a, db[0]), mul(e.b, da[0])), bool(exact))
     elif isinstance(e, Pow) and not e.exp.depends_on(x):
         d = _jdiag(e.base, x, memo)
-        out = None if d is None else (
-            mul(mul(e.exp, power(e.base, sub(e.exp, const(1.0)))), d[0]),
-            d[1],
+        out = (
+            None
+            if d is None
+            else (
+                mul(mul(e.exp, power(e.base, sub(e.exp, const(1.0)))), d[0]),
+                d[1],
+            )
         )
     elif isinstance(e, Func):
         d = _jdiag(e.a, x, memo)

@@ -32,5 +32,7 @@ class SpecError(Exception):
         self.key = key
 
     def __str__(self) -> str:
-        where = ":".join(str(part) for part in (self.file, self.line, self.col) if part is not None)
+        where = ":".join(
+            str(part) for part in (self.file, self.line, self.col) if part is not None
+        )
         return ": ".join(part for part in (where, self.key, self.message) if part)

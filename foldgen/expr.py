@@ -466,7 +466,9 @@ def mul(a: Expr, b: Expr) -> Expr:
         if isinstance(b, Add) and a.rank == 0:
             return add(*(mul(a, t) for t in b.terms))
         if a.rank:  # a constant vector times a scalar: keep the scalar, broadcast
-            return broadcast(mul(const(a.value), b), shape) if b.rank == 0 else mul(const(a.value), b)
+            return (
+                broadcast(mul(const(a.value), b), shape) if b.rank == 0 else mul(const(a.value), b)
+            )
     if shape:
         a = _unbroadcast(a, shape)
         b = _unbroadcast(b, shape)
@@ -566,9 +568,7 @@ def transpose(a: Expr) -> Expr:
 
 
 def is_symmetric(a: Expr) -> bool:
-    return isinstance(a, Leaf) and bool(
-        a.properties & {"symmetric", "psd", "pd", "diagonal"}
-    )
+    return isinstance(a, Leaf) and bool(a.properties & {"symmetric", "psd", "pd", "diagonal"})
 
 
 def sum_(a: Expr) -> Expr:

@@ -59,7 +59,16 @@ class Elementwise:
 
 
 def _sigmoid(t: float) -> float:
-    return 1.0 / (1.0 + math.exp(-t))
+    """Overflow-safe for any finite t."""
+    if t >= 0:
+        return 1.0 / (1.0 + math.exp(-t))
+    e = math.exp(t)
+    return e / (1.0 + e)
+
+
+def _softplus(t: float) -> float:
+    """log(1 + exp(t)) without overflow: max(t, 0) + log1p(exp(−|t|))."""
+    return max(t, 0.0) + math.log1p(math.exp(-abs(t)))
 
 
 def _sign(t: float) -> float:
@@ -80,7 +89,7 @@ ELEMENTWISE: dict[str, Elementwise] = {
             "softplus",
             softplus,
             "torch.nn.functional.softplus",
-            lambda t: math.log1p(math.exp(t)),
+            _softplus,
             "softplus",
         ),
         Elementwise("abs", sympy.Abs, "torch.abs", abs, "abs"),

@@ -161,7 +161,9 @@ def lower(loaded: LoadedSpec) -> Problem:
     key = spec.sense
     objective = _parse(loaded, (key,), lambda: parse_expression(spec.objective, full_scope))
     if objective.rank != 0:
-        raise loaded.error((key,), f"the objective must be a scalar, got {shape_str(objective.shape)}")
+        raise loaded.error(
+            (key,), f"the objective must be a scalar, got {shape_str(objective.shape)}"
+        )
     if not any(objective.depends_on(v) for v in var_leaves.values()):
         raise loaded.error((key,), "the objective does not depend on any variable")
     if key == "maximize":
@@ -171,7 +173,9 @@ def lower(loaded: LoadedSpec) -> Problem:
     uppers: dict[Leaf, tuple[Expr, int]] = {}
     families: list[Constraint] = []
     for i, text in enumerate(spec.constraints):
-        relations = _parse(loaded, ("constraints", i), lambda t=text: parse_constraint(t, full_scope))
+        relations = _parse(
+            loaded, ("constraints", i), lambda t=text: parse_constraint(t, full_scope)
+        )
         for rel in relations:
             found = _classify(loaded, i, rel, list(var_leaves.values()))
             if isinstance(found, tuple):

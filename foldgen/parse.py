@@ -80,7 +80,18 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., Expr]]] = {
     "diag": _unary(E.diag),
     **{
         name: _elementwise(name)
-        for name in ("exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "softplus", "abs", "entr")
+        for name in (
+            "exp",
+            "log",
+            "sqrt",
+            "sin",
+            "cos",
+            "tanh",
+            "sigmoid",
+            "softplus",
+            "abs",
+            "entr",
+        )
     },
 }
 SIZE_FUNCTIONS = ("ones", "eye")

@@ -198,7 +198,9 @@ class TorchPrinter:
             case Broadcast(a=a, shape_=shape):
                 p = self._get(a)
                 if p.number:
-                    return Printed(f"{self.ref}.new_full({self._shape_tuple(shape)}, {p.text})", ATOM)
+                    return Printed(
+                        f"{self.ref}.new_full({self._shape_tuple(shape)}, {p.text})", ATOM
+                    )
                 return Printed(f"_expand({p.text}, {self._shape_tuple(shape)})", ATOM)
             case Func(name=name, a=a):
                 return Printed(f"{ELEMENTWISE[name].torch}({self._as_tensor(a).text})", ATOM)

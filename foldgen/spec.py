@@ -108,7 +108,9 @@ def _check_shape(value: object) -> object:
         raise _fail(f"expected a list of dims such as [n] or [n, n], got {_shown(value)}")
     for i, entry in enumerate(value):
         if isinstance(entry, bool) or not isinstance(entry, str | int):
-            raise _fail(f"a shape entry is a dim name or a positive integer, got {_shown(entry)}", (i,))
+            raise _fail(
+                f"a shape entry is a dim name or a positive integer, got {_shown(entry)}", (i,)
+            )
         if isinstance(entry, int) and entry <= 0:
             raise _fail(f"a shape entry must be positive, got {entry}", (i,))
     return tuple(value)
@@ -206,7 +208,9 @@ class SolverSpec(_Frozen):
 
     @field_validator("step_size", "rho", "step")
     @classmethod
-    def _belongs_to_rule(cls, value: float | str | None, info: ValidationInfo) -> float | str | None:
+    def _belongs_to_rule(
+        cls, value: float | str | None, info: ValidationInfo
+    ) -> float | str | None:
         assert info.field_name is not None
         owner, default = cls._OWNER[info.field_name]
         rule = info.data.get("rule")
@@ -214,7 +218,9 @@ class SolverSpec(_Frozen):
             return value
         if rule != owner:
             if value is not None:
-                raise _fail(f"'{info.field_name}' applies to rule '{owner}', not '{rule}'", at_key=True)
+                raise _fail(
+                    f"'{info.field_name}' applies to rule '{owner}', not '{rule}'", at_key=True
+                )
             return None
         return default if value is None else value
 
@@ -263,7 +269,9 @@ class Spec(_Frozen):
     @classmethod
     def _version(cls, value: object) -> object:
         if type(value) is not int or value != 1:
-            raise _fail(f"unsupported format version {_shown(value)}; this foldgen reads 'foldgen: 1'")
+            raise _fail(
+                f"unsupported format version {_shown(value)}; this foldgen reads 'foldgen: 1'"
+            )
         return value
 
     @field_validator("name")
@@ -271,7 +279,9 @@ class Spec(_Frozen):
     def _module_name(cls, name: str) -> str:
         # The name becomes `<name>.py`, which must be importable without shadowing anything.
         if not naming.is_snake_case(name):
-            raise _fail(f"'{name}' is not snake_case (lowercase words joined by '_', e.g. 'box_qp')")
+            raise _fail(
+                f"'{name}' is not snake_case (lowercase words joined by '_', e.g. 'box_qp')"
+            )
         if keyword.iskeyword(name):
             raise _fail(f"'{name}' is a Python keyword, so '{name}.py' could not be imported")
         if name == "torch" or name in sys.stdlib_module_names:
@@ -282,7 +292,9 @@ class Spec(_Frozen):
     @classmethod
     def _class(cls, name: str | None) -> str | None:
         if name is not None and not _CLASS_NAME.fullmatch(name):
-            raise _fail(f"'{name}' is not a class name (a capital letter, then letters and digits)")
+            raise _fail(
+                f"'{name}' is not a class name (a capital letter, then letters and digits)"
+            )
         return name
 
     @model_validator(mode="after")
@@ -290,7 +302,11 @@ class Spec(_Frozen):
         if (self.minimize is None) == (self.maximize is None):
             if self.minimize is None:
                 raise _fail("missing key 'minimize' or 'maximize'")
-            raise _fail("give exactly one of 'minimize' and 'maximize', not both", ("maximize",), at_key=True)
+            raise _fail(
+                "give exactly one of 'minimize' and 'maximize', not both",
+                ("maximize",),
+                at_key=True,
+            )
         if not self.variables:
             raise _fail("declare at least one variable", ("variables",))
         self._check_names()
@@ -315,9 +331,13 @@ class Spec(_Frozen):
                     )
                 reason = naming.reserved_reason(name)
                 if reason is not None:
-                    raise _fail(f"{reason}; choose another name, such as '{name}_'", where, at_key=True)
+                    raise _fail(
+                        f"{reason}; choose another name, such as '{name}_'", where, at_key=True
+                    )
                 if name in declared:
-                    raise _fail(f"'{name}' is already declared in {declared[name]}", where, at_key=True)
+                    raise _fail(
+                        f"'{name}' is already declared in {declared[name]}", where, at_key=True
+                    )
                 declared[name] = group
 
     def _check_shapes(self) -> None:
@@ -331,7 +351,9 @@ class Spec(_Frozen):
         if not self.dims:
             return f"unknown dim '{dim}'; no dims are declared (add 'dims: {{{dim}: <size>}}')"
         declared = ", ".join(self.dims)
-        return f"unknown dim '{dim}'; declared dims: {declared}{_did_you_mean(dim, list(self.dims))}"
+        return (
+            f"unknown dim '{dim}'; declared dims: {declared}{_did_you_mean(dim, list(self.dims))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -356,7 +378,9 @@ class LoadedSpec:
     def error(self, path: Path, message: str, *, at_key: bool = False) -> SpecError:
         """A `SpecError` for `path`, e.g. ``error(("constraints", 2), "unknown name 'y'")``."""
         line, col = self.locate(path, at_key=at_key)
-        return SpecError(message, file=self.file, line=line, col=col, key=naming.key_path(path) or None)
+        return SpecError(
+            message, file=self.file, line=line, col=col, key=naming.key_path(path) or None
+        )
 
 
 def load_spec(path: str | os.PathLike[str]) -> LoadedSpec:
@@ -370,7 +394,9 @@ def load_spec(path: str | os.PathLike[str]) -> LoadedSpec:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SpecError(f"the spec is not UTF-8 text ({err.reason} at byte {err.start})", file=file) from None
+        raise SpecError(
+            f"the spec is not UTF-8 text ({err.reason} at byte {err.start})", file=file
+        ) from None
     return _load(text, file, hashlib.sha256(data).hexdigest())
 
 
@@ -397,7 +423,9 @@ def _load(text: str, file: str, sha256: str) -> LoadedSpec:
     positions, key_positions = indexer.positions, indexer.key_positions
     if not isinstance(data, dict):
         line, col = _locate(positions, key_positions, (), False)
-        got = {type(None): "nothing", list: "a list"}.get(type(data), f"the single value {_shown(data)}")
+        got = {type(None): "nothing", list: "a list"}.get(
+            type(data), f"the single value {_shown(data)}"
+        )
         raise SpecError(
             f"a spec is a mapping of keys (foldgen, name, parameters, ...), but this file holds {got}",
             file=file,
@@ -408,7 +436,9 @@ def _load(text: str, file: str, sha256: str) -> LoadedSpec:
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise _spec_error(err, data, file, positions, key_positions) from None
-    return LoadedSpec(spec, file, text, sha256, MappingProxyType(positions), MappingProxyType(key_positions))
+    return LoadedSpec(
+        spec, file, text, sha256, MappingProxyType(positions), MappingProxyType(key_positions)
+    )
 
 
 def _yaml_error(err: yaml.YAMLError, text: str, file: str) -> SpecError:
@@ -440,7 +470,9 @@ class _Indexer:
         self.positions: dict[Path, tuple[int, int]] = {}
         self.key_positions: dict[Path, tuple[int, int]] = {}
 
-    def visit(self, node: yaml.Node, path: Path = (), ancestors: tuple[yaml.Node, ...] = ()) -> None:
+    def visit(
+        self, node: yaml.Node, path: Path = (), ancestors: tuple[yaml.Node, ...] = ()
+    ) -> None:
         self.positions[path] = _mark_position(node.start_mark)
         if any(node is ancestor for ancestor in ancestors):
             raise self._error("an alias refers to a node that contains it", node.start_mark, path)
@@ -465,7 +497,9 @@ class _Indexer:
 
     def _error(self, message: str, mark: yaml.Mark, path: Path) -> SpecError:
         line, col = _mark_position(mark)
-        return SpecError(message, file=self.file, line=line, col=col, key=naming.key_path(path) or None)
+        return SpecError(
+            message, file=self.file, line=line, col=col, key=naming.key_path(path) or None
+        )
 
 
 def _not_a_name(key_node: yaml.Node, key: object) -> str:

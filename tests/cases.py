@@ -126,9 +126,7 @@ def _logistic_cvx(v):
     w = cp.Variable(v["X"].shape[-1])
     z = v["X"] @ w
     f = cp.sum(cp.logistic(z)) - v["y"] @ z + 0.5 * float(v["mu"]) * cp.sum_squares(w)
-    cp.Problem(cp.Minimize(f), [w >= v["lo"], w <= v["hi"]]).solve(
-        solver=cp.CLARABEL, **TIGHT
-    )
+    cp.Problem(cp.Minimize(f), [w >= v["lo"], w <= v["hi"]]).solve(solver=cp.CLARABEL, **TIGHT)
     return w.value
 
 
@@ -180,9 +178,7 @@ def _halfspace_cvx(v):
 
     x = cp.Variable(v["y"].shape[-1])
     f = cp.sum(cp.logistic(x)) - v["y"] @ x + 0.5 * cp.sum_squares(x)
-    cp.Problem(cp.Minimize(f), [v["a"] @ x <= float(v["b"])]).solve(
-        solver=cp.CLARABEL, **TIGHT
-    )
+    cp.Problem(cp.Minimize(f), [v["a"] @ x <= float(v["b"])]).solve(solver=cp.CLARABEL, **TIGHT)
     return x.value
 
 

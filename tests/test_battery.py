@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from cases import CASES, SPECS, load_module
 
 F64 = torch.float64
@@ -96,7 +95,9 @@ def test_folded_equals_unrolled(spec):
     name, module, case = spec
     values = draw(case, batch=(3,), seed=1)
     layer = make_layer(module)
-    weight = torch.randn(layer(**values).shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    weight = torch.randn(
+        layer(**values).shape, generator=torch.Generator().manual_seed(2), dtype=F64
+    )
     folded = folded_gradient(module, layer, values, weight)
     if case.unrolled is not None:
         unrolled = case.unrolled(module, layer, values, weight)
@@ -123,7 +124,9 @@ def test_backward_methods_agree(spec, method):
     name, module, case = spec
     values = draw(case, batch=(4,), seed=3)
     reference_layer = make_layer(module, backward_method="direct")
-    weight = torch.randn(reference_layer(**values).shape, generator=torch.Generator().manual_seed(4), dtype=F64)
+    weight = torch.randn(
+        reference_layer(**values).shape, generator=torch.Generator().manual_seed(4), dtype=F64
+    )
     reference = folded_gradient(module, reference_layer, values, weight)
     layer = make_layer(module, backward_method=method, backward_max_iter=5000, backward_tol=1e-13)
     layer.on_nonconvergence = "ignore"
@@ -145,7 +148,9 @@ def test_batched_equals_loop(spec):
     layer = make_layer(module)
     batched = layer(**values)
     for i in range(3):
-        single = {n: (v[i] if v.dim() > len(module.PARAMETERS[n]) else v) for n, v in values.items()}
+        single = {
+            n: (v[i] if v.dim() > len(module.PARAMETERS[n]) else v) for n, v in values.items()
+        }
         torch.testing.assert_close(layer(**single), batched[i], atol=1e-10, rtol=0)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cases import load_module
 
 F64 = torch.float64
@@ -56,7 +55,9 @@ def test_box_qp_gradient_equals_active_set_gradient():
     c = torch.randn(8, n, generator=gen, dtype=F64).requires_grad_()
     weight = torch.randn(8, n, generator=gen, dtype=F64)
     for method in ("gmres", "direct", "lfpi"):
-        layer = module.BoxQp(Q=q, backward_method=method, backward_max_iter=5000, backward_tol=1e-13)
+        layer = module.BoxQp(
+            Q=q, backward_method=method, backward_max_iter=5000, backward_tol=1e-13
+        )
         layer.on_nonconvergence = "raise"
         x = layer(c)
         (grad,) = torch.autograd.grad((x * weight).sum(), c)

@@ -782,7 +782,11 @@ def test_device_smoke(dtype, device):
     phi_d, g_d = phi.to(dev, dtype), g.to(dev, dtype)
     for method in ("lfpi", "gmres", "direct"):
         v, iters, res = SOLVERS[method](phi_d, g_d, tol)
-        assert v.device.type == dev.type and iters.device.type == dev.type and bool((res <= tol).all())
+        assert (
+            v.device.type == dev.type
+            and iters.device.type == dev.type
+            and bool((res <= tol).all())
+        )
         torch.testing.assert_close(v.cpu().double(), ref, rtol=1e-4, atol=1e-4)
     spd = _spd_phi((3,), 12, torch.tensor([-1.0, -2.0, -3.0]), 0.8, seed=82)
     v, _, res = SOLVERS["cg"](spd.to(dev, dtype), g_d, tol)

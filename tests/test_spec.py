@@ -255,7 +255,10 @@ def test_bad_spec(case: Bad) -> None:
 def test_message_reads_like_a_compiler_diagnostic() -> None:
     with pytest.raises(SpecError) as caught:
         load(edit("step_size: auto", "rho: 2.0"))
-    assert str(caught.value) == "specs/box_qp.yaml:13:21: solver.rho: 'rho' applies to rule 'admm', not 'pgd'"
+    assert (
+        str(caught.value)
+        == "specs/box_qp.yaml:13:21: solver.rho: 'rho' applies to rule 'admm', not 'pgd'"
+    )
 
 
 def test_missing_file_names_the_file(tmp_path: Path) -> None:
@@ -289,9 +292,18 @@ def test_box_qp() -> None:
     assert spec.variables["x"].init == "zeros"
     assert spec.constraints == ("0 <= x <= 1",)
     solver = spec.solver
-    assert (solver.rule, solver.step_size, solver.max_iter, solver.tol) == ("pgd", "auto", 2000, 1e-9)
+    assert (solver.rule, solver.step_size, solver.max_iter, solver.tol) == (
+        "pgd",
+        "auto",
+        2000,
+        1e-9,
+    )
     assert (solver.rho, solver.step) == (None, None)
-    assert (spec.backward.method, spec.backward.max_iter, spec.backward.tol) == ("gmres", 200, 1e-10)
+    assert (spec.backward.method, spec.backward.max_iter, spec.backward.tol) == (
+        "gmres",
+        200,
+        1e-10,
+    )
 
 
 def test_entropic_knapsack() -> None:
@@ -304,7 +316,11 @@ def test_entropic_knapsack() -> None:
     assert spec.variables["x"].init == "k / n * ones(n)"
     assert spec.constraints == ("0 <= x <= 1", "sum(x) == k")
     assert spec.backward == Spec.model_fields["backward"].default
-    assert (spec.backward.method, spec.backward.max_iter, spec.backward.tol) == ("auto", 500, 1e-10)
+    assert (spec.backward.method, spec.backward.max_iter, spec.backward.tol) == (
+        "auto",
+        500,
+        1e-10,
+    )
 
 
 def test_portfolio() -> None:
@@ -347,13 +363,18 @@ def test_rule_settings_get_their_defaults() -> None:
 
 def test_numbers_that_yaml_reads_as_strings() -> None:
     # PyYAML reads 1e-9 (no dot) as a string; a user means a number.
-    spec = load(edit("tol: 1.0e-9", "tol: 1e-9").replace("step_size: auto", "step_size: 1e-3")).spec
+    spec = load(
+        edit("tol: 1.0e-9", "tol: 1e-9").replace("step_size: auto", "step_size: 1e-3")
+    ).spec
     assert spec.solver.tol == 1e-9 and isinstance(spec.solver.tol, float)
     assert spec.solver.step_size == 1e-3
 
 
 def test_numeric_init_is_an_expression() -> None:
-    assert load(edit("x: {shape: [n]}", "x: {shape: [n], init: 0.5}")).spec.variables["x"].init == "0.5"
+    assert (
+        load(edit("x: {shape: [n]}", "x: {shape: [n], init: 0.5}")).spec.variables["x"].init
+        == "0.5"
+    )
 
 
 def test_explicit_class_name() -> None:
@@ -409,6 +430,15 @@ def test_naming() -> None:
     assert naming.key_path(("parameters", "Q", "shape")) == "parameters.Q.shape"
     assert naming.key_path(("constraints", 0)) == "constraints[0]"
     assert naming.key_path(("parameters", "Q", "shape", 1)) == "parameters.Q.shape[1]"
-    assert {"sum", "abs", "lambda", "softplus", "torch", "self", "ctx", "len"} <= naming.RESERVED_NAMES
+    assert {
+        "sum",
+        "abs",
+        "lambda",
+        "softplus",
+        "torch",
+        "self",
+        "ctx",
+        "len",
+    } <= naming.RESERVED_NAMES
     assert naming.reserved_reason("_x") is not None
     assert naming.reserved_reason("x") is None

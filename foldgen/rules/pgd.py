@@ -123,7 +123,8 @@ class PgdPlan:
                 lines.append(f"        (∂∇f/∂{p.name})ᵀ u = {self.math['dgrad_' + p.name]}")
         if self.set_grad_params:
             lines.append(
-                "        and the set data depend on " + ", ".join(self.set_grad_params)
+                "        and the set data depend on "
+                + ", ".join(self.set_grad_params)
                 + " (pulled back through the projection's closed-form Jacobian)."
             )
         return lines + [
@@ -280,11 +281,15 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
         )
     if isinstance(c, HalfSpace):
         text = f"{math_str(c.a)}·{x.name} ≤ {math_str(c.b)}"
-        return Projection("halfspace", (SetItem("a", c.a, 1), SetItem("b", c.b, 0)), False, text, False)
+        return Projection(
+            "halfspace", (SetItem("a", c.a, 1), SetItem("b", c.b, 0)), False, text, False
+        )
     assert isinstance(c, Ball)
     center = E.broadcast(c.center, n)
     text = f"‖{x.name} − {math_str(c.center)}‖ ≤ {math_str(c.radius)}"
-    return Projection("ball", (SetItem("c", center, 1), SetItem("r", c.radius, 0)), False, text, False)
+    return Projection(
+        "ball", (SetItem("c", center, 1), SetItem("r", c.radius, 0)), False, text, False
+    )
 
 
 def _bound_items(b: Bound, x: Leaf) -> tuple[SetItem, SetItem]:
