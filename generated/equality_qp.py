@@ -603,6 +603,42 @@ def _line_search(x, f, g, d, S, values, todo):
     return x_new, f_new, g_new, scale[..., None] * d, found
 
 
+def _accelerated(layer, x, d, S, values, active, iterations, residual):
+    """Accelerated projected gradient (FISTA with gradient-mapping restarts), in place of
+    plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
+
+    Each iteration tests the plain map's residual ‖P(x − α∇f(x)) − x‖ at the current x (the
+    stopping rule of every rule), then takes the momentum step. f is quadratic, so ∇f is
+    affine and ∇f at the extrapolated point is the same extrapolation of the gradients: one
+    gradient evaluation per iteration. Fills ``iterations`` and ``residual`` in place.
+    """
+    ones = torch.ones_like(x)
+    g = _gradient(x, *values)
+    x_prev, g_prev = x, g
+    t = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    for _ in range(layer.max_iter):
+        plain, _ = _project(x - d * g, ones, S)
+        step_norm = _norm(plain - x)
+        residual.copy_(torch.where(active, step_norm, residual))
+        active = active & (step_norm > layer.tol)
+        if not bool(active.any()):
+            break
+        iterations += active.to(torch.int64)
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = ((t - 1) / t_next)[..., None]
+        y = x + beta * (x - x_prev)
+        gy = g + beta * (g - g_prev)
+        fast, _ = _project(y - d * gy, ones, S)
+        restart = ((y - fast) * (fast - x)).sum(-1) > 0  # momentum points uphill
+        x_new = torch.where(restart[..., None], plain, fast)
+        t = torch.where(restart, 1.0, t_next)
+        move = active[..., None]
+        x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
+        x = torch.where(move, x_new, x)
+        g = torch.where(move, _gradient(x, *values), g)
+    return x
+
+
 def _check_step_size(step_size):
     if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
         raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
@@ -629,17 +665,7 @@ def _solve(layer, values, x_init, sizes, batch):
     iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
     residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
     active = feasible.clone()
-    for _ in range(layer.max_iter):
-        if not bool(active.any()):
-            break
-        g = _gradient(x, *values)
-        x_new, _ = _project(x - d * g, torch.ones_like(x), S)
-        found = active
-        step_norm = _norm(x_new - x)
-        residual = torch.where(active, step_norm, residual)
-        iterations = iterations + active.to(torch.int64)
-        x = torch.where(active[..., None], x_new, x)
-        active = active & found & (step_norm > layer.tol)
+    x = _accelerated(layer, x, d, S, values, active, iterations, residual)
     converged = feasible & (residual <= layer.tol)
     d = d.expand(*batch, d.shape[-1])
     layer.info = SolveInfo(iterations, residual, converged, feasible, d.mean(-1))

@@ -87,7 +87,7 @@ def test_sparsemax_jacobian():
         assert torch.allclose(p[i], torch.clamp(z[i] - tau, min=0), atol=1e-12)
 
 
-def test_warm_start_from_the_solution_takes_one_iteration():
+def test_warm_start_from_the_solution_takes_at_most_one_iteration():
     module = load_module("box_qp")
     gen = torch.Generator().manual_seed(7)
     n = 20
@@ -98,7 +98,7 @@ def test_warm_start_from_the_solution_takes_one_iteration():
     cold = layer.info.iterations
     x_again = layer(c, x_init=x)
     assert torch.allclose(x, x_again, atol=1e-9)
-    assert int(layer.info.iterations.max()) == 1 < int(cold.min())
+    assert int(layer.info.iterations.max()) <= 1 < int(cold.min())
 
 
 def test_parametric_bounds_receive_the_clamped_components_gradient():
