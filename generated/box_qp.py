@@ -172,19 +172,29 @@ def _solve_lfpi(phi_t, g, max_iter, tol):
 def _solve_gmres(phi_t, g, max_iter, tol, restart=None):
     """Restarted GMRES on A = I - Phi^T, batched, for any nonsingular (nonsymmetric) A.
 
-    Arnoldi uses modified Gram-Schmidt; the Hessenberg matrix is reduced by Givens rotations
-    kept per batch element, so |last rotated rhs entry| is each element's residual norm
-    without extra products. Elements leave the current cycle when that estimate reaches tol,
-    at a lucky breakdown (invariant Krylov space: exact solution, handled without dividing
-    by zero) or when A is singular on the Krylov space; each keeps its own subspace size k and
-    the small triangular systems are solved together by padding R with identity rows.
+    Each Arnoldi step takes a fixed number of batched operations, whatever its index j: at
+    the batch sizes and N where products with Phi^T are cheap, per-operation overhead, not
+    arithmetic, would otherwise dominate. The Krylov basis is one preallocated (..., m+1, N)
+    tensor, orthogonalised by classical Gram-Schmidt applied twice (CGS2: per pass, one
+    batched product for all coefficients and one for the update, instead of 2 (j + 1)
+    small operations for modified Gram-Schmidt; as orthogonal as MGS in practice, for twice
+    its 2 (j + 1) N flops per step, which only shows where N is large and Phi^T cheap). The
+    Givens rotations reducing the Hessenberg matrix to R are accumulated, per element, into
+    one orthogonal matrix G = Q_j^T, so the new column of R is a single product G h and
+    only the two rows touched by the new rotation change; beta |G[j + 1, 0]| is then each
+    element's residual norm (the last rotated rhs entry), without extra products with Phi^T.
+    Elements leave the current cycle when that estimate reaches tol, at a lucky breakdown
+    (invariant Krylov space: exact solution, handled without dividing by zero) or when A is
+    singular on the Krylov space; each keeps its own subspace size k and the small triangular
+    systems are solved together by padding R with identity rows.
     After each cycle the residual is recomputed explicitly (one extra product per cycle), so
     restarts correct any drift of the estimate and the returned residual is exact.
     ``max_iter`` bounds the Arnoldi products; ``iters`` counts those an element took part in.
     """
     finfo = torch.finfo(g.dtype)
     n = g.shape[-1]
-    m_max = max(1, min(n, 60 if restart is None else int(restart)))  # Krylov dim <= N
+    batch = g.shape[:-1]
+    m_max = max(1, min(n, 60 if restart is None else int(restart), int(max_iter)))  # <= N
     g_max = g.abs().amax(-1)  # (...)
     scale = g_max.clamp_min(finfo.tiny)[..., None]
     g = g / scale  # entries in [-1, 1] (0 where g = 0): norms cannot over/underflow
@@ -192,8 +202,12 @@ def _solve_gmres(phi_t, g, max_iter, tol, restart=None):
     denom = beta.clamp_min(finfo.tiny)
     v = torch.zeros_like(g)  # (..., N)
     r = g  # residual g - A v  # (..., N)
-    iters = torch.zeros(g.shape[:-1], dtype=torch.int64, device=g.device)  # (...)
+    iters = torch.zeros(batch, dtype=torch.int64, device=g.device)  # (...)
     stalled = torch.zeros_like(g_max, dtype=torch.bool)  # no progress possible (singular A)
+    # Krylov basis, rows v_i; row i is written before it is read in each cycle
+    basis = torch.empty(batch + (m_max + 1, n), dtype=g.dtype, device=g.device)
+    R = torch.zeros(batch + (m_max, m_max), dtype=g.dtype, device=g.device)
+    eye = torch.eye(m_max + 1, dtype=g.dtype, device=g.device)
     used = 0
     while True:
         rel = beta / denom
@@ -201,56 +215,54 @@ def _solve_gmres(phi_t, g, max_iter, tol, restart=None):
         if used >= max_iter or not bool(active.any()):
             break
         m = min(m_max, int(max_iter) - used)
-        basis = [torch.where(active[..., None], r / beta.clamp_min(finfo.tiny)[..., None], 0)]
-        cols = []  # column j of R: (..., j + 1)
-        cs, sn = [], []  # Givens rotations, each (...)
-        rhs = [torch.where(active, beta, 0)]  # rotated beta * e1, entries (...)
+        q = torch.where(active[..., None], r / beta.clamp_min(finfo.tiny)[..., None], 0)
+        basis[..., 0, :] = q
+        rel = torch.where(active, rel, 0)  # rotated rhs beta e1, relative to ||g||
+        G = eye.expand(batch + (m_max + 1, m_max + 1)).clone()  # accumulated rotations
         k = torch.zeros_like(iters)  # Krylov dimension used per element  # (...)
         running = active
         for j in range(m):
-            w = basis[j] - phi_t(basis[j])  # A v_j  # (..., N)
+            w = (q - phi_t(q))[..., None, :]  # A v_j as a row  # (..., 1, N)
             used += 1
-            w_norm = torch.linalg.vector_norm(w, dim=-1)
-            h = []
-            for i in range(j + 1):
-                h_ij = (w * basis[i]).sum(-1)
-                w = w - h_ij[..., None] * basis[i]
-                h.append(h_ij)
+            w_norm = torch.linalg.vector_norm(w, dim=(-2, -1))
+            prev = basis[..., : j + 1, :]  # (..., j + 1, N)
+            h = w @ prev.mT  # (..., 1, j + 1)
+            w = w - h @ prev
+            h2 = w @ prev.mT  # CGS2: second pass
+            w = (w - h2 @ prev).squeeze(-2)  # (..., N)
             h_next = torch.linalg.vector_norm(w, dim=-1)  # (...)
             breakdown = h_next <= finfo.eps * w_norm
-            h_safe = torch.where(breakdown, 1, h_next)[..., None]
-            basis.append(torch.where(breakdown[..., None], 0, w / h_safe))
-            for i in range(j):
-                top = cs[i] * h[i] + sn[i] * h[i + 1]
-                h[i + 1] = cs[i] * h[i + 1] - sn[i] * h[i]
-                h[i] = top
-            rho = torch.hypot(h[j], h_next)  # new diagonal entry of R  # (...)
+            q = w / torch.where(breakdown, 1, h_next)[..., None]
+            q = torch.where(breakdown[..., None], 0, q)
+            basis[..., j + 1, :] = q
+            col = ((h + h2) @ G[..., : j + 1, : j + 1].mT).squeeze(-2)  # rotated column of H
+            R[..., : j + 1, j] = col
+            diag = col[..., j]
+            rho = torch.hypot(diag, h_next)  # new diagonal entry of R  # (...)
             nonsingular = rho > finfo.tiny
             rho_safe = torch.where(nonsingular, rho, 1)
-            cs.append(torch.where(nonsingular, h[j] / rho_safe, 1))
-            sn.append(torch.where(nonsingular, h_next / rho_safe, 0))
-            h[j] = rho
-            cols.append(torch.stack(h, dim=-1))
-            rhs.append(-sn[j] * rhs[j])
-            rhs[j] = cs[j] * rhs[j]
+            cs = torch.where(nonsingular, diag / rho_safe, 1)
+            sn = torch.where(nonsingular, h_next / rho_safe, 0)
+            R[..., j, j] = rho
+            row = G[..., j, : j + 1]  # rotation j mixes rows j and e_(j+1) of G
+            G[..., j + 1, : j + 1] = row * -sn[..., None]
+            row *= cs[..., None]
+            G[..., j, j + 1] = sn
+            G[..., j + 1, j + 1] = cs
             running = running & nonsingular
             k = k + running.to(torch.int64)
-            iters = iters + running.to(torch.int64)
-            estimate = rhs[j + 1].abs() / denom
+            estimate = G[..., j + 1, 0].abs() * rel  # |last rotated rhs entry| / ||g||
             running = running & ~breakdown & (estimate > tol)
             if not bool(running.any()):
                 break
-        size = len(cols)
-        R = torch.zeros(g.shape[:-1] + (size, size), dtype=g.dtype, device=g.device)
-        for j, col in enumerate(cols):
-            R[..., : j + 1, j] = col
-        idx = torch.arange(size, device=g.device)
-        keep = idx < k[..., None]  # (..., size)
-        eye = torch.eye(size, dtype=g.dtype, device=g.device)
-        R = torch.where(keep[..., :, None] & keep[..., None, :], R, eye)
-        b = torch.where(keep, torch.stack(rhs[:size], dim=-1), 0)  # (..., size)
-        y = torch.linalg.solve_triangular(R, b[..., None], upper=True)  # (..., size, 1)
-        update = (y.mT @ torch.stack(basis[:size], dim=-2)).squeeze(-2)  # (..., N)
+        iters = iters + k
+        size = j + 1
+        keep = torch.arange(size, device=g.device) < k[..., None]  # (..., size)
+        square = keep[..., :, None] & keep[..., None, :]
+        Rk = torch.where(square, R[..., :size, :size], eye[:size, :size])
+        b = torch.where(keep, G[..., :size, 0] * beta[..., None], 0)  # rotated beta e1
+        y = torch.linalg.solve_triangular(Rk, b[..., None], upper=True)  # (..., size, 1)
+        update = (y.mT @ basis[..., :size, :]).squeeze(-2)  # (..., N)
         v = torch.where(active[..., None], v + update, v)
         stalled = stalled | (active & (k == 0))
         r = g - v + phi_t(v)

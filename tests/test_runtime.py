@@ -194,6 +194,45 @@ def test_gmres_lucky_breakdown():
     torch.testing.assert_close(v, _reference(phi, g), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("restart", [1, 3, 7, 100])
+def test_gmres_batched_matches_each_element_alone(restart):
+    """Per-element subspace sizes, restarts and budgets: a batch changes no element's path."""
+    n, shape, tol = 12, (5,), 1e-11
+    phi = _random_phi(shape, n, torch.tensor([0.2, 0.5, 0.9, 1.2, 1.6], dtype=F64), seed=22)
+    g = _rhs(shape, n, seed=23)
+    for max_iter in (5, 60):  # restart beyond the budget, and beyond N
+        v, iters, res = LS._solve_gmres(_matvec(phi), g, max_iter, tol, restart)
+        assert bool((iters <= max_iter).all()) and bool(v.isfinite().all())
+        torch.testing.assert_close(res, _true_residual(phi, v, g), rtol=1e-6, atol=1e-13)
+        for i in range(shape[0]):
+            vi, iters_i, res_i = LS._solve_gmres(_matvec(phi[i]), g[i], max_iter, tol, restart)
+            assert iters_i.shape == () and int(iters_i) == int(iters[i])
+            torch.testing.assert_close(vi, v[i], rtol=1e-9, atol=1e-9)
+            assert bool(res_i <= tol) == bool(res[i] <= tol)
+    if restart >= n:  # unrestarted, budget 60 > n: every element solved, rho > 1 too
+        assert bool((res <= tol).all())
+
+
+def test_gmres_nonnormal_and_singular_elements():
+    """Full GMRES stays accurate on a highly nonnormal A (Grcar) as long as the Arnoldi
+    basis stays orthogonal; a singular A (Phi = I) or g outside its range is flagged."""
+    n = 40
+    grcar = torch.eye(n, dtype=F64) - torch.diag(torch.ones(n - 1, dtype=F64), -1)
+    for k in range(1, 4):
+        grcar = grcar + torch.diag(torch.ones(n - k, dtype=F64), k)
+    q, _ = torch.linalg.qr(
+        torch.randn(n, n, generator=torch.Generator().manual_seed(24), dtype=F64)
+    )
+    lam = torch.linspace(0.0, 0.8, n, dtype=F64)
+    lam[0] = 1.0  # I - Phi singular, and g has a component in its null space
+    phi = torch.stack([torch.eye(n, dtype=F64) - grcar, torch.eye(n, dtype=F64), q * lam @ q.mT])
+    g = _rhs((3,), n, seed=25)
+    v, iters, res = LS._solve_gmres(_matvec(phi), g, 3 * n, 1e-12, restart=n)
+    assert bool(v.isfinite().all()) and iters.tolist()[:2] == [n, 0]
+    assert res[0] <= 1e-12 and res[1] == 1 and not bool(res[2] <= 1e-12)
+    torch.testing.assert_close(v[0], _reference(phi[:1], g[:1])[0], rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cg_spd(shape):
     n, tol = 80, 1e-12  # n large enough that CG stops before n steps
