@@ -347,7 +347,14 @@ def print_function(
         names = [f"_out{i}" for i in range(len(results))]
         body += [f"{name} = {text}" for name, text in zip(names, results)]
         ret = ", ".join(names)
-    lines = [f"def {name}({', '.join(args)}):", f'    """{doc}"""']
+    head = f"def {name}({', '.join(args)}):"
+    if len(head) > 99:  # as ruff formats it: the arguments on one line, else one a line
+        inner = "    " + ", ".join(args)
+        if len(inner) <= 99:
+            head = f"def {name}(\n{inner}\n):"
+        else:
+            head = f"def {name}(\n" + "".join(f"    {a},\n" for a in args) + "):"
+    lines = [head, f'    """{doc}"""']
     lines += [f"    # {c}" for c in comments or []]
     lines += [f"    {line}" for line in body]
     lines.append(f"    return {ret}")

@@ -1,14 +1,518 @@
-"""The ADMM rule (not implemented yet)."""
+"""ADMM: the splitting f(x) = f₀(x) + Σᵢ gᵢ(Aᵢ x) found in the spec, and its folded backward.
+
+What this module decides at build time (MATH.md §4):
+
+- the splitting. Each top-level term ``c * norm1(M @ x + o)`` (also ``c * sum(abs(...))``,
+  c ≥ 0 a scalar expression of the parameters) becomes a block zᵢ = M x with
+  gᵢ(z) = c‖z + o‖₁; every constraint becomes a block with the indicator of a set as gᵢ:
+  bounds and affine relations ``l <= A @ x <= u`` (equalities as l = u, relations with the
+  same A merged into one two-sided block) a box on zᵢ = A x, a Euclidean ball a ball on
+  zᵢ = x. Everything else is the smooth part f₀, which must not contain ``abs`` of x.
+- how the x-update is solved: one Cholesky factor of K = ∇²f₀ + ρ Σ AᵢᵀAᵢ per call when f₀ is
+  quadratic (∇²f₀ free of x), else damped Newton steps on the augmented Lagrangian.
+- the symbolic pieces the generated code evaluates: f₀, ∇f₀, ∇²f₀ u, (∂∇f₀/∂θ)ᵀ u, the blocks'
+  data (Aᵢ and the prox data) and the VJP of that data to the parameters.
+
+Anything else is rejected with a located SpecError that says why and suggests ``sqp``.
+"""
 
 from __future__ import annotations
 
-from foldgen.ir import Problem
-from foldgen.rules.base import Plan
+from dataclasses import dataclass
+
+from foldgen import expr as E
+from foldgen.derive import gradient, vjp
+from foldgen.expr import Expr, Leaf
+from foldgen.ir import AffineEq, Ball, General, HalfSpace, Problem, SumEq
+from foldgen.mathprint import math_str
+from foldgen.rules.base import SOLVERS, Derived
+
+INF = float("inf")
+
+PROX_HELPERS = {
+    "l1": ("_prox_l1", "_prox_l1_vjp"),
+    "box": ("_proj_box", "_proj_box_vjp"),
+    "ball": ("_proj_ball", "_proj_ball_vjp"),
+}
+
+PROX_TEXT = {
+    "l1": "soft-thresholding at c/ρ",
+    "box": "clamp to [lo, hi]",
+    "ball": "projection onto the ball",
+}
+
+SQP_HINT = "use rule 'sqp'"
 
 
-def plan(problem: Problem) -> Plan:
-    raise problem.error(
-        ("solver", "rule"),
-        "rule 'admm' is part of the spec format but not implemented in this foldgen "
-        "version yet; use rule 'pgd' where the feasible set has a closed-form projection",
+@dataclass(frozen=True)
+class Block:
+    """One block zᵢ = Aᵢ x of the splitting and its proximal term gᵢ."""
+
+    kind: str  # l1 | box | ball
+    matrix: Expr | None  # Aᵢ, (m, n); None: zᵢ = x
+    data: tuple[Expr, Expr]  # l1: (offset o, weight c); box: (lo, hi); ball: (center, radius)
+    text: str  # gᵢ in readable math (⟨z⟩ stands for the block's zᵢ), for the docstring
+    constraint: str = ""  # the constraint it enforces, for the docstring ("" for an l1 term)
+
+
+@dataclass(frozen=True)
+class AdmmPlan:
+    rule: str
+    var: Leaf
+    blocks: tuple[Block, ...]
+    quadratic: bool
+    rho: float
+    functions: tuple[Derived, ...]
+    objective_grad_params: tuple[str, ...]  # grad params reached through ∇f₀
+    block_grad_params: tuple[str, ...]  # grad params reached through the block data
+    math: dict[str, str]
+
+    def runtime_names(self) -> tuple[str, ...]:
+        kinds = sorted({b.kind for b in self.blocks})
+        return SOLVERS + tuple(name for k in kinds for name in PROX_HELPERS[k])
+
+    def context(self, problem: Problem) -> dict[str, object]:
+        from foldgen.emit import literal
+
+        names = [p.name for p in problem.parameters]
+        ranks: list[int] = []
+        for b in self.blocks:
+            ranks += ([2] if b.matrix is not None else []) + [d.rank for d in b.data]
+        return {
+            "settings": [
+                {"name": "rho", "default": literal(self.rho)},
+                {"name": "adapt_rho", "default": "False"},
+            ],
+            "blocks_literal": literal(tuple((b.kind, b.matrix is not None) for b in self.blocks)),
+            "data_ranks": literal(tuple(ranks)),
+            "kinds": sorted({b.kind for b in self.blocks}),
+            "quadratic": self.quadratic,
+            "objective_grad_params": self.objective_grad_params,
+            "objective_grad_indices": literal(
+                tuple(names.index(n) for n in self.objective_grad_params)
+            ),
+            "block_grad_params": self.block_grad_params,
+            "block_grad_indices": literal(tuple(names.index(n) for n in self.block_grad_params)),
+        }
+
+    def describe(self, problem: Problem) -> list[str]:
+        x = self.var.name
+        dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
+        negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
+        constraints = [b.constraint for b in self.blocks if b.constraint]
+        lines = [
+            f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
+            "",
+            f"    minimize    f({x}) = {self.math['objective']}{negated}",
+            f"    subject to  {', '.join(constraints) if constraints else '(nothing)'}",
+            "",
+            f"Splitting (ADMM, scaled form):  minimize f₀({x}) + Σᵢ gᵢ(zᵢ)  s.t.  zᵢ = Aᵢ {x}, with",
+            "",
+            f"    f₀({x}) = {self.math['smooth']}     (smooth; ∇f₀({x}) = {self.math['gradient']})",
+        ]
+        for i, b in enumerate(self.blocks, 1):
+            text = b.text.replace("⟨z⟩", f"z{i}")
+            lines.append(f"    g{i}(z{i}) = {text}     (prox: {PROX_TEXT[b.kind]})")
+        if self.quadratic:
+            solve = [
+                "x-update: f₀ is quadratic, so K = ∇²f₀ + ρ Σᵢ AᵢᵀAᵢ is built densely and",
+                "Cholesky-factored once per call (again only when ρ adapts); every x-update and",
+                "the backward reuse that factor.",
+            ]
+        else:
+            solve = [
+                "x-update: f₀ is not quadratic, so damped Newton steps on the augmented Lagrangian",
+                "(K(x) = ∇²f₀(x) + ρ Σᵢ AᵢᵀAᵢ, one Cholesky factor per step, Armijo backtracking),",
+                "warm-started at the previous x, to ‖∇‖ ≤ tol/100; the backward uses K at the output.",
+            ]
+        lines += [
+            "",
+            "Update rule: U(z, u) = (z⁺, u⁺) on the state s = (z, u) of all blocks, ρ the penalty:",
+            "",
+            f"    {x}(z, u) = argmin_{x} f₀({x}) + (ρ/2) Σᵢ ‖Aᵢ {x} − zᵢ + uᵢ‖²",
+            f"    zᵢ⁺ = prox_(gᵢ/ρ)(Aᵢ {x} + uᵢ),   uᵢ⁺ = uᵢ + Aᵢ {x} − zᵢ⁺",
+            "",
+            f"and the layer returns {x}(s*). In terms of the output alone, U({x}) = {x}(z⁺, u⁺).",
+            *solve,
+            f"∇²f₀ u = {self.math['hvp']}",
+            "",
+            "Backward (folded): the output link gives g = (∂x/∂s)ᵀ ∂L/∂x; solve (I − Φᵀ) v = g, then",
+            "∂L/∂θ = Ψᵀv + (∂x/∂θ)ᵀ ∂L/∂x. With v = (z̄, ū), Jᵢ the prox Jacobian at wᵢ = Aᵢ x + uᵢ,",
+            "",
+            "    w̄ᵢ = Jᵢᵀ(z̄ᵢ − ūᵢ) + ūᵢ,   r = K⁻¹ Σᵢ Aᵢᵀ w̄ᵢ",
+            "    Φᵀv = (ρ Aᵢ r,  w̄ᵢ − ρ Aᵢ r)ᵢ",
+            "    Ψᵀv = −(∂∇f₀/∂θ)ᵀ r + Σᵢ (∂Aᵢ/∂θ)ᵀ[w̄ᵢ xᵀ − ρ((Aᵢx − zᵢ + uᵢ) rᵀ + (Aᵢ r) xᵀ)]",
+            "          + Σᵢ (∂dataᵢ/∂θ)ᵀ (∂proxᵢ/∂dataᵢ)ᵀ(z̄ᵢ − ūᵢ),   where",
+        ]
+        for p in problem.grad_parameters:
+            if p.name in self.objective_grad_params:
+                lines.append(f"        (∂∇f₀/∂{p.name})ᵀ u = {self.math['dgrad_' + p.name]}")
+        if self.block_grad_params:
+            lines.append(
+                "        and the block data (Aᵢ, prox data) depend on "
+                + ", ".join(self.block_grad_params)
+                + "."
+            )
+        lines += [
+            "The output link is the same pullback with v = 0 and ∂L/∂x added to Σᵢ Aᵢᵀ w̄ᵢ.",
+            "No autograd runs through the solver: the backward evaluates these expressions inside",
+            "the linear solver.",
+        ]
+        return lines
+
+
+def plan(problem: Problem) -> AdmmPlan:
+    """Everything the templates need to emit an ADMM layer; rejects what ADMM cannot do."""
+    if len(problem.variables) != 1:
+        raise problem.error(
+            ("variables",), "rule 'admm' supports one variable for now; stack them into one vector"
+        )
+    var = problem.variables[0]
+    x = var.leaf
+    if x.rank != 1:
+        raise problem.error(
+            ("variables", var.name, "shape"), "rule 'admm' needs a vector variable (shape [n])"
+        )
+    smooth, l1_blocks = _split_objective(problem, x)
+    blocks = (*l1_blocks, *_constraint_blocks(problem, x))
+    if not blocks:
+        raise problem.error(
+            ("solver", "rule"),
+            "rule 'admm' needs something to split off: a norm1/abs term in the objective or a "
+            "constraint; for a smooth unconstrained problem use rule 'pgd'",
+        )
+    pnames = tuple(p.name for p in problem.parameters)
+    grad_leaves = [p.leaf for p in problem.grad_parameters]
+
+    g = gradient(smooth, x)
+    u = Leaf("_u", "aux", x.shape)
+    second = vjp([(g, u)], [x, *grad_leaves])
+    hvp = second[x]
+    quadratic = not hvp.depends_on(x)
+    obj_params = tuple(p.name for p in grad_leaves if not E.is_zero(second[p]))
+
+    args = (x.name, *pnames)
+    functions = [
+        Derived("_objective", args, (smooth,), "f₀(x), the smooth part of the objective."),
+        Derived("_gradient", args, (g,), "∇f₀(x)."),
+        Derived("_hvp", (x.name, "_u", *pnames), (hvp,), "∇²f₀(x) u."),
+        Derived("_init", pnames, (var.init,), "The starting point from the spec's init."),
+    ]
+    if obj_params:
+        functions.append(
+            Derived(
+                "_gradient_vjp",
+                (x.name, "_u", *pnames),
+                tuple(second[p] for p in grad_leaves if p.name in obj_params),
+                "(∂∇f₀/∂θ)ᵀ u for the gradient parameters θ that ∇f₀ depends on.",
+            )
+        )
+    items: list[Expr] = []
+    for b in blocks:
+        items += ([b.matrix] if b.matrix is not None else []) + list(b.data)
+    functions.append(
+        Derived(
+            "_block_data",
+            args,
+            tuple(items),
+            "The blocks' data, flat: per block its matrix Aᵢ (when zᵢ ≠ x), then its prox data.",
+        )
     )
+    bars = [Leaf(f"_bar{i}", "aux", e.shape) for i, e in enumerate(items)]
+    data_vjp = vjp(list(zip(items, bars)), grad_leaves)
+    block_params = tuple(p.name for p in grad_leaves if not E.is_zero(data_vjp[p]))
+    if block_params:
+        functions.append(
+            Derived(
+                "_block_data_vjp",
+                (x.name, *(b.name for b in bars), *pnames),
+                tuple(data_vjp[p] for p in grad_leaves if p.name in block_params),
+                "Cotangents of the block data pulled back to the parameters.",
+            )
+        )
+    math = {
+        "objective": math_str(problem.objective),
+        "smooth": math_str(smooth),
+        "gradient": math_str(g),
+        "hvp": math_str(hvp),
+        **{
+            f"dgrad_{p.name}": math_str(second[p.leaf])
+            for p in problem.grad_parameters
+            if p.name in obj_params
+        },
+    }
+    rho = problem.solver.rho
+    return AdmmPlan(
+        rule="admm",
+        var=x,
+        blocks=blocks,
+        quadratic=quadratic,
+        rho=float(rho if rho is not None else 1.0),
+        functions=tuple(functions),
+        objective_grad_params=obj_params,
+        block_grad_params=block_params,
+        math=math,
+    )
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def _factors(e: Expr) -> list[Expr]:
+    """The operands of a product tree (elementwise products only)."""
+    if isinstance(e, E.Mul):
+        return _factors(e.a) + _factors(e.b)
+    return [e]
+
+
+def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
+    """(f₀, l1 blocks): every top-level term c·Σ|M x + o| is split off, the rest is f₀."""
+    key = (problem.sense,)
+    objective = problem.objective
+    terms = objective.terms if isinstance(objective, E.Add) else (objective,)
+    smooth: list[Expr] = []
+    blocks: list[Block] = []
+    for term in terms:
+        factors = _factors(term)
+        found = [
+            f
+            for f in factors
+            if isinstance(f, E.Sum)
+            and isinstance(f.a, E.Func)
+            and f.a.name == "abs"
+            and f.depends_on(x)
+        ]
+        found += [
+            f
+            for f in factors
+            if isinstance(f, E.Func) and f.name == "abs" and f.rank == 0 and f.depends_on(x)
+        ]
+        if not found:
+            smooth.append(term)
+            continue
+        core = found[0]
+        others = [f for f in factors if f is not core]
+        if any(f.depends_on(x) or f.rank != 0 for f in others):
+            raise problem.error(
+                key,
+                f"rule 'admm' splits off terms c * norm1(A @ x + b) with c a scalar free of "
+                f"{x.name}, but '{math_str(term)}' scales the norm by something else; "
+                "rewrite it, or " + SQP_HINT,
+            )
+        weight = E.const(1.0)
+        for f in others:
+            weight = E.mul(weight, f)
+        if _negative(weight):
+            raise problem.error(
+                key,
+                f"the term '{math_str(term)}' has a negative weight: minimising −c‖·‖₁ is not "
+                "convex, and its proximal map does not exist (the weight c must be ≥ 0)",
+            )
+        arg = core.a.a if isinstance(core, E.Sum) else core.a
+        affine = _affine(arg, x)
+        if affine is None:
+            raise problem.error(
+                key,
+                f"rule 'admm' splits off norm1/abs of an affine expression of {x.name} "
+                f"(A @ {x.name} + b), and '{math_str(arg)}' is not one; " + SQP_HINT,
+            )
+        matrix, offset = affine
+        inner = "⟨z⟩" + ("" if E.is_zero(offset) else f" + {math_str(offset)}")
+        text = f"{_weight_text(weight)}‖{inner}‖₁, ⟨z⟩ = {_map_text(matrix, x)}"
+        blocks.append(Block("l1", _matrix_or_none(matrix), (offset, weight), text))
+    smooth_expr = E.add(*smooth) if smooth else E.zero()
+    for node in E.postorder([smooth_expr]):
+        if isinstance(node, E.Func) and node.name == "abs" and node.depends_on(x):
+            raise problem.error(
+                key,
+                f"rule 'admm' needs the objective to be smooth apart from top-level terms "
+                f"c * norm1(A @ {x.name} + b), and '{math_str(node)}' is nested inside another "
+                "expression; " + SQP_HINT,
+            )
+    return smooth_expr, blocks
+
+
+def _negative(weight: Expr) -> bool:
+    if isinstance(weight, E.Const):
+        return weight.value < 0
+    return isinstance(weight, E.Mul) and isinstance(weight.a, E.Const) and weight.a.value < 0
+
+
+def _weight_text(weight: Expr) -> str:
+    if E.is_const(weight, 1.0):
+        return ""
+    return f"{math_str(weight)} "
+
+
+def _map_text(matrix: Expr, x: Leaf) -> str:
+    if isinstance(matrix, E.Eye):
+        return x.name
+    text = math_str(matrix)
+    return f"{text} {x.name}" if isinstance(matrix, Leaf) else f"({text}) {x.name}"
+
+
+def _matrix_or_none(matrix: Expr) -> Expr | None:
+    return None if isinstance(matrix, E.Eye) else matrix
+
+
+# --------------------------------------------------------------------------- affine maps
+
+
+def _affine(e: Expr, x: Leaf) -> tuple[Expr, Expr] | None:
+    """(A, o) with e = A x + o, A a matrix free of x (a 1×n row for a scalar e), else None."""
+    n = x.shape[0]
+    offset = E.substitute(e, {x: E.zero(x.shape)})
+    if e.rank == 0:
+        a = gradient(e, x)
+        if a.depends_on(x):
+            return None
+        return E.outer(E.const(1.0, (1,)), a), E.broadcast(offset, (1,))
+    if e.rank != 1:
+        return None
+    w = Leaf("_w", "aux", e.shape)
+    if vjp([(e, w)], [x])[x].depends_on(x):
+        return None  # not affine
+    matrix = _linear_matrix(E.sub(e, offset), x, n)
+    if matrix is None or matrix.depends_on(x):
+        return None
+    return matrix, offset
+
+
+def _linear_matrix(e: Expr, x: Leaf, n) -> Expr | None:
+    """A with e = A x, for e linear in x built from @, +, and scalings; else None."""
+    if e == x:
+        return E.Eye(n)
+    if not e.depends_on(x):
+        return E.zero((e.shape[0], n)) if e.rank == 1 else None
+    match e:
+        case E.Add(terms=terms):
+            parts = [_linear_matrix(t, x, n) for t in terms if t.depends_on(x)]
+            if any(p is None for p in parts):
+                return None
+            return E.add(*parts)  # type: ignore[arg-type]
+        case E.Mul(a=a, b=b):
+            if a.depends_on(x) and b.depends_on(x):
+                return None
+            scale, inner_e = (a, b) if not a.depends_on(x) else (b, a)
+            if inner_e.rank != 1:
+                return None
+            inner = _linear_matrix(inner_e, x, n)
+            if inner is None:
+                return None
+            if scale.rank == 0:
+                return E.mul(scale, inner)
+            return E.matmul(E.diag(scale), inner)
+        case E.MatMul(a=a, b=b) if a.rank == 2 and b.rank == 1 and not a.depends_on(x):
+            inner = _linear_matrix(b, x, n)
+            return None if inner is None else E.matmul(a, inner)
+        case E.MatMul(a=a, b=b) if a.rank == 1 and b.rank == 2 and not b.depends_on(x):
+            inner = _linear_matrix(a, x, n)
+            return None if inner is None else E.matmul(E.transpose(b), inner)
+    return None
+
+
+def _normalise(matrix: Expr) -> tuple[float, Expr]:
+    """matrix = s · M with s a number and M without a negative leading coefficient."""
+    if isinstance(matrix, E.Mul) and isinstance(matrix.a, E.Const) and matrix.a.rank == 0:
+        return matrix.a.value, matrix.b
+    return 1.0, matrix
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+@dataclass
+class _Box:
+    """l ≤ M x ≤ u being collected from several relations."""
+
+    matrix: Expr
+    lower: Expr | None = None
+    upper: Expr | None = None
+    lower_source: int | None = None
+    upper_source: int | None = None
+
+
+def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
+    n = x.shape[0]
+    boxes: dict[Expr, _Box] = {}
+    balls: list[Block] = []
+
+    def add(matrix: Expr, op: str, value: Expr, source: int) -> None:
+        """Record M x (op) value; op in '<=', '>=', '=='."""
+        box = boxes.setdefault(matrix, _Box(matrix))
+        for side in ("lower", "upper"):
+            if op == "==" or (op == ">=") == (side == "lower"):
+                if getattr(box, side) is not None:
+                    first = getattr(box, f"{side}_source")
+                    raise problem.error(
+                        ("constraints", source),
+                        f"this constraint gives {_map_text(matrix, x)} a second {side} bound "
+                        f"(the first is in constraints[{first}]); combine them into one",
+                    )
+                setattr(box, side, value)
+                setattr(box, f"{side}_source", source)
+
+    def relation(matrix: Expr, offset: Expr, op: str, source: int) -> None:
+        """A x + o (op) 0 with op in '<=', '=='."""
+        scale, base = _normalise(matrix)
+        value = E.mul(E.const(-1.0 / scale), offset)
+        if op == "==":
+            add(base, "==", value, source)
+        else:
+            add(base, "<=" if scale > 0 else ">=", value, source)
+
+    for bound in problem.bounds:
+        eye = E.Eye(n)
+        if bound.lower is not None:
+            add(eye, ">=", E.broadcast(bound.lower, x.shape), bound.sources[0])
+        if bound.upper is not None:
+            add(eye, "<=", E.broadcast(bound.upper, x.shape), bound.sources[-1])
+    for c in problem.constraints:
+        if isinstance(c, AffineEq):
+            if c.A.rank == 1:
+                add(E.outer(E.const(1.0, (1,)), c.A), "==", E.broadcast(c.b, (1,)), c.source)
+            else:
+                relation(c.A, E.neg(c.b), "==", c.source)
+        elif isinstance(c, SumEq):
+            row = E.outer(E.const(1.0, (1,)), E.const(1.0, x.shape))
+            add(row, "==", E.broadcast(c.k, (1,)), c.source)
+        elif isinstance(c, HalfSpace):
+            relation(
+                E.outer(E.const(1.0, (1,)), c.a), E.broadcast(E.neg(c.b), (1,)), "<=", c.source
+            )
+        elif isinstance(c, Ball):
+            center = E.broadcast(c.center, x.shape)
+            ball = f"‖⟨z⟩ − {math_str(c.center)}‖ ≤ {math_str(c.radius)}"
+            text = f"indicator of {ball}, ⟨z⟩ = {x.name}"
+            constraint = ball.replace("⟨z⟩", x.name)
+            balls.append(Block("ball", None, (center, c.radius), text, constraint))
+        else:
+            assert isinstance(c, General)
+            rel = c.relation
+            lhs, op, rhs = rel.lhs, rel.op, rel.rhs
+            if op == ">=":
+                lhs, rhs, op = rhs, lhs, "<="
+            affine = _affine(E.sub(lhs, rhs), x)
+            if affine is None:
+                raise problem.error(
+                    ("constraints", c.source),
+                    "rule 'admm' splits constraints that are affine in "
+                    f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds and Euclidean "
+                    "balls; this one is none of those (a nonlinear set has no closed-form "
+                    "proximal map here); " + SQP_HINT,
+                )
+            relation(*affine, op, c.source)
+    blocks: list[Block] = []
+    for box in boxes.values():
+        m = box.matrix.shape[0]
+        lo = box.lower if box.lower is not None else E.const(-INF, (m,))
+        hi = box.upper if box.upper is not None else E.const(INF, (m,))
+        z = _map_text(box.matrix, x)
+        lo_text = f"{math_str(box.lower)} ≤ " if box.lower is not None else ""
+        hi_text = f" ≤ {math_str(box.upper)}" if box.upper is not None else ""
+        if box.lower is not None and box.lower == box.upper:
+            lo_text, hi_text = "", f" = {math_str(box.upper)}"
+        text = f"indicator of {lo_text}⟨z⟩{hi_text}, ⟨z⟩ = {z}"
+        constraint = f"{lo_text}{z}{hi_text}"
+        blocks.append(Block("box", _matrix_or_none(box.matrix), (lo, hi), text, constraint))
+    return blocks + balls
