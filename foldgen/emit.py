@@ -112,6 +112,15 @@ def literal(value: object) -> str:
     return repr(value)
 
 
+def _wrapped_dict(prefix: str, value: dict) -> str:
+    """A dict literal, one entry a line when ``prefix`` + the literal would pass 99 columns
+    (as ``ruff format`` lays it out)."""
+    text = literal(value)
+    if len(prefix) + len(text) <= 99:
+        return text
+    return "{\n" + "".join(f"    {literal(k)}: {literal(v)},\n" for k, v in value.items()) + "}"
+
+
 def render(problem: Problem, plan: Plan, spec_file: str) -> str:
     """The generated module's source text."""
     derived = []
@@ -135,7 +144,9 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
         "class_name": problem.class_name,
         "class_doc": class_docstring(problem, plan),
         "parameters": problem.parameters,
-        "parameters_literal": literal({p.name: p.shape for p in problem.parameters}),
+        "parameters_literal": _wrapped_dict(
+            "PARAMETERS = ", {p.name: p.shape for p in problem.parameters}
+        ),
         "grad_parameters_literal": literal(tuple(p.name for p in problem.grad_parameters)),
         "defaults_literal": literal(
             {p.name: p.default for p in problem.parameters if p.default is not None}

@@ -1,0 +1,325 @@
+"""SQP-specific tests: the nonconvex QP's KKT conditions and finite differences, agreement
+with PGD on the entropic knapsack, infeasible and unbounded elements flagged without NaN,
+the batched QP solver against CVXPY, and specs the rule rejects."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from cases import CASES, load_module
+from cases_sqp import nonconvex_qp_data, ordered_values
+
+from foldgen.build import build
+from foldgen.errors import SpecError
+
+F64 = torch.float64
+
+
+def draw(name, batch=(), seed=0, dtype=F64):
+    return CASES[name].make(batch, dtype, torch.Generator().manual_seed(seed))
+
+
+def layer_for(name, **kwargs):
+    module = load_module(name)
+    return module, getattr(module, module.__all__[0])(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# nonconvex_qp (DC3 data, n = 10, neq = nineq = 5)
+
+
+def test_nonconvex_qp_satisfies_kkt():
+    module, layer = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    v = draw("nonconvex_qp", batch=(6,), seed=3)
+    y = layer(**v)
+    lam, nu = layer.multipliers
+    Q, p, A, b, G, h = (v[k] for k in ("Q", "p", "A", "b", "G", "h"))
+    stationarity = (
+        (Q @ y[..., None])[..., 0]
+        + p * torch.cos(y)
+        + (A.mT @ nu[..., None])[..., 0]
+        + (G.mT @ lam[..., None])[..., 0]
+    )
+    slack = h - (G @ y[..., None])[..., 0]
+    assert stationarity.abs().max() < 1e-9
+    assert ((A @ y[..., None])[..., 0] - b).abs().max() < 1e-10
+    assert slack.min() > -1e-10 and lam.min() >= 0
+    assert (lam * slack).abs().max() < 1e-10
+    # A local minimum: the Hessian is positive definite on the active constraints' null space.
+    active = lam > slack
+    for i in range(y.shape[0]):
+        M = torch.cat([A[i], G[i][active[i]]])
+        Z = torch.linalg.svd(M, full_matrices=True).Vh[M.shape[0] :].mT
+        H = Q[i] - torch.diag(p[i] * torch.sin(y[i]))
+        if Z.shape[-1]:
+            assert torch.linalg.eigvalsh(Z.mT @ H @ Z).min() > 0
+
+
+def test_nonconvex_qp_backward_matches_finite_differences():
+    module, layer = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    v = draw("nonconvex_qp", batch=(2,), seed=4)
+    weight = torch.randn(2, 10, generator=torch.Generator().manual_seed(5), dtype=F64)
+    p = v["p"].clone().requires_grad_()
+    (layer(**{**v, "p": p}) * weight).sum().backward()
+    fd = torch.zeros_like(p)
+    eps = 1e-6
+    with torch.no_grad():
+        for index in np.ndindex(*p.shape):
+            e = torch.zeros_like(p)
+            e[index] = eps
+            up = (layer(**{**v, "p": p + e}) * weight).sum()
+            down = (layer(**{**v, "p": p - e}) * weight).sum()
+            fd[index] = (up - down) / (2 * eps)
+    assert (p.grad - fd).abs().max() < 1e-6 * max(1.0, fd.abs().max())
+    # Full steps with the exact Hessian: Φ = 0, so the adjoint solve is immediate.
+    assert layer.backward_info.residual.max() < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# entropic knapsack: SQP and PGD agree
+
+
+def test_entropic_knapsack_sqp_equals_pgd():
+    _, sqp = layer_for("entropic_knapsack_sqp", on_nonconvergence="raise")
+    _, pgd = layer_for("entropic_knapsack", on_nonconvergence="raise")
+    v = draw("entropic_knapsack", batch=(4,), seed=7)
+    weight = torch.randn(4, 10, generator=torch.Generator().manual_seed(8), dtype=F64)
+    results = []
+    for layer in (sqp, pgd):
+        c = v["c"].clone().requires_grad_()
+        x = layer(**{**v, "c": c})
+        (x * weight).sum().backward()
+        results.append((x.detach(), c.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-8, rtol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-7, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Infeasible and unbounded elements
+
+
+def infeasible_nonconvex_qp():
+    """Three elements; the middle one asks g·y ≤ −1 and −g·y ≤ −1 at once."""
+    v = nonconvex_qp_data((3,), F64, torch.Generator().manual_seed(9))
+    G, h = v["G"].clone(), v["h"].clone()
+    G[1, 1] = -G[1, 0]
+    h[1, :2] = -1.0
+    return {**v, "G": G, "h": h}
+
+
+def test_infeasible_element_is_flagged_not_nan():
+    module, layer = layer_for("nonconvex_qp")
+    v = infeasible_nonconvex_qp()
+    p = v["p"].clone().requires_grad_()
+    with pytest.warns(module.ConvergenceWarning, match=r"element\(s\) 1 \(infeasible"):
+        y = layer(**{**v, "p": p})
+    assert layer.info.feasible.tolist() == [True, False, True]
+    assert layer.info.converged.tolist() == [True, False, True]
+    assert bool(torch.isfinite(y).all())
+    y.sum().backward()
+    assert bool(torch.isfinite(p.grad).all()) and bool((p.grad[1] == 0).all())
+    # The feasible elements are exactly what they are alone.
+    _, alone = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    for i in (0, 2):
+        single = {k: t[i] for k, t in v.items()}
+        torch.testing.assert_close(y[i].detach(), alone(**single), atol=1e-10, rtol=0)
+
+
+def test_infeasible_element_raises_on_request():
+    module, layer = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    with pytest.raises(module.ConvergenceError, match=r"element\(s\) 1 \(infeasible"):
+        layer(**infeasible_nonconvex_qp())
+
+
+def test_infeasible_risk_budget_is_flagged():
+    module, layer = layer_for("portfolio", on_nonconvergence="ignore")
+    v = draw("portfolio", batch=(3,), seed=11)
+    gamma = torch.tensor([0.05, 1e-4, 0.05], dtype=F64)  # 1e-4: below the least risk
+    x = layer(**{**v, "gamma": gamma})
+    assert layer.info.feasible.tolist() == [True, False, True]
+    assert bool(torch.isfinite(x).all())
+
+
+UNBOUNDED = """\
+foldgen: 1
+name: unbounded_lp
+dims: {n: 4}
+parameters:
+  c: {shape: [n]}
+variables:
+  x: {shape: [n]}
+minimize: c @ x
+constraints:
+  - x <= 1
+solver: {rule: sqp, max_iter: 50, tol: 1.0e-9}
+"""
+
+
+def test_unbounded_element_is_flagged(tmp_path):
+    spec = tmp_path / "unbounded_lp.yaml"
+    spec.write_text(UNBOUNDED)
+    built = build(spec)
+    (tmp_path / built.filename).write_text(built.source)
+    module = load_module("unbounded_lp", tmp_path)
+    layer = module.UnboundedLp(on_nonconvergence="ignore")
+    c = torch.tensor([[1.0, 2.0, 0.5, 1.0], [-1.0, -2.0, -0.5, -1.0]], dtype=F64)
+    x = layer(c)
+    assert layer.info.feasible.tolist() == [False, True]
+    assert layer.info.converged.tolist() == [False, True]
+    assert bool(torch.isfinite(x).all())
+    torch.testing.assert_close(x[1], torch.ones(4, dtype=F64))
+
+
+# ---------------------------------------------------------------------------------------------
+# The batched QP solver (templates/runtime/qp.py, as copied into a generated module)
+
+
+def random_qp(batch, n, p, q, seed):
+    gen = torch.Generator().manual_seed(seed)
+    M = torch.randn(batch, n, n, generator=gen, dtype=F64)
+    H = M @ M.mT / n + 0.1 * torch.eye(n, dtype=F64)
+    c = torch.randn(batch, n, generator=gen, dtype=F64)
+    G = torch.randn(batch, p, n, generator=gen, dtype=F64)
+    b = 0.3 * torch.rand(batch, p, generator=gen, dtype=F64)
+    A = torch.randn(batch, q, n, generator=gen, dtype=F64)
+    e = 0.1 * torch.randn(batch, q, generator=gen, dtype=F64)
+    return H, c, G, b, A, e
+
+
+def cvxpy_qp(H, c, G, b, A, e):
+    import cvxpy as cp
+
+    d = cp.Variable(H.shape[-1])
+    constraints = []
+    if G.shape[0]:
+        constraints.append(G @ d <= b)
+    if A.shape[0]:
+        constraints.append(A @ d == e)
+    objective = cp.Minimize(0.5 * cp.quad_form(d, 0.5 * (H + H.T)) + c @ d)
+    cp.Problem(objective, constraints).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return d.value, [con.dual_value for con in constraints]
+
+
+@pytest.mark.parametrize("p, q", [(6, 3), (6, 0), (0, 3), (0, 0), (15, 2)])
+def test_qp_solver_matches_cvxpy(p, q):
+    module = load_module("nonconvex_qp")
+    H, c, G, b, A, e = random_qp(5, 8, p, q, seed=p + 10 * q)
+    d, lam, nu, solved = module._qp_solve(H, c, G, b, A, e, torch.ones(5, dtype=torch.bool))
+    assert bool(solved.all())
+    for i in range(5):
+        ref, duals = cvxpy_qp(*(t[i].numpy() for t in (H, c, G, b, A, e)))
+        np.testing.assert_allclose(d[i].numpy(), ref, atol=1e-8)
+        if p:
+            np.testing.assert_allclose(lam[i].numpy(), duals[0], atol=1e-7)
+        if q:
+            np.testing.assert_allclose(nu[i].numpy(), duals[-1], atol=1e-7)
+
+
+def test_qp_solver_flags_infeasible_elements():
+    module = load_module("nonconvex_qp")
+    H, c, G, b, A, e = random_qp(4, 6, 4, 1, seed=0)
+    G[2, 1], b[2, 1] = -G[2, 0], -b[2, 0] - 1.0  # G₀·d ≤ b₀ and G₀·d ≥ b₀ + 1
+    d, lam, nu, solved = module._qp_solve(H, c, G, b, A, e, torch.ones(4, dtype=torch.bool))
+    assert solved.tolist() == [True, True, False, True]
+    assert all(bool(torch.isfinite(t).all()) for t in (d, lam, nu))
+
+
+def test_qp_solver_float32():
+    module = load_module("nonconvex_qp")
+    H, c, G, b, A, e = random_qp(3, 6, 4, 2, seed=1)
+    d64, *_ = module._qp_solve(H, c, G, b, A, e, torch.ones(3, dtype=torch.bool))
+    d32, _, _, solved = module._qp_solve(
+        *(t.float() for t in (H, c, G, b, A, e)), torch.ones(3, dtype=torch.bool)
+    )
+    assert bool(solved.all()) and d32.dtype == torch.float32
+    assert (d32.double() - d64).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings, multipliers and rejected specs
+
+
+def test_step_below_one_converges_to_the_same_point_and_gradient():
+    v = draw("exp_budget", batch=(2,), seed=12)
+    results = []
+    for step in (1.0, 0.5):
+        _, layer = layer_for("exp_budget", step=step, backward_method="gmres")
+        y = v["y"].clone().requires_grad_()
+        layer(**{**v, "y": y}).pow(2).sum().backward()
+        results.append((layer(**v), y.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-8, rtol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-7, rtol=0)
+
+
+def test_bad_step_is_a_value_error():
+    module = load_module("exp_budget")
+    for bad in (0, 1.5, "auto", True):
+        with pytest.raises(ValueError, match="step"):
+            module.ExpBudget(step=bad)
+
+
+def test_multipliers_are_exposed_in_blocks_order():
+    _, layer = layer_for("portfolio", on_nonconvergence="raise")
+    v = draw("portfolio", batch=(2,), seed=13)
+    x = layer(**v)
+    lam, nu = layer.multipliers
+    # Inequality blocks: −x ≤ 0 (n entries), then the risk budget; one equality sum(x) = 1.
+    assert lam.shape == (2, 9) and nu.shape == (2, 1)
+    assert bool((lam[:, -1] > 0).all())  # the risk budget is active
+    risk = (x[:, None, :] @ v["Sigma"] @ x[:, :, None])[:, 0, 0]
+    torch.testing.assert_close(risk, torch.full((2,), 0.05, dtype=F64))
+
+
+BASE = """\
+foldgen: 1
+name: bad
+dims: {n: 3}
+parameters:
+  c: {shape: [n]}
+variables:
+  x: {shape: [n]}
+minimize: sum_squares(x - c)
+constraints:
+  - sum(x) == 1
+solver: {rule: sqp}
+"""
+
+
+@pytest.mark.parametrize(
+    "old, new, where, fragments",
+    [
+        ("minimize: sum_squares(x - c)", "minimize: sum_squares(x - c) + sum(abs(x))",
+         ":8:11: minimize:", ("rule 'sqp'", "twice differentiable", "abs")),
+        ("  - sum(x) == 1", "  - norm1(x) <= 1", ":10:5: constraints[0]:",
+         ("twice differentiable", "norm1")),
+        ("  x: {shape: [n]}", "  x: {shape: [n]}\n  z: {shape: [n]}", ":7:3: variables:",
+         ("rule 'sqp'", "one variable")),
+    ],
+)  # fmt: skip
+def test_bad_specs_are_rejected_with_a_location(tmp_path, old, new, where, fragments):
+    spec = tmp_path / "bad.yaml"
+    assert BASE.count(old) == 1
+    spec.write_text(BASE.replace(old, new))
+    with pytest.raises(SpecError) as err:
+        build(spec)
+    message = str(err.value)
+    assert where in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_generated_modules_differentiate_symbolically():
+    """The SQP modules derive every derivative at build time (no autograd in the solver)."""
+    for name in ("portfolio", "nonconvex_qp", "entropic_knapsack_sqp", "exp_budget"):
+        module = load_module(name)
+        assert "Φᵀv" in module.__doc__ and "Ψ_θᵀv" in module.__doc__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            values = ordered_values(module, draw(name, seed=14))
+            assert math.isfinite(float(module._objective(module._init(*values), *values)))
