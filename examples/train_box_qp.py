@@ -4,7 +4,7 @@ A hidden linear map turns features into the linear term c of a box-constrained Q
 network sees only (features, optimal solution) pairs and learns c so that the layer's
 solutions match. Gradients reach the network through the layer's folded backward.
 
-    python examples/train_box_qp.py            # full run (~1 minute on 2 cores)
+    python examples/train_box_qp.py            # full run (~15 s on 2 cores)
     python examples/train_box_qp.py --quick    # a few seconds
 """
 

@@ -1,0 +1,26 @@
+"""The project's own source stays lint-clean and formatted (ruff, configured in pyproject)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ["foldgen", "tests", "examples", "templates/runtime"]
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or "ruff"
+    return subprocess.run([exe, *args, *SOURCES], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_ruff_check():
+    result = _ruff("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format():
+    result = _ruff("format", "--check", "--diff")
+    assert result.returncode == 0, result.stdout + result.stderr
