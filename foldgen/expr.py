@@ -17,6 +17,7 @@ matrix's transpose is itself).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Dim = str | int
@@ -673,8 +674,12 @@ def dot(a: Expr, b: Expr) -> Expr:
 # --------------------------------------------------------------------------- traversal
 
 
-def postorder(roots: list[Expr] | tuple[Expr, ...]) -> list[Expr]:
-    """Distinct nodes of the DAG, children before parents, in a deterministic order."""
+def postorder(
+    roots: list[Expr] | tuple[Expr, ...],
+    children: Callable[[Expr], tuple[Expr, ...]] = lambda node: node.children,
+) -> list[Expr]:
+    """Distinct nodes of the DAG, children before parents, in a deterministic order
+    (``children`` chooses which edges to follow)."""
     seen: set[Expr] = set()
     order: list[Expr] = []
     stack: list[tuple[Expr, bool]] = [(r, False) for r in reversed(roots)]
@@ -687,7 +692,7 @@ def postorder(roots: list[Expr] | tuple[Expr, ...]) -> list[Expr]:
             order.append(node)
             continue
         stack.append((node, True))
-        for c in reversed(node.children):
+        for c in reversed(children(node)):
             if c not in seen:
                 stack.append((c, False))
     return order

@@ -35,6 +35,7 @@ from foldgen.expr import (
     Sum,
     Transpose,
     is_const,
+    postorder,
 )
 from foldgen.functions import ELEMENTWISE
 
@@ -312,20 +313,7 @@ def _printed_operands(e: Expr) -> tuple[Expr, ...]:
 
 def _printed_postorder(roots: list[Expr]) -> list[Expr]:
     """Nodes reachable through printed operands, children first, deterministic."""
-    seen: set[Expr] = set()
-    order: list[Expr] = []
-    stack: list[tuple[Expr, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        if node in seen:
-            continue
-        if expanded:
-            seen.add(node)
-            order.append(node)
-            continue
-        stack.append((node, True))
-        stack.extend((c, False) for c in reversed(_printed_operands(node)) if c not in seen)
-    return order
+    return postorder(roots, _printed_operands)
 
 
 def print_function(

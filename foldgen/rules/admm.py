@@ -25,7 +25,8 @@ from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived
+from foldgen.rules.base import SOLVERS, Derived, problem_header
+from foldgen.rules.base import smooth as derive_smooth
 
 INF = float("inf")
 
@@ -97,13 +98,9 @@ class AdmmPlan:
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name
-        dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
-        negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
         constraints = [b.constraint for b in self.blocks if b.constraint]
         lines = [
-            f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
-            "",
-            f"    minimize    f({x}) = {self.math['objective']}{negated}",
+            *problem_header(problem, x, self.math["objective"]),
             f"    subject to  {', '.join(constraints) if constraints else '(nothing)'}",
             "",
             f"Splitting (ADMM, scaled form):  minimize f₀({x}) + Σᵢ gᵢ(zᵢ)  s.t.  zᵢ = Aᵢ {x}, with",
@@ -184,29 +181,10 @@ def plan(problem: Problem) -> AdmmPlan:
     pnames = tuple(p.name for p in problem.parameters)
     grad_leaves = [p.leaf for p in problem.grad_parameters]
 
-    g = gradient(smooth, x)
-    u = Leaf("_u", "aux", x.shape)
-    second = vjp([(g, u)], [x, *grad_leaves])
-    hvp = second[x]
-    quadratic = not hvp.depends_on(x)
-    obj_params = tuple(p.name for p in grad_leaves if not E.is_zero(second[p]))
-
+    d = derive_smooth(problem, x, smooth)
+    g, hvp, quadratic, obj_params = d.gradient, d.hvp, d.quadratic, d.grad_params
+    functions = d.functions(problem, x, smooth, "f₀", "the smooth part of the objective")
     args = (x.name, *pnames)
-    functions = [
-        Derived("_objective", args, (smooth,), "f₀(x), the smooth part of the objective."),
-        Derived("_gradient", args, (g,), "∇f₀(x)."),
-        Derived("_hvp", (x.name, "_u", *pnames), (hvp,), "∇²f₀(x) u."),
-        Derived("_init", pnames, (var.init,), "The starting point from the spec's init."),
-    ]
-    if obj_params:
-        functions.append(
-            Derived(
-                "_gradient_vjp",
-                (x.name, "_u", *pnames),
-                tuple(second[p] for p in grad_leaves if p.name in obj_params),
-                "(∂∇f₀/∂θ)ᵀ u for the gradient parameters θ that ∇f₀ depends on.",
-            )
-        )
     items: list[Expr] = []
     for b in blocks:
         items += ([b.matrix] if b.matrix is not None else []) + list(b.data)
@@ -236,7 +214,7 @@ def plan(problem: Problem) -> AdmmPlan:
         "gradient": math_str(g),
         "hvp": math_str(hvp),
         **{
-            f"dgrad_{p.name}": math_str(second[p.leaf])
+            f"dgrad_{p.name}": math_str(d.mixed[p.leaf])
             for p in problem.grad_parameters
             if p.name in obj_params
         },

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from foldgen import expr as E
+from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import Problem
 
@@ -43,3 +45,59 @@ class Plan(Protocol):
     def describe(self, problem: Problem) -> list[str]:
         """The module docstring's body: problem, U, Φᵀv, Ψᵀv in readable math."""
         ...
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """A smooth objective's derivatives, as PGD and ADMM both fold through them."""
+
+    gradient: Expr  # ∇f
+    hvp: Expr  # ∇²f u, u the aux leaf "_u"
+    mixed: dict[Leaf, Expr]  # (∂∇f/∂θ)ᵀ u per grad parameter
+    grad_params: tuple[str, ...]  # grad parameters ∇f depends on
+    quadratic: bool  # ∇²f free of x
+
+    def functions(
+        self, problem: Problem, x: Leaf, f: Expr, name: str, what: str = "minimised"
+    ) -> list[Derived]:
+        """_objective, _gradient, _hvp, _init and, when some θ reaches ∇f, _gradient_vjp."""
+        pnames = tuple(p.name for p in problem.parameters)
+        args = (x.name, *pnames)
+        init = problem.variables[0].init
+        out = [
+            Derived("_objective", args, (f,), f"{name}(x), {what}."),
+            Derived("_gradient", args, (self.gradient,), f"∇{name}(x)."),
+            Derived("_hvp", (x.name, "_u", *pnames), (self.hvp,), f"∇²{name}(x) u."),
+            Derived("_init", pnames, (init,), "The starting point from the spec's init."),
+        ]
+        if self.grad_params:
+            out.append(
+                Derived(
+                    "_gradient_vjp",
+                    (x.name, "_u", *pnames),
+                    tuple(e for p, e in self.mixed.items() if p.name in self.grad_params),
+                    f"(∂∇{name}/∂θ)ᵀ u for the gradient parameters θ that ∇{name} depends on.",
+                )
+            )
+        return out
+
+
+def smooth(problem: Problem, x: Leaf, f: Expr) -> Smooth:
+    """∇f, ∇²f u and (∂∇f/∂θ)ᵀ u by symbolic reverse mode (u the aux leaf "_u")."""
+    leaves = [p.leaf for p in problem.grad_parameters]
+    g = gradient(f, x)
+    second = vjp([(g, Leaf("_u", "aux", x.shape))], [x, *leaves])
+    mixed = {p: second[p] for p in leaves}
+    used = tuple(p.name for p in leaves if not E.is_zero(second[p]))
+    return Smooth(g, second[x], mixed, used, not second[x].depends_on(x))
+
+
+def problem_header(problem: Problem, x: str, objective: str) -> list[str]:
+    """The docstring's first lines: default sizes and the objective, as every rule states them."""
+    dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
+    negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
+    return [
+        f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
+        "",
+        f"    minimize    f({x}) = {objective}{negated}",
+    ]

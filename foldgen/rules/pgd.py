@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foldgen import expr as E
-from foldgen.derive import gradient, jacobian_diagonal, vjp
+from foldgen.derive import jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived
+from foldgen.rules.base import SOLVERS, Derived, problem_header, smooth
 
 INF = float("inf")
 
@@ -101,12 +101,8 @@ class PgdPlan:
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name
-        dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
-        negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
         lines = [
-            f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
-            "",
-            f"    minimize    f({x}) = {self.math['objective']}{negated}",
+            *problem_header(problem, x, self.math["objective"]),
             f"    subject to  {self.math['set']}",
             "",
             f"Update rule (PGD):  U({x}) = P_C({x} − D ∇f({x})),   ∇f({x}) = {self.math['gradient']}",
@@ -153,39 +149,21 @@ def plan(problem: Problem) -> PgdPlan:
     grad_leaves = [p.leaf for p in problem.grad_parameters]
 
     f = problem.objective
-    g = gradient(f, x)
-    u = Leaf("_u", "aux", x.shape)
-    second = vjp([(g, u)], [x, *grad_leaves])
-    hvp = second[x]
-    quadratic = not hvp.depends_on(x)
-    obj_params = tuple(p.name for p in grad_leaves if not E.is_zero(second[p]))
+    d = smooth(problem, x, f)
+    g, hvp, obj_params = d.gradient, d.hvp, d.grad_params
 
     step = problem.solver.step_size
     hess_diag = None
     if step not in (None, "auto"):
         mode, value = "fixed", float(step)
-    elif quadratic:
+    elif d.quadratic:
         mode, value = "lipschitz", None
     else:
         hess_diag = jacobian_diagonal(g, x) if projection.metric else None
         mode, value = ("scaled" if hess_diag is not None else "bb"), None
 
     args = (x.name, *pnames)
-    functions = [
-        Derived("_objective", args, (f,), "f(x), minimised."),
-        Derived("_gradient", args, (g,), "∇f(x)."),
-        Derived("_hvp", (x.name, "_u", *pnames), (hvp,), "∇²f(x) u."),
-        Derived("_init", pnames, (var.init,), "The starting point from the spec's init."),
-    ]
-    if obj_params:
-        functions.append(
-            Derived(
-                "_gradient_vjp",
-                (x.name, "_u", *pnames),
-                tuple(second[p] for p in grad_leaves if p.name in obj_params),
-                "(∂∇f/∂θ)ᵀ u for the gradient parameters θ that ∇f depends on.",
-            )
-        )
+    functions = d.functions(problem, x, f, "f")
     if hess_diag is not None:
         functions.append(
             Derived("_hessian_diagonal", args, (hess_diag,), "diag ∇²f(x), for the scaled step.")
@@ -218,7 +196,7 @@ def plan(problem: Problem) -> PgdPlan:
         "hvp": math_str(hvp),
         "set": projection.description,
         **{
-            f"dgrad_{p.name}": math_str(second[p.leaf])
+            f"dgrad_{p.name}": math_str(d.mixed[p.leaf])
             for p in problem.grad_parameters
             if p.name in obj_params
         },

@@ -28,7 +28,7 @@ from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived
+from foldgen.rules.base import SOLVERS, Derived, problem_header
 
 # Functions whose derivative is not continuous: SQP needs a twice differentiable problem.
 NONSMOOTH = {"abs": "abs/norm1", "sign": "sign"}
@@ -75,13 +75,7 @@ class SqpPlan:
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name
-        dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
-        negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
-        lines = [
-            f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
-            "",
-            f"    minimize    f({x}) = {self.math['objective']}{negated}",
-        ]
+        lines = problem_header(problem, x, self.math["objective"])
         head = "    subject to  "
         for i, b in enumerate(self.inequalities):
             lines.append(f"{head}g{i}({x}) = {b.text} ≤ 0")
