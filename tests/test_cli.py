@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from spec_examples import BOX_QP, ENTROPIC_KNAPSACK
 
 import foldgen
 from foldgen.build import build
@@ -28,42 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SCRIPT = Path(sys.executable).with_name("foldgen")
-
-# The examples of SPEC.md, verbatim.
-BOX_QP = """\
-foldgen: 1
-name: box_qp
-doc: Box-constrained convex QP, differentiable in the linear term.
-dims: {n: 50}
-parameters:
-  Q: {shape: [n, n], grad: false, properties: [symmetric, psd]}
-  c: {shape: [n]}
-variables:
-  x: {shape: [n]}
-minimize: 0.5 * x @ Q @ x + c @ x
-constraints:
-  - 0 <= x <= 1
-solver: {rule: pgd, step_size: auto, max_iter: 2000, tol: 1.0e-9}
-backward: {method: gmres, max_iter: 200, tol: 1.0e-10}
-"""
-
-ENTROPIC_KNAPSACK = """\
-foldgen: 1
-name: entropic_knapsack
-doc: Entropy-regularised continuous knapsack (the LML top-k layer).
-dims: {n: 100}
-parameters:
-  c: {shape: [n]}
-  k: {shape: [], grad: false, default: 5}
-  eps: {shape: [], grad: false, default: 1.0}
-variables:
-  x: {shape: [n], init: k / n * ones(n)}
-maximize: c @ x + eps * sum(entr(x))
-constraints:
-  - 0 <= x <= 1
-  - sum(x) == k
-solver: {rule: pgd, step_size: auto, max_iter: 5000, tol: 1.0e-9}
-"""
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -25,7 +25,7 @@ from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived, problem_header
+from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable
 from foldgen.rules.base import smooth as derive_smooth
 
 INF = float("inf")
@@ -160,16 +160,8 @@ class AdmmPlan:
 
 def plan(problem: Problem) -> AdmmPlan:
     """Everything the templates need to emit an ADMM layer; rejects what ADMM cannot do."""
-    if len(problem.variables) != 1:
-        raise problem.error(
-            ("variables",), "rule 'admm' supports one variable for now; stack them into one vector"
-        )
-    var = problem.variables[0]
+    var = single_vector_variable(problem)
     x = var.leaf
-    if x.rank != 1:
-        raise problem.error(
-            ("variables", var.name, "shape"), "rule 'admm' needs a vector variable (shape [n])"
-        )
     smooth, l1_blocks = _split_objective(problem, x)
     blocks = (*l1_blocks, *_constraint_blocks(problem, x))
     if not blocks:

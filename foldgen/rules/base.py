@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import Problem
+from foldgen.ir import Problem, Variable
 
 # Adjoint solvers every rule's backward can choose from (templates/runtime/linsolve.py).
 SOLVERS = ("_solve_lfpi", "_solve_gmres", "_solve_cg", "_solve_direct", "_dense_from_matvec")
@@ -101,3 +101,19 @@ def problem_header(problem: Problem, x: str, objective: str) -> list[str]:
         "",
         f"    minimize    f({x}) = {objective}{negated}",
     ]
+
+
+def single_vector_variable(problem: Problem) -> Variable:
+    """The problem's one vector variable; every rule so far needs exactly that."""
+    rule = problem.solver.rule
+    if len(problem.variables) != 1:
+        raise problem.error(
+            ("variables",),
+            f"rule '{rule}' supports one variable for now; stack them into one vector",
+        )
+    var = problem.variables[0]
+    if var.leaf.rank != 1:
+        raise problem.error(
+            ("variables", var.name, "shape"), f"rule '{rule}' needs a vector variable (shape [n])"
+        )
+    return var

@@ -22,7 +22,7 @@ from foldgen.derive import jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived, problem_header, smooth
+from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable, smooth
 
 INF = float("inf")
 
@@ -134,16 +134,8 @@ class PgdPlan:
 
 def plan(problem: Problem) -> PgdPlan:
     """Everything the templates need to emit a PGD layer; rejects what PGD cannot do."""
-    if len(problem.variables) != 1:
-        raise problem.error(
-            ("variables",), "rule 'pgd' supports one variable for now; stack them into one vector"
-        )
-    var = problem.variables[0]
+    var = single_vector_variable(problem)
     x = var.leaf
-    if x.rank != 1:
-        raise problem.error(
-            ("variables", var.name, "shape"), "rule 'pgd' needs a vector variable (shape [n])"
-        )
     projection = _projection(problem, x)
     pnames = tuple(p.name for p in problem.parameters)
     grad_leaves = [p.leaf for p in problem.grad_parameters]

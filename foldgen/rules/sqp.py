@@ -28,7 +28,7 @@ from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived, problem_header
+from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable
 
 # Functions whose derivative is not continuous: SQP needs a twice differentiable problem.
 NONSMOOTH = {"abs": "abs/norm1", "sign": "sign"}
@@ -121,16 +121,8 @@ class SqpPlan:
 
 def plan(problem: Problem) -> SqpPlan:
     """Everything the templates need to emit an SQP layer; rejects what SQP cannot do."""
-    if len(problem.variables) != 1:
-        raise problem.error(
-            ("variables",), "rule 'sqp' supports one variable for now; stack them into one vector"
-        )
-    var = problem.variables[0]
+    var = single_vector_variable(problem)
     x = var.leaf
-    if x.rank != 1:
-        raise problem.error(
-            ("variables", var.name, "shape"), "rule 'sqp' needs a vector variable (shape [n])"
-        )
     _require_smooth(problem, problem.objective, (problem.sense,))
     inequalities: list[Block] = []
     equalities: list[Block] = []
