@@ -921,10 +921,20 @@ def _update(x, lam, nu, values, sizes, active, step):
 
 
 def _lu_apply(factors, v):
-    """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes."""
+    """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes.
+
+    Where K has a unit axis that v fills (the dense backward's unit vectors), those vectors
+    become the columns of one solve, instead of repeating K once per vector.
+    """
     lu, pivots = factors
-    batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-1])
     size = v.shape[-1]
+    if lu.dim() > 2 and v.dim() > 1 and lu.shape[-3] == 1 and v.shape[-2] > 1:
+        lu, pivots = lu.squeeze(-3), pivots.squeeze(-2)
+        batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-2])
+        columns = v.expand(*batch, *v.shape[-2:]).mT  # (..., N, k)
+        lu, pivots = lu.expand(*batch, size, size), pivots.expand(*batch, size)
+        return torch.linalg.lu_solve(lu, pivots, columns).mT
+    batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-1])
     lu = lu.expand(*batch, size, size)
     pivots = pivots.expand(*batch, size)
     return torch.linalg.lu_solve(lu, pivots, v.expand(*batch, size)[..., None])[..., 0]
