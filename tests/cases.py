@@ -70,6 +70,25 @@ def _box_qp_cvx(v):
     return x.value
 
 
+def _quadratic(batch, dtype, gen, n=8):
+    a = _randn(gen, *batch, n, n, dtype=dtype)
+    return {
+        "Q": a @ a.mT / n + 0.5 * torch.eye(n, dtype=dtype),
+        "b": _randn(gen, *batch, n, dtype=dtype),
+    }
+
+
+def _quadratic_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["b"].shape[-1])
+    q = 0.5 * (v["Q"] + v["Q"].T)
+    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, q) - v["b"] @ x)).solve(
+        solver=cp.CLARABEL, **TIGHT
+    )
+    return x.value
+
+
 def _knapsack(batch, dtype, gen, n=10, scale=2.0):
     return {
         "c": scale * _randn(gen, *batch, n, dtype=dtype),
@@ -184,6 +203,7 @@ def _halfspace_cvx(v):
 
 CASES: dict[str, Case] = {
     "box_qp": Case(_box_qp, _box_qp_cvx),
+    "quadratic": Case(_quadratic, _quadratic_cvx),
     "entropic_knapsack": Case(_knapsack, _knapsack_cvx),
     "ball_least_squares": Case(_ball, _ball_cvx),
     "logistic_box": Case(_logistic, _logistic_cvx),
