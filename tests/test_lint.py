@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["foldgen", "tests", "examples", "templates/runtime"]
+SOURCES = ["foldgen", "tests", "examples", "benchmarks", "templates/runtime"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:

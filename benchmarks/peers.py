@@ -1,0 +1,212 @@
+"""The methods compared on each case, behind one interface.
+
+A method is a pair (``forward()`` → handle, ``backward(handle)`` → {name: gradient}); the
+backward must be repeatable on one handle so that it can be timed on its own. All of them
+differentiate the same loss ⟨g, x*⟩ on the same data.
+
+- ``foldgen``: the generated layer (its forward solver and its generated folded backward).
+- ``unrolled``: autograd through the generated module's own forward solver, so it records
+  exactly the iterations the layer ran.
+- ``autograd-fold``: the paper's own library's approach: the same forward, then the same
+  fixed-point linear solver as foldgen's (the generated module's LFPI, GMRES or dense solve),
+  but with each product Φᵀv = (∂U/∂s)ᵀv taken by ``torch.autograd.grad`` through a plain
+  torch evaluation of one update step U at s* (the generated module's own step functions).
+- ``cvxpylayers`` and ``qpth``: the standard differentiable convex-optimization layers, at
+  their default settings.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
+
+
+def leaves(case):
+    """Fresh copies of the call inputs; those in case.grad require grad."""
+    return {k: v.clone().requires_grad_(k in case.grad) for k, v in case.inputs.items()}
+
+
+def make_layer(case, method, **settings):
+    m = case.generated
+    kwargs = {**case.settings, **settings, "on_nonconvergence": "ignore"}
+    if method is not None:
+        kwargs["backward_method"] = method
+    return getattr(m, case.layer_class)(**case.bound, **kwargs)
+
+
+def _grads(outputs, inputs, cotangents):
+    found = torch.autograd.grad(outputs, inputs, cotangents, retain_graph=True, allow_unused=True)
+    return found
+
+
+class Foldgen:
+    label = "foldgen"
+
+    def __init__(self, case, weight, method=None):
+        self.case, self.weight = case, weight
+        self.layer = make_layer(case, method)
+        self.inputs = leaves(case)
+
+    def forward(self):
+        return self.layer(**self.inputs)
+
+    def backward(self, x):
+        names = self.case.grad
+        found = _grads(x, [self.inputs[k] for k in names], self.weight)
+        return dict(zip(names, found))
+
+    @property
+    def method(self):
+        info = self.layer.backward_info
+        return info.method if info is not None else self.layer.backward_method
+
+
+class Unrolled:
+    """Autograd through every iteration of the generated forward solver."""
+
+    label = "unrolled"
+
+    def __init__(self, case, weight):
+        self.case, self.weight = case, weight
+        self.m = case.generated
+        self.layer = make_layer(case, None)
+        self.inputs = leaves(case)
+
+    def forward(self):
+        m = self.m
+        values, sizes, batch = m._validate(m._gather(self.layer, [], self.inputs), None)
+        x, _ = m._solve(self.layer, values, None, sizes, batch)
+        return x
+
+    backward = Foldgen.backward
+
+
+class AutogradFold:
+    """Fixed-point folding with Φᵀv from ``torch.autograd.grad`` of one update step."""
+
+    label = "autograd-fold"
+
+    def __init__(self, case, weight, method):
+        self.case, self.weight, self.method = case, weight, method
+        self.m = case.generated
+        self.layer = make_layer(case, method)
+        self.inputs = leaves(case)
+        self.rule = rule_of(self.m)
+
+    def forward(self):
+        m = self.m
+        with torch.no_grad():
+            values, sizes, batch = m._validate(m._gather(self.layer, [], self.inputs), None)
+            x, state = m._solve(self.layer, values, None, sizes, batch)
+        return x, state, sizes
+
+    def _step(self, x, state, sizes, values):
+        """(s*, s ↦ (U(s), x(s))) for the rule, with the values in the graph."""
+        m = self.m
+        if self.rule == "pgd":
+            d = state[0]
+
+            def step(s):
+                S = m._prepare_set(m._set_data(s, *values))
+                return m._project(s - d * m._gradient(s, *values), d, S)[0], s
+
+            return x, step
+        if self.rule == "admm":
+            s_star, rho = state[0], state[1]
+            tol = self.layer.tol
+
+            def step(s):
+                blocks = m._unpack(m._block_data(x, *values))
+                fixed, _ = m._prepare(x, values, blocks, rho)
+                x_s, u = m._update(x, s, values, blocks, rho, fixed, tol)
+                return u, x_s
+
+            return s_star, step
+        lam, nu, alpha, block_sizes = state[:4]
+        g, _, _ = m._constraints(x, values)
+        active = lam > -g
+        n, p = x.shape[-1], lam.shape[-1]
+
+        def step(s):
+            xs, ls, ns = s[..., :n], s[..., n : n + p], s[..., n + p :]
+            u = m._update(xs, ls, ns, values, block_sizes, active, alpha[..., None])
+            return torch.cat(u, dim=-1), xs
+
+        return torch.cat([x, lam, nu], dim=-1), step
+
+    def backward(self, handle):
+        m = self.m
+        x, state, sizes = handle
+        values, _, _ = m._validate(m._gather(self.layer, [], self.inputs), None)
+        s_star, step = self._step(x, state, sizes, values)
+        s = s_star.detach().requires_grad_()
+        u, x_s = step(s)
+        g = _grads(x_s, [s], self.weight)[0]
+
+        def phi_t(v):
+            return _grads(u, [s], v)[0]
+
+        layer = self.layer
+        if self.method == "direct":
+            n = s.shape[-1]
+            unit = torch.eye(n, dtype=s.dtype).reshape(n, *([1] * (s.dim() - 1)), n)
+            unit = unit.expand(n, *s.shape)
+            try:
+                cols = torch.autograd.grad(u, s, unit, retain_graph=True, is_grads_batched=True)[0]
+            except RuntimeError:  # an operator without a batching rule: one product per column
+                cols = torch.stack([phi_t(e) for e in unit])
+            dense = cols.movedim(0, -1)  # [..., i, j] = (Φᵀ e_j)_i
+            v, _, _ = m._solve_direct(dense, g)
+        elif self.method == "lfpi":
+            v, _, _ = m._solve_lfpi(phi_t, g, layer.backward_max_iter, layer.backward_tol)
+        else:
+            restart = min(s.shape[-1], 128)
+            v, _, _ = m._solve_gmres(
+                phi_t, g, layer.backward_max_iter, layer.backward_tol, restart
+            )
+        names = self.case.grad
+        index = {k: i for i, k in enumerate(m.PARAMETERS)}
+        targets = [values[index[k]] for k in names]
+        found = _grads([u, x_s], targets, [v, self.weight])
+        return {k: _sum_to(t, self.inputs[k]) for k, t in zip(names, found)}
+
+
+def rule_of(m):
+    """The update rule a generated module was built with, from the functions it defines."""
+    if hasattr(m, "_sqp_subproblem"):
+        return "sqp"
+    return "admm" if hasattr(m, "_block_data") else "pgd"
+
+
+def _sum_to(t, like):
+    return torch.zeros_like(like) if t is None else t.sum_to_size(like.shape)
+
+
+class Cvxpylayers:
+    label = "cvxpylayers"
+
+    def __init__(self, case, weight):
+        self.case, self.weight = case, weight
+        self.layer, self.names = case.cvxpylayer()
+        self.inputs = leaves(case)
+
+    def forward(self):
+        return self.layer(*[self.inputs[k] for k in self.names])[0]
+
+    backward = Foldgen.backward
+
+
+class Qpth:
+    label = "qpth"
+
+    def __init__(self, case, weight):
+        self.case, self.weight = case, weight
+        self.inputs = leaves(case)
+
+    def forward(self):
+        return self.case.qpth(self.inputs)
+
+    backward = Foldgen.backward
