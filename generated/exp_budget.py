@@ -1085,6 +1085,9 @@ class ExpBudget(torch.nn.Module):
             self.bound.append(name)
             if isinstance(value, torch.nn.Parameter):
                 self.register_parameter(name, value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                # A plain number takes the dtype and device of each call's tensors.
+                setattr(self, name, value)
             else:
                 self.register_buffer(name, torch.as_tensor(value))
         self.info = None

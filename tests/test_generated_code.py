@@ -334,6 +334,17 @@ def test_good_inputs_run():
         assert x.shape == (N,) and bool(torch.isfinite(x).all())
 
 
+def test_number_bound_in_the_constructor_follows_the_call_dtype():
+    """k=2.0 given to the constructor works with float64 and float32 calls alike."""
+    layer = layer_for("entropic_knapsack", k=2.0, eps=1, tol=1e-5, on_nonconvergence="raise")
+    for dtype in (torch.float64, torch.float32):
+        c = knapsack_inputs()["c"].to(dtype)
+        x = layer(c)
+        assert x.dtype == dtype
+        assert abs(float(x.sum()) - 2.0) <= 1e-5
+    assert "k" in layer.bound and "k" not in dict(layer.named_buffers())
+
+
 @pytest.mark.parametrize(
     "name, change, param",
     [(s, c, p) for s, _, c, p in BAD_INPUTS],
