@@ -19,3 +19,63 @@ def load_generated(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def train_and_track(name, model, loss_of, evaluate, *, samples, batch, epochs, lr, seed, after_backward=None):  # fmt: skip
+    """Adam on mini-batches of ``samples`` rows, the same batches for every method (seeded);
+    ``evaluate(model)`` runs before training and after each epoch (its first entry is printed as
+    the test regret). Returns the evaluations and the mean training seconds per epoch (the
+    evaluations are not timed)."""
+    import time
+
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        evals = [evaluate(model)]
+    train_time = 0.0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        total = 0.0
+        for rows in torch.randperm(samples, generator=order).split(batch):
+            loss = loss_of(model, rows)
+            optimizer.zero_grad()
+            loss.backward()
+            if after_backward is not None:
+                after_backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        seconds = time.perf_counter() - start
+        train_time += seconds
+        with torch.no_grad():
+            evals.append(evaluate(model))
+        print(
+            f"{name:<16} epoch {epoch:2d}  train loss {total / samples:+.5f}  "
+            f"test regret {evals[-1][0]:.4f}  {seconds:.2f} s/epoch"
+        )
+    return evals, train_time / epochs
+
+
+def plot_regret(results, reference, reference_label, title, path, styles=None):
+    """Test regret per epoch of each method, with a reference level; saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, result in results.items():
+        style = (styles or {}).get(name, dict(marker="o"))
+        ax.plot(range(len(result["history"])), result["history"], label=name, **style)
+    ax.axhline(reference, color="gray", linestyle=":", label=reference_label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("normalized regret (test)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
