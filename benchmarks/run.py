@@ -134,8 +134,10 @@ def run_case(case, repeats, budget, log):
 
 
 def fmt(value, kind):
-    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value == "":
         return ""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
     if kind == "ms":
         return f"{value:.3g}" if value < 100 else f"{value:.0f}"
     if kind == "err":
@@ -148,11 +150,14 @@ def fmt(value, kind):
 
 
 def markdown(rows):
-    head = "| case | method | solver | fwd ms | bwd ms | peak MB | grad rel err | bwd ÷ foldgen | total ÷ foldgen |"
+    head = "| case | method | setting | fwd ms | bwd ms | peak MB | grad rel err | bwd ÷ foldgen | total ÷ foldgen |"
     lines = [head, "|" + " --- |" * 9]
     for r in rows:
+        solver = r["solver"]
+        if r.get("fwd_iters"):  # foldgen: iterations (forward, backward), converged elements
+            solver += f"; it {r['fwd_iters']}/{r['bwd_iters']}; conv {r['converged']}"
         cells = [
-            r["case"], r["method"], r["solver"], fmt(r.get("fwd_ms"), "ms"),
+            r["case"], r["method"], solver, fmt(r.get("fwd_ms"), "ms"),
             fmt(r.get("bwd_ms"), "ms"), fmt(r.get("peak_mb"), "mb"),
             fmt(r.get("grad_err"), "err"), fmt(r.get("bwd_x"), "x"), fmt(r.get("total_x"), "x"),
         ]  # fmt: skip
@@ -181,7 +186,9 @@ def targets(rows):
 
         cells = [case, verdict(mine["autograd-fold"]["bwd_x"], 10)]
         unrolled = mine["unrolled"]
-        if "bwd_x" in unrolled:
+        if "bwd_x" in unrolled and math.isnan(unrolled["grad_err"]):
+            cells.append(f"{unrolled['bwd_x']:.3g}×, but its gradient is NaN")
+        elif "bwd_x" in unrolled:
             cells.append(f"{verdict(unrolled['bwd_x'], 5)}, {unrolled['grad_err']:.1e}")
         else:
             cells.append(unrolled["solver"])
@@ -229,6 +236,26 @@ def plot_backward(rows, path):
     plt.close(fig)
 
 
+def write_outputs(rows, header, out):
+    """Print the table and the targets; write table.md and backward.png."""
+    text = f"{header}\n\n{markdown(rows)}\n\n## Targets\n\n{targets(rows) if rows else ''}\n"
+    print(f"\n{text}")
+    (out / "table.md").write_text(text)
+    if rows:
+        plot_backward(rows, out / "backward.png")
+
+
+def read_results(out):
+    """The rows of results.csv (numbers as floats) and the run's header line."""
+    numeric = {"fwd_ms", "bwd_ms", "peak_mb", "grad_err", "bwd_x", "total_x"}
+    with open(out / "results.csv") as f:
+        rows = [
+            {k: (float(v) if k in numeric else v) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(f)
+        ]
+    return rows, (out / "header.txt").read_text().strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -238,6 +265,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--no-study", action="store_true", help="skip the convergence study")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only redo table.md and backward.png from results.csv",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -245,6 +277,10 @@ def main() -> None:
         args.repeats, args.budget = min(args.repeats, 3), min(args.budget, 2.0)
     warnings.filterwarnings("ignore", category=UserWarning)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        rows, header = read_results(args.out)
+        write_outputs(rows, header, args.out)
+        return
     rows = []
     started = time.perf_counter()
     for case in make_cases(args.quick):
@@ -252,20 +288,15 @@ def main() -> None:
             continue
         print(f"{case.name}", flush=True)
         rows.extend(run_case(case, args.repeats, args.budget, lambda s: print(s, flush=True)))
-    table = markdown(rows)
     stamp = time.strftime("%Y-%m-%d")
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {stamp}"
-    goals = targets(rows) if rows else ""
-    text = f"{header}\n\n{table}\n\n## Targets\n\n{goals}\n"
-    print(f"\n{text}")
-    (args.out / "table.md").write_text(text)
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k, "") for k in FIELDS})
-    if rows:
-        plot_backward(rows, args.out / "backward.png")
+    (args.out / "header.txt").write_text(header + "\n")
+    write_outputs(rows, header, args.out)
     if not args.no_study:
         print(study(args.out, quick=args.quick))
     print(f"total {time.perf_counter() - started:.0f} s; wrote {args.out}")
