@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 
 import torch
-from cases import box_qp, quadratic
 from memory import PeakMemory
 from peers import Foldgen, Unrolled, make_layer
+from problems import box_qp, quadratic
 from reference import batched_kkt_gradient, relative_error
 
 METHODS = ["lfpi", "gmres", "direct"]

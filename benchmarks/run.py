@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from cases import make_cases
 from convergence import study
 from memory import PeakMemory
 from peers import AutogradFold, Cvxpylayers, Foldgen, Qpth, Unrolled
+from problems import make_cases
 from reference import batched_kkt_gradient, relative_error
 
 HERE = Path(__file__).resolve().parent

@@ -14,9 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cases import box_qp, tv_denoise  # noqa: E402
 from memory import PeakMemory  # noqa: E402
 from peers import Foldgen  # noqa: E402
+from problems import box_qp, tv_denoise  # noqa: E402
 from reference import batched_kkt_gradient  # noqa: E402
 
 
