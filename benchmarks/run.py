@@ -1,7 +1,8 @@
 """foldgen against its peers, side by side on the same data, in one process.
 
-    python benchmarks/run.py              # the full table and study (about 15 minutes, 2 cores)
-    python benchmarks/run.py --quick      # small sizes, a smoke run (under a minute)
+    python benchmarks/run.py --threads 1  # the full table and study (27 min on 2 cores)
+    python benchmarks/run.py --quick      # small sizes, a smoke run (about 1.5 min)
+    python benchmarks/run.py --render     # table.md and backward.png again from results.csv
 
 Prints a markdown table and writes results.csv, table.md, backward.png, convergence.csv and
 convergence.png to --out (default benchmarks/results). Times are medians of repeated runs
