@@ -323,3 +323,24 @@ def test_generated_modules_differentiate_symbolically():
             warnings.simplefilter("error")
             values = ordered_values(module, draw(name, seed=14))
             assert math.isfinite(float(module._objective(module._init(*values), *values)))
+
+
+def test_dense_backward_applies_k_inverse_once_per_element(monkeypatch):
+    """The direct backward applies K⁻¹ to all N unit vectors of Φᵀ (N = n + p + q): that must
+    be one solve with N columns per element, not K repeated N times (batch·N solves)."""
+    batch, n = 8, 40
+    v = nonconvex_qp_data((batch,), F64, torch.Generator().manual_seed(5), n=n, neq=20, nineq=20)
+    module, layer = layer_for("nonconvex_qp", backward_method="direct", on_nonconvergence="ignore")
+    p = v.pop("p").requires_grad_()
+    y = layer(p=p, **v)
+    systems = []
+    solve = torch.linalg.lu_solve
+
+    def counting(LU, pivots, B, **kwargs):
+        systems.append(LU.shape[:-2].numel())
+        return solve(LU, pivots, B, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "lu_solve", counting)
+    y.backward(torch.ones_like(y))
+    assert bool(torch.isfinite(p.grad).all())
+    assert systems and max(systems) == batch
