@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,15 +24,42 @@ def load_generated(name: str):
     return module
 
 
+class ChunkedLayer:
+    """A generated layer called on chunks of the batch, counting the solves that did not
+    converge (forward and backward) instead of hiding them.
+
+    Every input is split along the batch axis; the result is the solutions and a mask of the
+    converged ones (the caller leaves the others out of its loss).
+    """
+
+    def __init__(self, layer, chunk):
+        self.layer, self.chunk = layer, chunk
+        self.solves = self.failed = self.backward_failed = 0
+
+    def __call__(self, *inputs, **named):
+        parts = [t.split(self.chunk) for t in inputs]
+        named_parts = {k: t.split(self.chunk) for k, t in named.items()}
+        xs, oks = [], []
+        for i in range(len(parts[0])):
+            args = [p[i] for p in parts]
+            xs.append(self.layer(*args, **{k: p[i] for k, p in named_parts.items()}))
+            oks.append(self.layer.info.converged)
+        ok = torch.cat(oks)
+        self.solves += ok.numel()
+        self.failed += int((~ok).sum())
+        return torch.cat(xs), ok
+
+    def after_backward(self):
+        info = self.layer.backward_info
+        if info is not None:
+            self.backward_failed += int((~info.converged).sum())
+
+
 def train_and_track(name, model, loss_of, evaluate, *, samples, batch, epochs, lr, seed, after_backward=None):  # fmt: skip
     """Adam on mini-batches of ``samples`` rows, the same batches for every method (seeded);
     ``evaluate(model)`` runs before training and after each epoch (its first entry is printed as
     the test regret). Returns the evaluations and the mean training seconds per epoch (the
     evaluations are not timed)."""
-    import time
-
-    import torch
-
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
     with torch.no_grad():

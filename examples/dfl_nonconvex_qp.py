@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, load_generated, plot_regret, train_and_track
+from _common import ROOT, ChunkedLayer, load_generated, plot_regret, train_and_track
 
 
 def make_data(samples, n, features, neq, deg, seed):
@@ -60,35 +60,11 @@ def objective(y, p, q):
     return 0.5 * (q * y * y).sum(-1) + (p * torch.sin(y)).sum(-1)
 
 
-class Solver:
-    """The layer, solving in chunks and counting the solves that did not converge."""
-
-    def __init__(self, layer, chunk):
-        self.layer, self.chunk = layer, chunk
-        self.solves = self.failed = self.backward_failed = 0
-
-    def __call__(self, p, b):
-        """y*(p) and a mask of the converged solves (the others get no gradient)."""
-        ys, oks = [], []
-        for p_part, b_part in zip(p.split(self.chunk), b.split(self.chunk)):
-            ys.append(self.layer(p_part, b=b_part))
-            oks.append(self.layer.info.converged)
-        ok = torch.cat(oks)
-        self.solves += ok.numel()
-        self.failed += int((~ok).sum())
-        return torch.cat(ys), ok
-
-    def count_backward(self):
-        info = self.layer.backward_info
-        if info is not None:
-            self.backward_failed += int((~info.converged).sum())
-
-
 def regret(solver, p_hat, b, p, q, best):
     """Normalized regret of the decisions y*(p_hat) over the samples that converged: the
     mean of the per-sample ratios, the ratio of the sums, and how many were left out."""
     with torch.no_grad():
-        y, ok = solver(p_hat, b)
+        y, ok = solver(p_hat, b=b)
     ok = ok & torch.isfinite(best)
     loss = objective(y, p, q) - best
     per_sample = float((loss / best.abs())[ok].mean())
@@ -116,14 +92,14 @@ def main() -> None:
         Q=torch.diag(q), A=program["A"], G=program["G"], h=program["h"],
         on_nonconvergence="ignore",  # counted and reported below instead
     )  # fmt: skip
-    solver = Solver(layer, chunk=32)
+    solver = ChunkedLayer(layer, chunk=32)
     z_train, b_train, p_train = z[:train], b[:train], p[:train]
     z_test, b_test, p_test = z[train:], b[train:], p[train:]
     print(f"n = {n}, neq = nineq = {neq}, {features} features, {train} train / {test} test")
 
     start = time.perf_counter()
     with torch.no_grad():
-        y_best, ok_best = solver(p_test, b_test)
+        y_best, ok_best = solver(p_test, b=b_test)
     best = torch.where(ok_best, objective(y_best, p_test, q), torch.nan)
     print(f"oracle decisions y*(p) on the test set: {time.perf_counter() - start:.1f} s")
 
@@ -138,7 +114,7 @@ def main() -> None:
             name, model, loss_of,
             lambda model: regret(solver, model(z_test), b_test, p_test, q, best),
             samples=train, batch=batch, epochs=epochs, lr=lr, seed=args.seed,
-            after_backward=solver.count_backward,
+            after_backward=solver.after_backward,
         )  # fmt: skip
         with torch.no_grad():
             mse = float(((model(z_test) - p_test) ** 2).mean())
@@ -147,7 +123,7 @@ def main() -> None:
                     seconds=seconds, skipped=skipped)  # fmt: skip
 
     def decision_loss(model, rows):
-        y, ok = solver(model(z_train[rows]), b_train[rows])
+        y, ok = solver(model(z_train[rows]), b=b_train[rows])
         # Mean over the converged solves (the others have no usable decision).
         return objective(y[ok], p_train[rows][ok], q).sum() / max(int(ok.sum()), 1)
 

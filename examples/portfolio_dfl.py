@@ -37,7 +37,7 @@ from pathlib import Path
 
 import cvxpy as cp
 import torch
-from _common import ROOT, load_generated, plot_regret, train_and_track
+from _common import ROOT, ChunkedLayer, load_generated, plot_regret, train_and_track
 from cvxpylayers.torch import CvxpyLayer
 
 
@@ -71,30 +71,6 @@ class Linear(torch.nn.Module):
 
     def forward(self, z):
         return self.mean + self.scale * self.linear(z)
-
-
-class Foldgen:
-    """The generated layer, solving in chunks and counting the solves that did not converge."""
-
-    def __init__(self, layer, chunk):
-        self.layer, self.chunk = layer, chunk
-        self.solves = self.failed = self.backward_failed = 0
-
-    def __call__(self, mu):
-        """x*(mu) and a mask of the converged solves (the others get no gradient)."""
-        xs, oks = [], []
-        for part in mu.split(self.chunk):
-            xs.append(self.layer(part))
-            oks.append(self.layer.info.converged)
-        ok = torch.cat(oks)
-        self.solves += ok.numel()
-        self.failed += int((~ok).sum())
-        return torch.cat(xs), ok
-
-    def after_backward(self):
-        info = self.layer.backward_info
-        if info is not None:
-            self.backward_failed += int((~info.converged).sum())
 
 
 class Cvxpylayers:
@@ -149,7 +125,9 @@ def main() -> None:
     # The same risk budget as x'(Sigma / gamma)x <= 1: with Sigma and gamma ~ 1e-5 as given,
     # a few SQP subproblems were wrongly found infeasible in training (3 of 5504 solves).
     layer = module.Portfolio(Sigma=sigma / gamma, gamma=1.0, on_nonconvergence="ignore")
-    foldgen = Foldgen(layer, chunk=32)  # on_nonconvergence="ignore": counted and reported below
+    foldgen = ChunkedLayer(
+        layer, chunk=32
+    )  # on_nonconvergence="ignore": counted and reported below
     z_train, r_train = z[:train], r[:train]
     z_test, r_test = z[train:], r[train:]
     print(
