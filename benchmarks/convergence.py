@@ -13,7 +13,7 @@ import csv
 
 import torch
 from memory import PeakMemory
-from peers import Foldgen, Unrolled, make_layer
+from peers import Foldgen, Unrolled
 from problems import box_qp, quadratic
 from reference import batched_kkt_gradient, relative_error
 
@@ -28,12 +28,10 @@ def _problems(quick):
 
 def _at(case, iterations, weight, method=None):
     """A runner whose forward stops after exactly ``iterations`` iterations."""
-    runner = Unrolled(case, weight) if method is None else Foldgen(case, weight, method)
-    runner.layer = make_layer(
-        case, method, max_iter=iterations, tol=0.0, backward_max_iter=100_000,
-        backward_tol=1e-13,
-    )  # fmt: skip
-    return runner
+    settings = dict(max_iter=iterations, tol=0.0, backward_max_iter=100_000, backward_tol=1e-13)
+    if method is None:
+        return Unrolled(case, weight, **settings)
+    return Foldgen(case, weight, method, **settings)
 
 
 def study(out, quick=False):

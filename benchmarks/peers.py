@@ -45,9 +45,9 @@ def _grads(outputs, inputs, cotangents):
 class Foldgen:
     label = "foldgen"
 
-    def __init__(self, case, weight, method=None):
+    def __init__(self, case, weight, method=None, **settings):
         self.case, self.weight = case, weight
-        self.layer = make_layer(case, method)
+        self.layer = make_layer(case, method, **settings)
         self.inputs = leaves(case)
 
     def forward(self):
@@ -69,10 +69,10 @@ class Unrolled:
 
     label = "unrolled"
 
-    def __init__(self, case, weight):
+    def __init__(self, case, weight, **settings):
         self.case, self.weight = case, weight
         self.m = case.generated
-        self.layer = make_layer(case, None)
+        self.layer = make_layer(case, None, **settings)
         self.inputs = leaves(case)
 
     def forward(self):

@@ -6,6 +6,7 @@ defaults; ``make_cases(quick=True)`` shrinks them for the CI smoke run.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from _common import load_generated  # noqa: E402
 
 F64 = torch.float64
+
+
+@functools.cache
+def generated_module(name):
+    """generated/<name>.py, imported once per process for all cases and methods."""
+    return load_generated(name)
 
 
 @dataclass
@@ -41,7 +48,7 @@ class BenchCase:
 
     @property
     def generated(self):
-        return load_generated(self.module)
+        return generated_module(self.module)
 
     def params(self) -> dict:
         return {**self.bound, **self.inputs}
@@ -138,7 +145,7 @@ def knapsack(n, k, batch, scale, gen, rule):
 
     def solution():
         """The reference point for both rules: PGD, which converges on every element."""
-        layer = load_generated("entropic_knapsack").EntropicKnapsack(**bound, tol=1e-12)
+        layer = generated_module("entropic_knapsack").EntropicKnapsack(**bound, tol=1e-12)
         return layer(c)
 
     module, cls = {

@@ -58,7 +58,7 @@ def kkt_gradient(local: Local, x: torch.Tensor, params: dict, g: torch.Tensor, n
     def kkt_map(p):
         return torch.cat([grad(lagrangian)(x, nu, p), cons(x, p)])
 
-    _, pullback = vjp(kkt_map, {k: params[k] for k in params})
+    _, pullback = vjp(kkt_map, params)
     (bars,) = pullback(w)
     return {k: -bars[k] for k in names}
 
