@@ -59,34 +59,29 @@ def _box_qp(batch, dtype, gen, n=8):
     return {"Q": q, "c": 1.5 * _randn(gen, *batch, n, dtype=dtype)}
 
 
-def _box_qp_cvx(v):
+def _convex_quadratic_cvx(Q, c, box):
+    """argmin ½xᵀQx + cᵀx (over [0, 1]ⁿ when ``box``), by CVXPY."""
     import cvxpy as cp
 
-    x = cp.Variable(v["c"].shape[-1])
-    q = 0.5 * (v["Q"] + v["Q"].T)
-    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, q) + v["c"] @ x), [x >= 0, x <= 1]).solve(
-        solver=cp.CLARABEL, **TIGHT
-    )
+    x = cp.Variable(c.shape[-1])
+    constraints = [x >= 0, x <= 1] if box else []
+    objective = cp.Minimize(0.5 * cp.quad_form(x, 0.5 * (Q + Q.T)) + c @ x)
+    cp.Problem(objective, constraints).solve(solver=cp.CLARABEL, **TIGHT)
     return x.value
+
+
+def _box_qp_cvx(v):
+    return _convex_quadratic_cvx(v["Q"], v["c"], box=True)
 
 
 def _quadratic(batch, dtype, gen, n=8):
-    a = _randn(gen, *batch, n, n, dtype=dtype)
-    return {
-        "Q": a @ a.mT / n + 0.5 * torch.eye(n, dtype=dtype),
-        "b": _randn(gen, *batch, n, dtype=dtype),
-    }
+    """box_qp's data without the box: min ½xᵀQx − bᵀx."""
+    v = _box_qp(batch, dtype, gen, n)
+    return {"Q": v["Q"], "b": v["c"]}
 
 
 def _quadratic_cvx(v):
-    import cvxpy as cp
-
-    x = cp.Variable(v["b"].shape[-1])
-    q = 0.5 * (v["Q"] + v["Q"].T)
-    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, q) - v["b"] @ x)).solve(
-        solver=cp.CLARABEL, **TIGHT
-    )
-    return x.value
+    return _convex_quadratic_cvx(v["Q"], -v["b"], box=False)
 
 
 def _knapsack(batch, dtype, gen, n=10, scale=2.0):
