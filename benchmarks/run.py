@@ -166,6 +166,11 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def verdict(ratio, goal):
+    """'12.3× met' or '1.2× missed' against a speed-up goal."""
+    return f"{ratio:.3g}× {'met' if ratio >= goal else 'missed'}"
+
+
 def targets(rows):
     """The issue's targets, per case: speed-ups of foldgen's backward over runtime-autograd
     folding (≥10×) and over unrolling (≥5×, at its own accuracy), of forward + backward over
@@ -181,10 +186,6 @@ def targets(rows):
             if r["case"] == case:
                 mine.setdefault(r["method"], r)
         fold = mine["foldgen"]
-
-        def verdict(value, goal):
-            return f"{value:.3g}× {'met' if value >= goal else 'missed'}"
-
         cells = [case, verdict(mine["autograd-fold"]["bwd_x"], 10)]
         unrolled = mine["unrolled"]
         if "bwd_x" in unrolled and math.isnan(unrolled["grad_err"]):
