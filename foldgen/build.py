@@ -15,6 +15,7 @@ from pathlib import Path
 
 from foldgen.emit import render
 from foldgen.ir import lower
+from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.rules import plan_for
 from foldgen.spec import load_spec
 
@@ -31,9 +32,9 @@ class Built:
         return f"{self.name}.py"
 
 
-def build(spec_path: str | os.PathLike[str]) -> Built:
+def build(spec_path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> Built:
     """Compile one spec file into the source of its generated module."""
-    loaded = load_spec(spec_path)
+    loaded = load_spec(spec_path, limits)
     problem = lower(loaded)
     plan = plan_for(problem)
     return Built(problem.name, render(problem, plan, _display_path(spec_path)))  # type: ignore[arg-type]

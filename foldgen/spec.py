@@ -38,6 +38,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from foldgen import naming
 from foldgen.errors import SpecError
+from foldgen.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "BackwardSpec",
@@ -370,6 +371,7 @@ class LoadedSpec:
     sha256: str
     positions: Mapping[Path, tuple[int, int]]
     key_positions: Mapping[Path, tuple[int, int]]
+    limits: Limits = DEFAULT_LIMITS
 
     def locate(self, path: Path, *, at_key: bool = False) -> Position:
         """Where `path` was written, or the nearest enclosing entry that has a position."""
@@ -383,7 +385,7 @@ class LoadedSpec:
         )
 
 
-def load_spec(path: str | os.PathLike[str]) -> LoadedSpec:
+def load_spec(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> LoadedSpec:
     """Read, parse and validate a spec file; any problem raises one `SpecError`."""
     file = os.fspath(path)
     try:
@@ -397,15 +399,15 @@ def load_spec(path: str | os.PathLike[str]) -> LoadedSpec:
         raise SpecError(
             f"the spec is not UTF-8 text ({err.reason} at byte {err.start})", file=file
         ) from None
-    return _load(text, file, hashlib.sha256(data).hexdigest())
+    return _load(text, file, hashlib.sha256(data).hexdigest(), limits)
 
 
-def load_spec_text(text: str, file: str) -> LoadedSpec:
+def load_spec_text(text: str, file: str, limits: Limits = DEFAULT_LIMITS) -> LoadedSpec:
     """`load_spec` for a spec held in a string; `file` is the name used in messages."""
-    return _load(text, file, hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return _load(text, file, hashlib.sha256(text.encode("utf-8")).hexdigest(), limits)
 
 
-def _load(text: str, file: str, sha256: str) -> LoadedSpec:
+def _load(text: str, file: str, sha256: str, limits: Limits) -> LoadedSpec:
     """Compose and index the YAML, then validate it: the shared body of both loaders."""
     try:
         loader = yaml.SafeLoader(text)
@@ -437,7 +439,13 @@ def _load(text: str, file: str, sha256: str) -> LoadedSpec:
     except ValidationError as err:
         raise _spec_error(err, data, file, positions, key_positions) from None
     return LoadedSpec(
-        spec, file, text, sha256, MappingProxyType(positions), MappingProxyType(key_positions)
+        spec,
+        file,
+        text,
+        sha256,
+        MappingProxyType(positions),
+        MappingProxyType(key_positions),
+        limits,
     )
 
 
