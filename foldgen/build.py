@@ -9,15 +9,25 @@ Every stage reports a bad spec as one located SpecError; anything else is a bug.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from foldgen.emit import render
+from foldgen.errors import SpecError
 from foldgen.ir import lower
 from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.rules import plan_for
 from foldgen.spec import load_spec
+
+__all__ = ["Built", "build", "project_root", "recorded_path"]
+
+# Files that mark the top of a project: a module records its spec relative to that top.
+_PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 
 
 @dataclass(frozen=True)
@@ -32,20 +42,70 @@ class Built:
         return f"{self.name}.py"
 
 
-def build(spec_path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> Built:
-    """Compile one spec file into the source of its generated module."""
-    loaded = load_spec(spec_path, limits)
-    problem = lower(loaded)
-    plan = plan_for(problem)
-    return Built(problem.name, render(problem, plan, _display_path(spec_path)))  # type: ignore[arg-type]
+def build(
+    spec_path: str | os.PathLike[str],
+    limits: Limits = DEFAULT_LIMITS,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> Built:
+    """Compile one spec file into the source of its generated module.
+
+    ``output_dir`` (default: ``generated``) is where the module is meant to go; the header
+    records the spec's path relative to that directory's project (see `project_root`), so
+    the same checkout builds the same bytes from any working directory.
+    """
+    with _deadline(limits, os.fspath(spec_path)):
+        loaded = load_spec(spec_path, limits)
+        problem = lower(loaded)
+        plan = plan_for(problem)
+        out = Path(output_dir if output_dir is not None else "generated")
+        root = project_root(out)
+        source = render(problem, plan, recorded_path(spec_path, root))  # type: ignore[arg-type]
+    return Built(problem.name, source)
 
 
-def _display_path(path: str | os.PathLike[str]) -> str:
-    """The spec path as recorded in the header: relative to the working directory when inside
-    it (so builds from the project root are reproducible on any machine), with '/'."""
-    p = Path(path)
+def project_root(output_dir: str | os.PathLike[str]) -> Path:
+    """The project an output directory belongs to: its nearest ancestor (itself included)
+    holding pyproject.toml, setup.py, setup.cfg or .git; else the directory's parent."""
+    out = Path(output_dir).resolve()
+    for folder in (out, *out.parents):
+        if any((folder / marker).exists() for marker in _PROJECT_MARKERS):
+            return folder
+    return out.parent
+
+
+def recorded_path(path: str | os.PathLike[str], root: Path) -> str:
+    """``path`` as a module's header records it: relative to ``root`` with '/', or only its
+    file name when it lies outside (an absolute path would differ between machines)."""
+    resolved = Path(path).resolve()
     try:
-        p = p.resolve().relative_to(Path.cwd().resolve())
+        return resolved.relative_to(root).as_posix()
     except ValueError:
-        pass
-    return p.as_posix()
+        return resolved.name
+
+
+@contextlib.contextmanager
+def _deadline(limits: Limits, file: str) -> Iterator[None]:
+    """Stop a build that runs past ``limits.build_seconds`` with a SpecError.
+
+    Uses SIGALRM, so it applies in the main thread of a POSIX process (the CLI); elsewhere the
+    build runs unbounded in time, bounded only by the size limits.
+    """
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise SpecError(
+            f"compiling the spec took longer than {limits.build_seconds:g} s; "
+            + limits.raise_hint("build_seconds"),
+            file=file,
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limits.build_seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import shlex
 import textwrap
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import jinja2
 
 from foldgen import __version__
 from foldgen.ir import Problem
-from foldgen.printer import number, print_function
+from foldgen.printer import print_function
 from foldgen.rules.base import Plan
+from foldgen.source import comment, docstring, identifier, number, string_literal
 
 RUNTIME_FILES = ("linsolve.py", "projections.py", "prox.py", "qp.py")
 
@@ -108,7 +110,7 @@ def literal(value: object) -> str:
     if isinstance(value, float):
         return number(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return string_literal(value)
     return repr(value)
 
 
@@ -122,7 +124,13 @@ def _wrapped_dict(prefix: str, value: dict) -> str:
 
 
 def render(problem: Problem, plan: Plan, spec_file: str) -> str:
-    """The generated module's source text."""
+    """The generated module's source text.
+
+    Spec text reaches it only through `foldgen.source`: the doc and the paths escaped for
+    the docstring or comment they land in, names checked as identifiers, numbers finite.
+    """
+    for name in (problem.class_name, *(p.name for p in problem.parameters)):
+        identifier(name)
     derived = []
     for fn in plan.functions:
         derived.append(
@@ -138,11 +146,12 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
     var = plan.var
     context = {
         "version": __version__,
-        "spec_file": spec_file,
+        "spec_file": comment(spec_file),
+        "rebuild": comment(f"foldgen build {shlex.quote(spec_file)}"),
         "spec_sha256": problem.loaded.sha256,
-        "docstring": module_docstring(problem, plan),
-        "class_name": problem.class_name,
-        "class_doc": class_docstring(problem, plan),
+        "docstring": docstring(module_docstring(problem, plan)),
+        "class_name": identifier(problem.class_name),
+        "class_doc": docstring(class_docstring(problem, plan)),
         "parameters": problem.parameters,
         "parameters_literal": _wrapped_dict(
             "PARAMETERS = ", {p.name: p.shape for p in problem.parameters}

@@ -6,6 +6,13 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import unicodedata
+
+__all__ = ["ECHO_LIMIT", "SpecError", "one_line", "shown"]
+
+#: The longest spec value a message repeats back (a spec may be a symlink to anything).
+ECHO_LIMIT = 80
+
 
 class SpecError(Exception):
     """A spec that cannot be compiled: one message with file, line, column and key.
@@ -35,4 +42,34 @@ class SpecError(Exception):
         where = ":".join(
             str(part) for part in (self.file, self.line, self.col) if part is not None
         )
-        return ": ".join(part for part in (where, self.key, self.message) if part)
+        key = self.key
+        if key is not None and len(key) > ECHO_LIMIT:  # a key path as deep as the YAML
+            key = key[: ECHO_LIMIT // 2] + "…" + key[-(ECHO_LIMIT // 2) :]
+        return one_line(": ".join(part for part in (where, key, self.message) if part))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that could break a line or a terminal escaped
+    (control characters, line and paragraph separators, lone surrogates), so that one
+    diagnostic is always one line, whatever the spec's names and file name hold."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A spec value as messages show it: YAML's spelling for null and booleans, repr otherwise,
+    cut to ``limit`` characters."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and abs(value) > 10**40:
+        text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -17,13 +17,13 @@ import keyword
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -37,8 +37,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from foldgen import naming
-from foldgen.errors import SpecError
+from foldgen.errors import SpecError, shown
 from foldgen.limits import DEFAULT_LIMITS, Limits
+from foldgen.yamlread import Path, read_yaml
 
 __all__ = [
     "BackwardSpec",
@@ -53,18 +54,27 @@ __all__ = [
     "load_spec_text",
 ]
 
-Path = tuple[str | int, ...]
-"""A location in the spec: mapping keys and list indices, e.g. ``("constraints", 0)``."""
 Position = tuple[int | None, int | None]
 """1-based (line, column); None where unknown."""
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
 _MATRIX_PROPERTIES = ("symmetric", "psd", "pd", "diagonal")
+# Modules a `<name>.py` beside user code must not shadow: what the generated code and the
+# tools around it import, and the files Python itself runs at start-up.
+_SHADOWED_MODULES = frozenset(
+    {
+        "torch", "numpy", "sympy", "jinja2", "markupsafe", "yaml", "pydantic", "foldgen",
+        "typing_extensions", "filelock", "fsspec", "networkx", "mpmath", "triton", "setuptools",
+        "pip", "pkg_resources", "sitecustomize", "usercustomize",
+    }
+)  # fmt: skip
 
 # Context keys by which a validator says where, below its own location, the problem is.
 _PATH = "foldgen_path"
 _AT_KEY = "foldgen_at_key"
+# The validation context's key for the build's `Limits`.
+_LIMITS = "foldgen_limits"
 
 
 def _fail(message: str, path: Path = (), *, at_key: bool = False) -> PydanticCustomError:
@@ -81,19 +91,10 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _shown(value: object) -> str:
-    """A YAML value as a user wrote it, for 'got ...' in messages."""
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
 def _not_bool(value: object) -> object:
     """Reject YAML booleans where a number is expected (pydantic's lax mode reads true as 1)."""
     if isinstance(value, bool):
-        raise _fail(f"expected a number, got {_shown(value)}")
+        raise _fail(f"expected a number, got {shown(value)}")
     return value
 
 
@@ -106,11 +107,11 @@ _PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 def _check_shape(value: object) -> object:
     """Shape entries are dim names or positive integers; the dims are checked by `Spec`."""
     if not isinstance(value, list | tuple):
-        raise _fail(f"expected a list of dims such as [n] or [n, n], got {_shown(value)}")
+        raise _fail(f"expected a list of dims such as [n] or [n, n], got {shown(value)}")
     for i, entry in enumerate(value):
         if isinstance(entry, bool) or not isinstance(entry, str | int):
             raise _fail(
-                f"a shape entry is a dim name or a positive integer, got {_shown(entry)}", (i,)
+                f"a shape entry is a dim name or a positive integer, got {shown(entry)}", (i,)
             )
         if isinstance(entry, int) and entry <= 0:
             raise _fail(f"a shape entry must be positive, got {entry}", (i,))
@@ -204,7 +205,7 @@ class SolverSpec(_Frozen):
             with contextlib.suppress(ValueError):
                 number = float(value)
         if not 0 < number < math.inf:
-            raise _fail(f"expected a positive number or 'auto', got {_shown(value)}")
+            raise _fail(f"expected a positive number or 'auto', got {shown(value)}")
         return number
 
     @field_validator("step_size", "rho", "step")
@@ -271,35 +272,59 @@ class Spec(_Frozen):
     def _version(cls, value: object) -> object:
         if type(value) is not int or value != 1:
             raise _fail(
-                f"unsupported format version {_shown(value)}; this foldgen reads 'foldgen: 1'"
+                f"unsupported format version {shown(value)}; this foldgen reads 'foldgen: 1'"
             )
         return value
 
     @field_validator("name")
     @classmethod
-    def _module_name(cls, name: str) -> str:
+    def _module_name(cls, name: str, info: ValidationInfo) -> str:
         # The name becomes `<name>.py`, which must be importable without shadowing anything.
+        _check_length(name, info)
         if not naming.is_snake_case(name):
             raise _fail(
-                f"'{name}' is not snake_case (lowercase words joined by '_', e.g. 'box_qp')"
+                f"{shown(name)} is not snake_case (lowercase ASCII words joined by '_', "
+                "e.g. 'box_qp')"
             )
         if keyword.iskeyword(name):
             raise _fail(f"'{name}' is a Python keyword, so '{name}.py' could not be imported")
-        if name == "torch" or name in sys.stdlib_module_names:
+        if name in _SHADOWED_MODULES or name in sys.stdlib_module_names:
             raise _fail(f"'{name}.py' would shadow the module '{name}' that Python code imports")
         return name
 
     @field_validator("class_")
     @classmethod
-    def _class(cls, name: str | None) -> str | None:
-        if name is not None and not _CLASS_NAME.fullmatch(name):
+    def _class(cls, name: str | None, info: ValidationInfo) -> str | None:
+        if name is None:
+            return name
+        _check_length(name, info)
+        if not _CLASS_NAME.fullmatch(name):
             raise _fail(
-                f"'{name}' is not a class name (a capital letter, then letters and digits)"
+                f"{shown(name)} is not a class name (an ASCII capital letter, then ASCII "
+                "letters and digits)"
             )
         return name
 
+    @field_validator("doc")
+    @classmethod
+    def _doc(cls, doc: str | None, info: ValidationInfo) -> str | None:
+        limits = _limits(info)
+        if doc is not None and len(doc) > limits.text_chars:
+            raise _fail(
+                f"the doc is longer than {limits.text_chars} characters; "
+                + limits.raise_hint("text_chars")
+            )
+        return doc
+
+    @field_validator("dims")
+    @classmethod
+    def _dim_sizes(cls, dims: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        for name, size in dims.items():
+            _check_size(size, info, (name,))
+        return dims
+
     @model_validator(mode="after")
-    def _check(self) -> Spec:
+    def _check(self, info: ValidationInfo) -> Spec:
         if (self.minimize is None) == (self.maximize is None):
             if self.minimize is None:
                 raise _fail("missing key 'minimize' or 'maximize'")
@@ -310,27 +335,44 @@ class Spec(_Frozen):
             )
         if not self.variables:
             raise _fail("declare at least one variable", ("variables",))
-        self._check_names()
-        self._check_shapes()
+        self._check_names(_limits(info))
+        self._check_shapes(_limits(info))
+        self._check_expressions()
+        where = "class" if self.class_ is not None else "name"
         reason = naming.reserved_reason(self.class_name)
         if reason is not None:
-            where = "class" if self.class_ is not None else "name"
             raise _fail(f"the class name '{self.class_name}' is reserved: {reason}", (where,))
+        for group in ("parameters", "variables", "dims"):
+            if self.class_name in getattr(self, group):
+                raise _fail(
+                    f"the class name '{self.class_name}' is also the name of one of the "
+                    f"{group}; choose another 'class:'",
+                    (where,),
+                )
         return self
 
-    def _check_names(self) -> None:
+    def _check_names(self, limits: Limits) -> None:
         """Dims, parameters and variables share one namespace in expressions and generated code."""
         declared: dict[str, str] = {}
+        warm_starts = {f"{v}_init": v for v in self.variables}
         for group in ("dims", "parameters", "variables"):
             for name in getattr(self, group):
                 where = (group, name)
+                if len(name) > limits.name_chars:
+                    raise _fail(_too_long(name, limits), where, at_key=True)
                 if not _NAME.fullmatch(name):
                     raise _fail(
-                        f"'{name}' is not a valid name (letters, digits and '_', starting with a letter)",
+                        f"{shown(name)} is not a valid name (ASCII letters, digits and '_', "
+                        "starting with a letter)",
                         where,
                         at_key=True,
                     )
                 reason = naming.reserved_reason(name)
+                if name in warm_starts:
+                    reason = (
+                        f"'{name}' is the layer's warm-start argument for variable "
+                        f"'{warm_starts[name]}'"
+                    )
                 if reason is not None:
                     raise _fail(
                         f"{reason}; choose another name, such as '{name}_'", where, at_key=True
@@ -341,12 +383,29 @@ class Spec(_Frozen):
                     )
                 declared[name] = group
 
-    def _check_shapes(self) -> None:
+    def _check_shapes(self, limits: Limits) -> None:
         for group in ("parameters", "variables"):
             for name, item in getattr(self, group).items():
                 for i, entry in enumerate(item.shape):
+                    where = (group, name, "shape", i)
                     if isinstance(entry, str) and entry not in self.dims:
-                        raise _fail(self._unknown_dim(entry), (group, name, "shape", i))
+                        raise _fail(self._unknown_dim(entry), where)
+                    if isinstance(entry, int) and entry > limits.dim_size:
+                        raise _fail(_too_big(entry, limits), where)
+
+    def _check_expressions(self) -> None:
+        """Expressions are ASCII: Python would fold look-alike letters (NFKC: 'ｘ' is 'x')."""
+        texts: list[tuple[Path, str]] = [((self.sense,), self.objective)]
+        texts += [(("constraints", i), c) for i, c in enumerate(self.constraints)]
+        texts += [(("variables", n, "init"), v.init) for n, v in self.variables.items()]
+        for where, text in texts:
+            odd = next((ch for ch in text if not ch.isascii()), None)
+            if odd is not None:
+                raise _fail(
+                    f"expressions are ASCII; found {odd!r} (U+{ord(odd):04X}) at character "
+                    f"{text.index(odd) + 1}",
+                    where,
+                )
 
     def _unknown_dim(self, dim: str) -> str:
         if not self.dims:
@@ -355,6 +414,36 @@ class Spec(_Frozen):
         return (
             f"unknown dim '{dim}'; declared dims: {declared}{_did_you_mean(dim, list(self.dims))}"
         )
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    """The build's limits, passed to validation as context (the defaults when validating
+    without one)."""
+    context = info.context or {}
+    return context.get(_LIMITS, DEFAULT_LIMITS)
+
+
+def _too_long(name: str, limits: Limits) -> str:
+    return (
+        f"a name of {len(name)} characters is longer than {limits.name_chars}; "
+        + limits.raise_hint("name_chars")
+    )
+
+
+def _too_big(size: int, limits: Limits) -> str:
+    return f"size {shown(size)} is larger than {limits.dim_size}; " + limits.raise_hint("dim_size")
+
+
+def _check_length(name: str, info: ValidationInfo) -> None:
+    limits = _limits(info)
+    if len(name) > limits.name_chars:
+        raise _fail(_too_long(name, limits))
+
+
+def _check_size(size: int, info: ValidationInfo, path: Path) -> None:
+    limits = _limits(info)
+    if size > limits.dim_size:
+        raise _fail(_too_big(size, limits), path)
 
 
 @dataclass(frozen=True)
@@ -388,45 +477,70 @@ class LoadedSpec:
 def load_spec(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> LoadedSpec:
     """Read, parse and validate a spec file; any problem raises one `SpecError`."""
     file = os.fspath(path)
-    try:
-        with open(file, "rb") as stream:
-            data = stream.read()
-    except OSError as err:
-        raise SpecError(f"cannot read the spec: {err.strerror or err}", file=file) from None
+    data = _read(file, limits)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - data.rfind(b"\n", 0, err.start)
         raise SpecError(
-            f"the spec is not UTF-8 text ({err.reason} at byte {err.start})", file=file
+            f"the spec is not UTF-8 text ({err.reason} at byte {err.start})",
+            file=file,
+            line=line,
+            col=col,
         ) from None
     return _load(text, file, hashlib.sha256(data).hexdigest(), limits)
 
 
+def _read(file: str, limits: Limits) -> bytes:
+    """The bytes of a regular file of at most ``limits.spec_bytes``.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO, a device such as
+    /dev/zero or a directory is refused at once, and a file that grows is read no further
+    than the limit. Symlinks are followed: what counts is the file they lead to.
+    """
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise SpecError(f"cannot read the spec: {err.strerror or err}", file=file) from None
+    with os.fdopen(fd, "rb") as stream:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise SpecError(f"cannot read the spec: it is {kind}", file=file)
+        try:
+            data = stream.read(limits.spec_bytes + 1)
+        except OSError as err:
+            raise SpecError(f"cannot read the spec: {err.strerror or err}", file=file) from None
+    if len(data) > limits.spec_bytes:
+        raise SpecError(
+            f"the spec is larger than {limits.spec_bytes} bytes; "
+            + limits.raise_hint("spec_bytes"),
+            file=file,
+        )
+    return data
+
+
 def load_spec_text(text: str, file: str, limits: Limits = DEFAULT_LIMITS) -> LoadedSpec:
     """`load_spec` for a spec held in a string; `file` is the name used in messages."""
-    return _load(text, file, hashlib.sha256(text.encode("utf-8")).hexdigest(), limits)
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) > limits.spec_bytes:
+        raise SpecError(
+            f"the spec is larger than {limits.spec_bytes} bytes; "
+            + limits.raise_hint("spec_bytes"),
+            file=file,
+        )
+    return _load(text, file, hashlib.sha256(encoded).hexdigest(), limits)
 
 
 def _load(text: str, file: str, sha256: str, limits: Limits) -> LoadedSpec:
-    """Compose and index the YAML, then validate it: the shared body of both loaders."""
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            indexer = _Indexer(loader, file)
-            node = loader.get_single_node()
-            data = None
-            if node is not None:
-                indexer.visit(node)
-                data = loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as err:
-        raise _yaml_error(err, text, file) from None
-    positions, key_positions = indexer.positions, indexer.key_positions
+    """Read the YAML safely, then validate it: the shared body of both loaders."""
+    document = read_yaml(text, file, limits)
+    data, positions, key_positions = document.data, document.positions, document.key_positions
     if not isinstance(data, dict):
         line, col = _locate(positions, key_positions, (), False)
         got = {type(None): "nothing", list: "a list"}.get(
-            type(data), f"the single value {_shown(data)}"
+            type(data), f"the single value {shown(data)}"
         )
         raise SpecError(
             f"a spec is a mapping of keys (foldgen, name, parameters, ...), but this file holds {got}",
@@ -435,7 +549,7 @@ def _load(text: str, file: str, sha256: str, limits: Limits) -> LoadedSpec:
             col=col,
         )
     try:
-        spec = Spec.model_validate(data)
+        spec = Spec.model_validate(data, context={_LIMITS: limits})
     except ValidationError as err:
         raise _spec_error(err, data, file, positions, key_positions) from None
     return LoadedSpec(
@@ -447,78 +561,6 @@ def _load(text: str, file: str, sha256: str, limits: Limits) -> LoadedSpec:
         MappingProxyType(key_positions),
         limits,
     )
-
-
-def _yaml_error(err: yaml.YAMLError, text: str, file: str) -> SpecError:
-    """A located `SpecError` for text that is not YAML (or not one YAML document)."""
-    if isinstance(err, yaml.reader.ReaderError):
-        line = text.count("\n", 0, err.position) + 1
-        col = err.position - text.rfind("\n", 0, err.position)
-        return SpecError(f"invalid YAML: {err.reason}", file=file, line=line, col=col)
-    if isinstance(err, yaml.MarkedYAMLError):
-        problem = err.problem or ""
-        if err.context and (not problem or problem.startswith("but")):
-            problem = f"{err.context}, {problem}" if problem else err.context
-        mark = err.problem_mark or err.context_mark
-        where: Position = _mark_position(mark) if mark is not None else (None, None)
-        return SpecError(f"invalid YAML: {problem}", file=file, line=where[0], col=where[1])
-    return SpecError(f"invalid YAML: {err}", file=file)
-
-
-class _Indexer:
-    """Records the position of every node, rejecting what plain YAML loading would let through.
-
-    PyYAML keeps the last of duplicate keys silently and reads `on:` as the key `True`;
-    both are errors here, located at the offending key.
-    """
-
-    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
-        self.loader = loader
-        self.file = file
-        self.positions: dict[Path, tuple[int, int]] = {}
-        self.key_positions: dict[Path, tuple[int, int]] = {}
-
-    def visit(
-        self, node: yaml.Node, path: Path = (), ancestors: tuple[yaml.Node, ...] = ()
-    ) -> None:
-        self.positions[path] = _mark_position(node.start_mark)
-        if any(node is ancestor for ancestor in ancestors):
-            raise self._error("an alias refers to a node that contains it", node.start_mark, path)
-        ancestors = (*ancestors, node)
-        if isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.visit(item, (*path, i), ancestors)
-        elif isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<: *anchor` entries are located at the mapping that merges them
-                key = self.loader.construct_object(key_node)
-                if not isinstance(key, str):
-                    raise self._error(_not_a_name(key_node, key), key_node.start_mark, path)
-                child = (*path, key)
-                if child in self.key_positions:
-                    first_line = self.key_positions[child][0]
-                    message = f"duplicate key '{key}' (first given on line {first_line})"
-                    raise self._error(message, key_node.start_mark, child)
-                self.key_positions[child] = _mark_position(key_node.start_mark)
-                self.visit(value_node, child, ancestors)
-
-    def _error(self, message: str, mark: yaml.Mark, path: Path) -> SpecError:
-        line, col = _mark_position(mark)
-        return SpecError(
-            message, file=self.file, line=line, col=col, key=naming.key_path(path) or None
-        )
-
-
-def _not_a_name(key_node: yaml.Node, key: object) -> str:
-    if not isinstance(key_node, yaml.ScalarNode):
-        return "a key must be a name, not a collection"
-    message = f"key {key_node.value!r} is read by YAML as {_shown(key)}, not as a name"
-    return message + ("; quote it if it is a name" if isinstance(key, bool) else "")
-
-
-def _mark_position(mark: yaml.Mark) -> tuple[int, int]:
-    return mark.line + 1, mark.column + 1
 
 
 def _locate(
@@ -588,12 +630,12 @@ def _explain(error: ErrorDetails, data: dict[str, Any]) -> tuple[Path, str, bool
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         hint = _did_you_mean(got, choices) if isinstance(got, str) else ""
-        return path, f"{_reworded(error['msg'])}, got {_shown(got)}{hint}", False
+        return path, f"{_reworded(error['msg'])}, got {shown(got)}{hint}", False
     message = _TYPE_MESSAGES.get(kind, _reworded(error["msg"]))
     if isinstance(got, list | dict):
         message += ", got a list" if isinstance(got, list) else ", got a mapping"
     else:
-        message += f", got {_shown(got)}"
+        message += f", got {shown(got)}"
     return path, message, False
 
 

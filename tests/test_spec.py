@@ -59,7 +59,7 @@ class Bad:
 # fmt: off
 BAD_SPECS = [
     Bad("invalid-yaml", edit("c: {shape: [n]}", "c: {shape: [n]"),
-        "invalid YAML: expected ',' or '}'", None, 8, 1),
+        "invalid YAML: expected ',' or '}'", "parameters.c", 8, 1),
     Bad("bad-character", edit("doc: Box", "doc: \x07Box"),
         "invalid YAML: special characters", None, 3, 6),
     Bad("two-documents", BOX_QP + "---\nfoldgen: 1\n",
