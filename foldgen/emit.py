@@ -128,6 +128,9 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
 
     Spec text reaches it only through `foldgen.source`: the doc and the paths escaped for
     the docstring or comment they land in, names checked as identifiers, numbers finite.
+    The spec's path is printed on the third line, never the first two, where Python would
+    read a ``coding:`` declaration in it (a file named ``coding: utf-7`` would turn the
+    doc's ``+ACI-`` into quotes).
     """
     for name in (problem.class_name, *(p.name for p in problem.parameters)):
         identifier(name)

@@ -55,11 +55,14 @@ def parse_limit(text: str, limits: Limits = DEFAULT_LIMITS) -> Limits:
     fields = {f.name: f for f in dataclasses.fields(Limits)}
     if not sep or name not in fields:
         raise ValueError(f"expected NAME=VALUE with NAME one of {', '.join(fields)}")
-    kind = float if fields[name].type in ("float", float) else int
     try:
-        number = kind(value)
+        number: float = float(value)
     except ValueError:
-        raise ValueError(f"{name}: expected a {kind.__name__}, got {value!r}") from None
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
     if not 0 < number < float("inf"):
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if fields[name].type in ("int", int):
+        if not number.is_integer():
+            raise ValueError(f"{name}: expected a whole number, got {value!r}")
+        number = int(number)
     return dataclasses.replace(limits, **{name: number})

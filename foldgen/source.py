@@ -45,8 +45,8 @@ def docstring(text: str) -> str:
 
     Backslashes are doubled (no ``\\N{...}`` or ``\\x`` escapes of the spec's own); a quote
     that would start or end a run of three is escaped; characters that are not printable on a
-    line of source (controls other than newline, line separators, lone surrogates) become
-    escapes.
+    line of source (controls other than newline, line separators) become escapes, and a lone
+    surrogate becomes the text of its escape.
     """
     out = []
     for i, ch in enumerate(text):
@@ -54,8 +54,12 @@ def docstring(text: str) -> str:
             out.append("\\\\")
         elif ch == '"' and (i + 1 == len(text) or text[i + 1] == '"'):
             out.append('\\"')
-        elif ch != "\n" and unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
-            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        elif unicodedata.category(ch) == "Cs":
+            # A lone surrogate is not text (a class docstring must encode as UTF-8): it is
+            # kept as the visible characters of its escape.
+            out.append("\\\\" + ch.encode("unicode_escape").decode("ascii")[1:])
+        elif ch != "\n" and unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
         else:
             out.append(ch)
     return "".join(out)

@@ -218,9 +218,14 @@ class _Builder:
                 path,
             )
         try:
-            return self.loader.construct_object(node)
+            value = self.loader.construct_object(node)
         except (yaml.YAMLError, ValueError, OverflowError) as err:  # pragma: no cover
             raise self.error(f"invalid value {shown(node.value)} ({err})", node.start_mark, path)
+        if isinstance(value, str):
+            # PyYAML decodes "\ud83d\ude42" as two lone surrogates: join such pairs into
+            # the one character they spell (lone surrogates stay as they are).
+            value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        return value
 
     def mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}

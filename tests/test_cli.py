@@ -80,7 +80,9 @@ def test_build_writes_one_module_per_spec_and_says_so(tmp_path, capsys):
     assert str(out / "box_qp.py") in stdout
     assert str(out / "entropic_knapsack.py") in stdout
     assert (out / "box_qp.py").read_text(encoding="utf-8") == build(box, output_dir=out).source
-    assert (out / "entropic_knapsack.py").read_text(encoding="utf-8") == build(knap, output_dir=out).source
+    assert (out / "entropic_knapsack.py").read_text(encoding="utf-8") == build(
+        knap, output_dir=out
+    ).source
 
 
 def test_build_is_idempotent(tmp_path, capsys):
