@@ -42,10 +42,7 @@ class SpecError(Exception):
         where = ":".join(
             str(part) for part in (self.file, self.line, self.col) if part is not None
         )
-        key = self.key
-        if key is not None and len(key) > ECHO_LIMIT:  # a key path as deep as the YAML
-            key = key[: ECHO_LIMIT // 2] + "…" + key[-(ECHO_LIMIT // 2) :]
-        return one_line(": ".join(part for part in (where, key, self.message) if part))
+        return one_line(": ".join(part for part in (where, self.key, self.message) if part))
 
 
 def one_line(text: str) -> str:

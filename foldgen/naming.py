@@ -133,8 +133,21 @@ def class_name(snake: str) -> str:
 
 
 def key_path(parts: tuple[str | int, ...]) -> str:
-    """How a location in the spec is written in messages: `parameters.Q.shape`, `constraints[0]`."""
+    """How a location in the spec is written in messages: `parameters.Q.shape`, `constraints[0]`.
+
+    A key that is not plain text (blanks, ':', '.', brackets, quotes: a mistyped or hostile key) has
+    those characters shown as '?' and is cut to 40 characters, so that the path stays one
+    readable token of the message; the message itself quotes the key where it matters.
+    """
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        segment = _NOT_PLAIN.sub("?", part)
+        segment = segment if len(segment) <= 40 else segment[:39] + "…"
+        text += f".{segment}" if text else segment
     return text
+
+
+_NOT_PLAIN = re.compile(r"[\s:.\[\]'\"]")
