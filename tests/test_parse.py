@@ -135,9 +135,11 @@ def test_whitespace_is_ignored():
     assert p("  c @ x\n") == p("c@x")
 
 
-def test_structurally_equal_parses_are_equal_and_hash_equal():
+def test_structurally_equal_parses_are_one_node():
+    """Nodes are interned: equal structure is the same object, so equality is identity."""
     a, b = p("sum(exp(A @ x)) + s"), p("sum(exp(A @ x)) + s")
-    assert a == b and hash(a) == hash(b) and a is not b
+    assert a is b and a == b and hash(a) == hash(b)
+    assert a != p("sum(exp(A @ x)) + 2 * s")
 
 
 # --------------------------------------------------------------------------- constraints
