@@ -186,68 +186,74 @@ def jacobian_diagonal(e: Expr, x: Leaf) -> Expr | None:
     exactly diagonal inner Jacobian).
     """
     memo: dict[Expr, tuple[Expr, bool] | None] = {}
-    result = _jdiag(e, x, memo)
+    for node in postorder([e], lambda n: _jdiag_operands(n, x)):  # bottom-up: no recursion
+        memo[node] = _jdiag(node, x, memo)
+    result = memo[e]
     return None if result is None else result[0]
 
 
+def _jdiag_operands(e: Expr, x: Leaf) -> tuple[Expr, ...]:
+    """The operands whose Jacobian diagonals ``_jdiag`` combines into e's."""
+    if not e.depends_on(x) or e == x or e.shape != x.shape or e.rank == 0:
+        return ()
+    match e:
+        case Add(terms=terms):
+            return terms
+        case Mul(a=a, b=b):
+            return (a, b)
+        case Pow(base=b, exp=p) if not p.depends_on(x):
+            return (b,)
+        case Func(a=a):
+            return (a,)
+        case MatMul(a=a, b=b) if b.rank == 1 and not a.depends_on(x):
+            return (b,)
+        case MatMul(a=a, b=b) if a.rank == 1 and not b.depends_on(x):
+            return (a,)
+    return ()
+
+
 def _jdiag(e: Expr, x: Leaf, memo: dict) -> tuple[Expr, bool] | None:
-    """(diagonal, whether the whole Jacobian is that diagonal) or None."""
-    if e in memo:
-        return memo[e]
+    """(diagonal, whether the whole Jacobian is that diagonal) or None, from the operands'
+    results in ``memo``."""
     n = x.shape
-    out: tuple[Expr, bool] | None
     if not e.depends_on(x):
-        out = (zero(n), True)
-    elif e == x:
-        out = (const(1.0, n), True)
-    elif e.shape != x.shape:
-        out = (gradient(e, x), False) if e.rank == 0 else None  # a non-square Jacobian
-    elif e.rank == 0:
-        out = (gradient(e, x), False)  # a scalar s(x) broadcast: the Jacobian is 1 ∇sᵀ
-    elif isinstance(e, Add):
-        parts = [_jdiag(t, x, memo) for t in e.terms]
-        out = (
-            None
-            if None in parts
-            else (
-                add(*(p[0] for p in parts)),  # type: ignore[index]
-                all(p[1] for p in parts),  # type: ignore[index]
-            )
-        )
-    elif isinstance(e, Mul):
-        da, db = _jdiag(e.a, x, memo), _jdiag(e.b, x, memo)
+        return (zero(n), True)
+    if e == x:
+        return (const(1.0, n), True)
+    if e.shape != x.shape:
+        return (gradient(e, x), False) if e.rank == 0 else None  # a non-square Jacobian
+    if e.rank == 0:
+        return (gradient(e, x), False)  # a scalar s(x) broadcast: the Jacobian is 1 ∇sᵀ
+    if isinstance(e, Add):
+        parts = [memo[t] for t in e.terms]
+        if None in parts:
+            return None
+        return add(*(p[0] for p in parts)), all(p[1] for p in parts)
+    if isinstance(e, Mul):
+        da, db = memo[e.a], memo[e.b]
         if da is None or db is None:
-            out = None
-        else:
-            exact = (da[1] or not e.a.depends_on(x)) and (db[1] or not e.b.depends_on(x))
-            exact = exact and (e.a.rank or not e.a.depends_on(x))
-            exact = exact and (e.b.rank or not e.b.depends_on(x))
-            out = (add(mul(e.a, db[0]), mul(e.b, da[0])), bool(exact))
-    elif isinstance(e, Pow) and not e.exp.depends_on(x):
-        d = _jdiag(e.base, x, memo)
-        out = (
-            None
-            if d is None
-            else (
-                mul(mul(e.exp, power(e.base, sub(e.exp, const(1.0)))), d[0]),
-                d[1],
-            )
-        )
-    elif isinstance(e, Func):
-        d = _jdiag(e.a, x, memo)
-        out = None if d is None else (mul(derivative(e.name, e.a), d[0]), d[1])
-    elif isinstance(e, Broadcast):
-        out = (gradient(e.a, x), False)
-    elif isinstance(e, MatMul) and e.b.rank == 1 and not e.a.depends_on(x):
-        d = _jdiag(e.b, x, memo)
-        out = None if d is None or not d[1] else (mul(diag_part(e.a), d[0]), False)
-    elif isinstance(e, MatMul) and e.a.rank == 1 and not e.b.depends_on(x):
-        d = _jdiag(e.a, x, memo)
-        out = None if d is None or not d[1] else (mul(diag_part(e.b), d[0]), False)
-    else:
-        out = None
-    memo[e] = out
-    return out
+            return None
+        exact = (da[1] or not e.a.depends_on(x)) and (db[1] or not e.b.depends_on(x))
+        exact = exact and (e.a.rank or not e.a.depends_on(x))
+        exact = exact and (e.b.rank or not e.b.depends_on(x))
+        return add(mul(e.a, db[0]), mul(e.b, da[0])), bool(exact)
+    if isinstance(e, Pow) and not e.exp.depends_on(x):
+        d = memo[e.base]
+        if d is None:
+            return None
+        return mul(mul(e.exp, power(e.base, sub(e.exp, const(1.0)))), d[0]), d[1]
+    if isinstance(e, Func):
+        d = memo[e.a]
+        return None if d is None else (mul(derivative(e.name, e.a), d[0]), d[1])
+    if isinstance(e, Broadcast):
+        return (gradient(e.a, x), False)
+    if isinstance(e, MatMul) and e.b.rank == 1 and not e.a.depends_on(x):
+        d = memo[e.b]
+        return None if d is None or not d[1] else (mul(diag_part(e.a), d[0]), False)
+    if isinstance(e, MatMul) and e.a.rank == 1 and not e.b.depends_on(x):
+        d = memo[e.a]
+        return None if d is None or not d[1] else (mul(diag_part(e.b), d[0]), False)
+    return None
 
 
 __all__ = ["vjp", "gradient", "jacobian_diagonal", "derivative", "from_sympy", "SCALAR"]

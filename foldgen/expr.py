@@ -7,8 +7,8 @@ keeps a *core shape* of rank 0, 1 or 2 (scalar, vector, matrix) whose entries ar
 integers; at run time each tensor also carries any number of leading batch dimensions, so the
 code printed from this IR is batched and its size never depends on the problem's dimensions.
 
-Nodes are frozen and compared structurally, so equal subexpressions are equal objects for
-common-subexpression elimination. Build nodes through the lower-case constructors (``add``,
+Nodes are frozen and interned (hash-consed): equal subexpressions are the same object, which
+gives common-subexpression elimination for free and keeps every operation linear in the DAG. Build nodes through the lower-case constructors (``add``,
 ``mul``, ``matmul`` …): they check shapes and apply the algebraic simplifications that keep
 derived expressions small (zeros vanish, constants fold, like terms combine, a symmetric
 matrix's transpose is itself).
@@ -16,9 +16,14 @@ matrix's transpose is itself).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 Dim = str | int
 Shape = tuple[Dim, ...]
@@ -30,6 +35,24 @@ class ShapeError(ValueError):
     """Operands whose shapes do not fit; the parser turns it into a located SpecError."""
 
 
+class ConstantError(ArithmeticError):
+    """Constant folding that leaves the finite numbers (1e300 * 1e300, exp(1000), 0 ** -1).
+
+    A generated module computes in floating point, where such a constant is ±inf or NaN and
+    poisons every result, so the build refuses it with the offending arithmetic.
+    """
+
+
+def _folded(value: float, text: Callable[[], str], *operands: float) -> float:
+    """``value``, computed from ``operands``: finite, or infinite only from an infinite operand
+    (a rule's ±∞ bound), never NaN; else a ConstantError showing ``text()``."""
+    if math.isfinite(value) or (
+        not math.isnan(value) and not all(math.isfinite(v) for v in operands)
+    ):
+        return value
+    raise ConstantError(f"cannot evaluate the constant {text()}: not a finite number")
+
+
 def shape_str(shape: Shape) -> str:
     return "scalar" if not shape else "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -37,45 +60,145 @@ def shape_str(shape: Shape) -> str:
 # --------------------------------------------------------------------------- nodes
 
 
-@dataclass(frozen=True)
-class Expr:
-    """Base of all nodes; ``shape`` is the core shape (batch dimensions are implicit)."""
+class _Interned(type):
+    """Hash-consing: building a node equal to a live one returns that node.
 
-    @property
-    def shape(self) -> Shape:  # pragma: no cover - overridden
+    Derivation shares subexpressions freely (the cotangent of a product reuses both factors),
+    so the IR is a DAG whose tree expansion can be exponentially larger than the DAG. With
+    every node unique per structure, equality is identity and a node's hash, shape and leaves
+    are computed once from its children's, so no operation ever walks the tree expansion.
+    The table holds nodes weakly: a build's expressions go away with the build.
+    """
+
+    def __call__(cls, *args, **kwargs):
+        names = _field_names(cls)
+        if kwargs or len(args) != len(names):
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            bound.apply_defaults()
+            args = tuple(bound.arguments[name] for name in names)
+        key = (cls, *args)
+        node = _TABLE.get(key)
+        if node is None:
+            node = super().__call__(*args)
+            _TABLE[key] = node
+            _count_new_node()
+        return node
+
+
+_TABLE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+class NodeBudgetExceeded(Exception):
+    """More distinct nodes were built than the active `NodeBudget` allows."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"more than {limit} distinct expression nodes")
+        self.limit = limit
+
+
+class NodeBudget:
+    """A bound on the distinct nodes built while it is active (``with budget: …``).
+
+    One budget serves a whole build (parsing, then the rule's derivations): it can be entered
+    again and counts on. Derivation is polynomial, but a hostile spec can still ask for a lot
+    of it; this turns that into one error instead of a build that runs for minutes.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._outer: list[NodeBudget | None] = []
+
+    def __enter__(self) -> NodeBudget:
+        global _ACTIVE_BUDGET
+        self._outer.append(_ACTIVE_BUDGET)
+        _ACTIVE_BUDGET = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _ACTIVE_BUDGET
+        _ACTIVE_BUDGET = self._outer.pop()
+
+
+_ACTIVE_BUDGET: NodeBudget | None = None
+_CREATED = 0
+
+
+def _count_new_node() -> None:
+    global _CREATED
+    _CREATED += 1
+    budget = _ACTIVE_BUDGET
+    if budget is not None:
+        budget.used += 1
+        if budget.used > budget.limit:
+            raise NodeBudgetExceeded(budget.limit)
+
+
+def nodes_created() -> int:
+    """How many distinct nodes have been built in this process (a cost measure for tests)."""
+    return _CREATED
+
+
+@dataclass(frozen=True, eq=False)
+class Expr(metaclass=_Interned):
+    """Base of all nodes; ``shape`` is the core shape (batch dimensions are implicit).
+
+    Nodes are interned (see `_Interned`): compare them with ``==`` (identity) and use them as
+    dict keys freely. Their shape, leaves and hash are fixed at construction, bottom-up, so
+    even a very deep expression is never walked recursively.
+    """
+
+    if TYPE_CHECKING:  # set by __post_init__, not dataclass fields
+        children: tuple[Expr, ...]  # the operands, in order
+        leaves: frozenset[Leaf]  # every leaf this expression depends on
+        shape: Shape
+        _hash: int
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        set_ = object.__setattr__
+        set_(self, "_hash", hash((cls.__name__, *(getattr(self, f) for f in _field_names(cls)))))
+        kids = self._children()
+        if isinstance(self, Leaf):
+            leaves: frozenset[Leaf] = frozenset((self,))
+        elif not kids:
+            leaves = frozenset()
+        else:
+            leaves = kids[0].leaves
+            for c in kids[1:]:
+                if not c.leaves <= leaves:
+                    leaves = leaves | c.leaves
+        set_(self, "children", kids)
+        set_(self, "leaves", leaves)
+        set_(self, "shape", self._core_shape())
+
+    def _children(self) -> tuple[Expr, ...]:
+        return ()
+
+    def _core_shape(self) -> Shape:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
-        return ()
-
-    @functools.cached_property
-    def leaves(self) -> frozenset[Leaf]:
-        """Every leaf this expression depends on."""
-        if isinstance(self, Leaf):
-            return frozenset((self,))
-        out: frozenset[Leaf] = frozenset()
-        for c in self.children:
-            out |= c.leaves
-        return out
-
     def depends_on(self, leaf: Leaf) -> bool:
         return leaf in self.leaves
 
-    @functools.cached_property
-    def _hash(self) -> int:
-        return hash((type(self).__name__,) + tuple(self.__dict__[f] for f in self._fields()))
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
     def __hash__(self) -> int:
         return self._hash
 
-    @classmethod
-    def _fields(cls) -> tuple[str, ...]:
-        return tuple(cls.__dataclass_fields__)
+    def __reduce__(self):
+        """Copies and unpickled nodes are rebuilt through the intern table."""
+        return type(self), tuple(getattr(self, f) for f in _field_names(type(self)))
 
     def __str__(self) -> str:
         from foldgen.mathprint import math_str
@@ -83,7 +206,7 @@ class Expr:
         return math_str(self)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Leaf(Expr):
     """A named input: ``kind`` is 'param', 'var', 'dim' (a size used as a number) or 'aux'
     (a symbol introduced by derivation, e.g. the vector v of a vector–Jacobian product)."""
@@ -93,265 +216,204 @@ class Leaf(Expr):
     shape_: Shape
     properties: frozenset[str] = field(default=frozenset())
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.shape_
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Const(Expr):
     """A number, broadcast to ``shape`` (``ones(n)`` is ``Const(1.0, ('n',))``)."""
 
     value: float
     shape_: Shape = SCALAR
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.shape_
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Eye(Expr):
     """The identity matrix of size ``dim``."""
 
     dim: Dim
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return (self.dim, self.dim)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Add(Expr):
     """An n-ary sum; scalar terms broadcast to the result's shape."""
 
     terms: tuple[Expr, ...]
     shape_: Shape
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.shape_
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return self.terms
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Mul(Expr):
     """Elementwise product; a scalar operand broadcasts."""
 
     a: Expr
     b: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.a.shape if self.a.rank >= self.b.rank else self.b.shape
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Pow(Expr):
     """Elementwise power with a scalar exponent."""
 
     base: Expr
     exp: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.base.shape
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.base, self.exp)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class MatMul(Expr):
     """NumPy ``@`` on ranks 1 and 2: matrix–matrix, matrix–vector, vector–matrix, dot."""
 
     a: Expr
     b: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.a.shape[:-1] + self.b.shape[:-2] + self.b.shape[-1:][: self.b.rank - 1]
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Transpose(Expr):
     """Matrix transpose (vectors are 1-D, so their transpose is themselves)."""
 
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return (self.a.shape[1], self.a.shape[0])
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Sum(Expr):
     """Sum of all core entries, giving a scalar."""
 
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return SCALAR
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Broadcast(Expr):
     """A scalar repeated to ``shape`` (appears in derivatives of sums)."""
 
     a: Expr
     shape_: Shape
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.shape_
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Func(Expr):
     """An elementwise function from ``foldgen.functions`` (sin, entr, softplus …)."""
 
     name: str
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.a.shape
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Diag(Expr):
     """``diag(v)``: the diagonal matrix with v on its diagonal."""
 
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return (self.a.shape[0], self.a.shape[0])
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class DiagPart(Expr):
     """The diagonal of a square matrix, as a vector."""
 
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return (self.a.shape[0],)
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Outer(Expr):
     """Outer product a bᵀ of two vectors (appears in derivatives w.r.t. matrices)."""
 
     a: Expr
     b: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return (self.a.shape[0], self.b.shape[0])
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a, self.b)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class LogSumExp(Expr):
     """log Σ exp(a) over the core entries of a vector, giving a scalar."""
 
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return SCALAR
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class Softmax(Expr):
     """softmax(a) over a vector (the gradient of log_sum_exp)."""
 
     a: Expr
 
-    __hash__ = Expr.__hash__
-
-    @property
-    def shape(self) -> Shape:
+    def _core_shape(self) -> Shape:
         return self.a.shape
 
-    @property
-    def children(self) -> tuple[Expr, ...]:
+    def _children(self) -> tuple[Expr, ...]:
         return (self.a,)
 
 
@@ -359,7 +421,16 @@ class Softmax(Expr):
 
 
 def const(value: float, shape: Shape = SCALAR) -> Const:
-    return Const(float(value), tuple(shape))
+    """A numeric constant; NaN is never one (±∞ only as a rule's absent bound)."""
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ConstantError(
+            "an integer is beyond the floating-point range (about 1.8e308)"
+        ) from None
+    if math.isnan(value):
+        raise ConstantError("a constant is NaN (not a number)")
+    return Const(value, tuple(shape))
 
 
 def zero(shape: Shape = SCALAR) -> Const:
@@ -422,11 +493,11 @@ def add(*terms: Expr) -> Expr:
     for t in flat:
         if isinstance(t, Const):
             if t.rank == 0 or t.shape == shape:
-                constant += t.value
+                constant = _plus(constant, t.value)
                 continue
         c, base = _split_coeff(t)
         base = _unbroadcast(base, shape) if shape else base
-        coeffs[base] = coeffs.get(base, 0.0) + c
+        coeffs[base] = _plus(coeffs.get(base, 0.0), c)
     out = [mul(const(c), b) for b, c in coeffs.items() if c != 0.0]
     if constant != 0.0:
         out.append(const(constant, shape if not out else SCALAR))
@@ -440,6 +511,14 @@ def add(*terms: Expr) -> Expr:
     if all(t.shape != shape for t in out):
         return broadcast(Add(tuple(out), SCALAR), shape)
     return Add(tuple(out), shape)
+
+
+def _plus(a: float, b: float) -> float:
+    return _folded(a + b, lambda: f"{a!r} + {b!r}", a, b)
+
+
+def _times(a: float, b: float) -> float:
+    return _folded(a * b, lambda: f"{a!r} * {b!r}", a, b)
 
 
 def neg(a: Expr) -> Expr:
@@ -459,11 +538,11 @@ def mul(a: Expr, b: Expr) -> Expr:
         a, b = b, a
     if isinstance(a, Const):
         if isinstance(b, Const):
-            return const(a.value * b.value, shape)
+            return const(_times(a.value, b.value), shape)
         if a.value == 1.0:
             return b if b.shape == shape else broadcast(b, shape)
         if isinstance(b, Mul) and isinstance(b.a, Const) and b.a.rank == 0:
-            return mul(const(a.value * b.a.value, shape if a.rank else SCALAR), b.b)
+            return mul(const(_times(a.value, b.a.value), shape if a.rank else SCALAR), b.b)
         if isinstance(b, Add) and a.rank == 0:
             return add(*(mul(a, t) for t in b.terms))
         if a.rank:  # a constant vector times a scalar: keep the scalar, broadcast
@@ -485,7 +564,8 @@ def div(a: Expr, b: Expr) -> Expr:
     if isinstance(b, Const):
         if b.value == 0.0:
             raise ShapeError("division by the constant zero")
-        return mul(const(1.0 / b.value), a)
+        v = b.value
+        return mul(const(_folded(1.0 / v, lambda: f"1 / {v!r}", v)), a)
     return mul(a, power(b, const(-1.0)))
 
 
@@ -498,15 +578,30 @@ def power(a: Expr, p: Expr) -> Expr:
         if p.value == 1.0:
             return a
         if isinstance(a, Const):
-            value = a.value**p.value
-            if isinstance(value, complex):  # (-8) ** (1/3) in Python
-                raise ShapeError(f"({a.value:g}) ** {p.value:g} is not a real number")
-            return const(value, a.shape)
+            return const(_power_value(a.value, p.value), a.shape)
         if isinstance(a, Pow) and isinstance(a.exp, Const):
             # (b^e)^p = b^(e p), except where an even e hides b's sign: (x²)^½ = |x|, not x.
-            if not _is_even(a.exp.value) or _is_even(a.exp.value * p.value):
-                return power(a.base, const(a.exp.value * p.value))
+            e = _times(a.exp.value, p.value)
+            if not _is_even(a.exp.value) or _is_even(e):
+                return power(a.base, const(e))
     return Pow(a, p)
+
+
+def _power_value(a: float, p: float) -> float:
+    """a ** p for numbers, or a ConstantError (Python raises on overflow and 0 ** -1)."""
+    try:
+        value = a**p
+    except OverflowError:
+        raise ConstantError(
+            f"cannot evaluate the constant {a!r} ** {p!r}: not a finite number"
+        ) from None
+    except ZeroDivisionError:
+        raise ConstantError(
+            f"cannot evaluate the constant {a!r} ** {p!r}: division by zero"
+        ) from None
+    if isinstance(value, complex):  # (-8) ** (1/3) in Python
+        raise ShapeError(f"({a:g}) ** {p:g} is not a real number")
+    return _folded(value, lambda: f"{a!r} ** {p!r}", a, p)
 
 
 def _is_even(v: float) -> bool:
@@ -609,7 +704,18 @@ def func(name: str, a: Expr) -> Expr:
 
     fn = ELEMENTWISE[name]
     if isinstance(a, Const) and fn.numeric is not None:
-        return const(fn.numeric(a.value), a.shape)
+        v = a.value
+        try:
+            value = fn.numeric(v)
+        except OverflowError:
+            raise ConstantError(
+                f"cannot evaluate the constant {name}({v!r}): not a finite number"
+            ) from None
+        except ValueError:  # math domain error: log(-1), sqrt(-1)
+            raise ConstantError(
+                f"cannot evaluate the constant {name}({v!r}): outside its domain"
+            ) from None
+        return const(_folded(value, lambda: f"{name}({v!r})", v), a.shape)
     return Func(name, a)
 
 

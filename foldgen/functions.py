@@ -10,6 +10,7 @@ printer maps each to the numerically stable torch op (``torch.nn.functional.soft
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,13 @@ class Elementwise:
     def derivative(self) -> sympy.Expr:
         """f'(t) as a sympy expression of the symbol T (zero where it is a Dirac delta:
         sign is piecewise constant, and its derivative is zero almost everywhere)."""
-        return sympy.diff(self.sympy_fn(T), T).replace(sympy.DiracDelta, lambda *a: 0)
+        return _derivative(self.sympy_fn)
+
+
+@functools.cache
+def _derivative(fn: Callable[[sympy.Expr], sympy.Expr]) -> sympy.Expr:
+    """sympy's f'(T), computed once per function (a derivation asks for it at every node)."""
+    return sympy.diff(fn(T), T).replace(sympy.DiracDelta, lambda *a: 0)
 
 
 def _sigmoid(t: float) -> float:

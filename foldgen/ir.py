@@ -17,14 +17,19 @@ and ``-b >= -(a @ x)`` are the same half-space. The objective is stored in minim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from foldgen import expr as E
-from foldgen.derive import gradient
+from foldgen.derive import gradient, vjp
 from foldgen.errors import SpecError
-from foldgen.expr import Expr, Leaf, ShapeError, shape_str
+from foldgen.expr import ConstantError, Expr, Leaf, NodeBudgetExceeded, ShapeError, shape_str
+from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.parse import ExprError, Relation, Scope, parse_constraint, parse_expression
 from foldgen.spec import BackwardSpec, LoadedSpec, SolverSpec
+
+_T = TypeVar("_T")
 
 # Only a matrix that cannot receive gradients may use its symmetry in simplification: the
 # gradient of a grad: true matrix is that of the expression as written (entries independent).
@@ -120,6 +125,12 @@ class Problem:
     solver: SolverSpec
     backward: BackwardSpec
     loaded: LoadedSpec
+    expressions: tuple[tuple[tuple, Expr], ...] = ()
+    """(key path, expression) of the objective and each relation, to locate a rule's error."""
+    budget: E.NodeBudget = field(
+        default_factory=lambda: E.NodeBudget(DEFAULT_LIMITS.expression_nodes), compare=False
+    )
+    """The spec's expression_nodes bound, shared by lowering and the rule's derivations."""
 
     @property
     def grad_parameters(self) -> tuple[Parameter, ...]:
@@ -131,6 +142,12 @@ class Problem:
 
 def lower(loaded: LoadedSpec) -> Problem:
     """Parse and classify a validated spec; raises a located SpecError on any problem."""
+    budget = E.NodeBudget(loaded.limits.expression_nodes)
+    with budget:
+        return _lower(loaded, budget)
+
+
+def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
     spec = loaded.spec
     params = tuple(
         Parameter(
@@ -149,8 +166,9 @@ def lower(loaded: LoadedSpec) -> Problem:
     )
     var_leaves = {name: Leaf(name, "var", tuple(v.shape)) for name, v in spec.variables.items()}
     dims = dict(spec.dims)
-    param_scope = Scope(dims, {p.name: p.leaf for p in params})
-    full_scope = Scope(dims, {**{p.name: p.leaf for p in params}, **var_leaves})
+    param_scope = Scope(dims, {p.name: p.leaf for p in params}, loaded.limits)
+    full_scope = Scope(dims, {**{p.name: p.leaf for p in params}, **var_leaves}, loaded.limits)
+    expressions: list[tuple[tuple, Expr]] = []
 
     variables = []
     for name, v in spec.variables.items():
@@ -159,7 +177,7 @@ def lower(loaded: LoadedSpec) -> Problem:
         variables.append(Variable(name, leaf, init))
 
     key = spec.sense
-    objective = _parse(loaded, (key,), lambda: parse_expression(spec.objective, full_scope))
+    objective = _located(loaded, (key,), lambda: parse_expression(spec.objective, full_scope))
     if objective.rank != 0:
         raise loaded.error(
             (key,), f"the objective must be a scalar, got {shape_str(objective.shape)}"
@@ -168,16 +186,19 @@ def lower(loaded: LoadedSpec) -> Problem:
         raise loaded.error((key,), "the objective does not depend on any variable")
     if key == "maximize":
         objective = E.neg(objective)
+    expressions.append(((key,), objective))
 
     lowers: dict[Leaf, tuple[Expr, int]] = {}
     uppers: dict[Leaf, tuple[Expr, int]] = {}
     families: list[Constraint] = []
     for i, text in enumerate(spec.constraints):
-        relations = _parse(
-            loaded, ("constraints", i), lambda t=text: parse_constraint(t, full_scope)
-        )
+        path = ("constraints", i)
+        relations = _located(loaded, path, lambda t=text: parse_constraint(t, full_scope))
         for rel in relations:
-            found = _classify(loaded, i, rel, list(var_leaves.values()))
+            expressions.append((path, _located(loaded, path, lambda r=rel: E.sub(r.lhs, r.rhs))))
+            found = _located(
+                loaded, path, lambda r=rel: _classify(loaded, i, r, list(var_leaves.values()))
+            )
             if isinstance(found, tuple):
                 kind, var, value = found
                 table = lowers if kind == "lower" else uppers
@@ -215,21 +236,58 @@ def lower(loaded: LoadedSpec) -> Problem:
         solver=spec.solver,
         backward=spec.backward,
         loaded=loaded,
+        expressions=tuple(expressions),
+        budget=budget,
     )
 
 
-def _parse(loaded: LoadedSpec, path: tuple, fn):
+def _located(loaded: LoadedSpec, path: tuple, fn: Callable[[], _T]) -> _T:
+    """fn(), with any expression error reported at ``path``."""
     try:
         return fn()
-    except (ExprError, ShapeError) as err:
+    except (ExprError, ShapeError, ConstantError) as err:
         raise loaded.error(path, str(err)) from None
+    except NodeBudgetExceeded as err:
+        raise loaded.error(path, too_many_nodes(err, loaded.limits)) from None
+
+
+def too_many_nodes(err: NodeBudgetExceeded, limits: Limits) -> str:
+    return (
+        f"the derived expressions need more than {err.limit} distinct nodes "
+        "(expression_nodes); " + limits.raise_hint("expression_nodes")
+    )
+
+
+def derivation_error(problem: Problem, err: ConstantError) -> SpecError:
+    """Locate a constant-folding failure of a rule's derivation (``x ** 1e300`` is finite,
+    the coefficient 1e300 · (1e300 − 1) of its second derivative is not): at the first
+    expression whose own first and second derivatives fail, as every rule builds them (∇,
+    Hessian products, the mixed (∂∇/∂θ)ᵀ products); else at the objective. Only called on
+    failure, so a build derives nothing twice."""
+    variables = [v.leaf for v in problem.variables]
+    params = [p.leaf for p in problem.grad_parameters]
+    for path, e in problem.expressions:
+        xs = [v for v in variables if e.depends_on(v)]
+        if not xs:
+            continue
+        w = Leaf("_w", "aux", e.shape) if e.rank else E.const(1.0)
+        try:
+            with E.NodeBudget(problem.loaded.limits.expression_nodes):
+                first = vjp([(e, w)], xs)
+                wrt = xs + [p for p in params if e.depends_on(p)]
+                vjp([(first[x], Leaf("_u", "aux", x.shape)) for x in xs], wrt)
+        except ConstantError as own:
+            return problem.error(path, f"differentiating this expression: {own}")
+        except NodeBudgetExceeded:
+            continue
+    return problem.error((problem.sense,), f"deriving the update rule's expressions: {err}")
 
 
 def _init_expression(loaded: LoadedSpec, name: str, text: str, leaf: Leaf, scope: Scope) -> Expr:
     path = ("variables", name, "init")
     if text in ("zeros", "ones"):
         return E.const(0.0 if text == "zeros" else 1.0, leaf.shape)
-    init = _parse(loaded, path, lambda: parse_expression(text, scope))
+    init = _located(loaded, path, lambda: parse_expression(text, scope))
     if init.rank and init.shape != leaf.shape:
         raise loaded.error(
             path, f"init has shape {shape_str(init.shape)}, the variable {shape_str(leaf.shape)}"
@@ -250,7 +308,10 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
         return General(rel, i)
     x = used[0]
     # Affine in x: the symbolic gradient (of each entry) is free of x.
-    offset = E.substitute(diff, {x: E.zero(x.shape)})
+    try:
+        offset = E.substitute(diff, {x: E.zero(x.shape)})
+    except ConstantError:  # 1/(a @ x) at x = 0, log(x) at 0: not affine, whatever it is
+        return General(rel, i)
     linear = E.sub(diff, offset)
     if diff.rank == 0:
         a = gradient(diff, x)
@@ -265,7 +326,7 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
     # Vector constraints: c·x against a bound (c a positive or negative number), or A x = b.
     coeff = _scalar_coefficient(linear, x) if diff.shape == x.shape else None
     if coeff is not None and op == "<=":
-        bound = E.mul(E.const(-1.0 / coeff), offset)
+        bound = E.mul(E.div(E.const(-1.0), E.const(coeff)), offset)  # checked: 1/1e-320
         return ("upper" if coeff > 0 else "lower", x, bound)
     if op == "==" and isinstance(linear, E.MatMul) and linear.b == x and linear.a.rank == 2:
         if not linear.a.depends_on(x):

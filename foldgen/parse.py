@@ -5,19 +5,30 @@ does): the string is parsed by ``ast.parse(mode="eval")`` and walked by a visito
 only the NumPy/CVXPY subset of SPEC.md — names, numbers, ``+ - * / ** @``, unary minus,
 ``.T``, comparisons (in constraints) and the whitelisted functions. Anything else is an
 ``ExprError`` that says what is wrong; the caller adds file, line and key.
+
+Size comes before parsing: an expression's length, its integers' digits and its nesting are
+checked against the build's `Limits` (by the tokenizer and an iterative walk), so neither
+``ast.parse`` nor the visitor can be driven into a RecursionError, a MemoryError or Python's
+own integer-conversion limit. A chain of one operator (``a + b + c``, ``x * x * … * x``)
+is one level of nesting, and the visitor walks it iteratively.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import functools
-from collections.abc import Callable
+import io
+import math
+import tokenize
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from foldgen import expr as E
-from foldgen.expr import Expr, Leaf, ShapeError, shape_str
+from foldgen.expr import ConstantError, Expr, Leaf, ShapeError, shape_str
+from foldgen.limits import DEFAULT_LIMITS, Limits
 
 _T = TypeVar("_T")
 
@@ -106,14 +117,27 @@ _BINOPS = {
     ast.MatMult: ("@", E.matmul),
 }
 _CMPOPS = {ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "=="}
+# Left-associative operators of one precedence: a chain of them is one level of nesting.
+_CHAIN_GROUP = {ast.Add: 0, ast.Sub: 0, ast.Mult: 1, ast.Div: 1, ast.MatMult: 1}
+_NON_FINITE_NAMES = ("inf", "infinity", "nan")
+# Python's own parser gave up (its stack: thousands of chained operators, a tower of '**');
+# no --limit lifts that, so the message says what to do instead.
+_TOO_DEEP = (
+    "the expression is nested too deeply (or chains too many operators) for Python's parser; "
+    "split it into smaller parts"
+)
 
 
 class Scope:
-    """The names an expression may use: dims (as numbers), parameters and variables."""
+    """The names an expression may use: dims (as numbers), parameters and variables; and
+    the build's limits on an expression's size."""
 
-    def __init__(self, dims: dict[str, int], leaves: dict[str, Leaf]):
+    def __init__(
+        self, dims: dict[str, int], leaves: dict[str, Leaf], limits: Limits = DEFAULT_LIMITS
+    ):
         self.dims = dims
         self.leaves = leaves
+        self.limits = limits
 
     def lookup(self, name: str) -> Expr:
         if name in self.leaves:
@@ -125,6 +149,8 @@ class Scope:
         suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
         if name in ALL_FUNCTIONS:
             raise ExprError(f"'{name}' is a function; call it as {name}(...)")
+        if name.lower() in _NON_FINITE_NAMES:
+            raise ExprError(f"'{name}' is not a finite number; expressions take finite numbers")
         raise ExprError(f"unknown name '{name}'{suffix}")
 
 
@@ -136,8 +162,8 @@ def _depth_guard(fn: Callable[[str, Scope], _T]) -> Callable[[str, Scope], _T]:
     def guarded(text: str, scope: Scope) -> _T:
         try:
             return fn(text, scope)
-        except RecursionError:
-            raise ExprError("expression nested too deeply; split it into smaller parts") from None
+        except (RecursionError, MemoryError):  # a backstop: the limits are checked first
+            raise ExprError(_TOO_DEEP) from None
 
     return guarded
 
@@ -145,7 +171,7 @@ def _depth_guard(fn: Callable[[str, Scope], _T]) -> Callable[[str, Scope], _T]:
 @_depth_guard
 def parse_expression(text: str, scope: Scope) -> Expr:
     """Parse one expression (no comparisons)."""
-    tree = _parse(text)
+    tree = _parse(text, scope.limits)
     if isinstance(tree.body, ast.Compare):
         raise ExprError("a comparison is not allowed here; comparisons belong in constraints")
     return _Visitor(scope, text).visit(tree.body)
@@ -154,7 +180,7 @@ def parse_expression(text: str, scope: Scope) -> Expr:
 @_depth_guard
 def parse_constraint(text: str, scope: Scope) -> list[Relation]:
     """Parse ``a <= b``, ``a >= b``, ``a == b`` or a chain ``lo <= e <= hi`` into relations."""
-    tree = _parse(text)
+    tree = _parse(text, scope.limits)
     node = tree.body
     if not isinstance(node, ast.Compare):
         raise ExprError("a constraint needs a comparison: '<=', '>=' or '=='")
@@ -189,14 +215,121 @@ def _op_text(op: ast.cmpop) -> str:
     )
 
 
-def _parse(text: str) -> ast.Expression:
+def _parse(text: str, limits: Limits) -> ast.Expression:
+    """The syntax tree of one expression, after checking its size against ``limits``."""
     if not isinstance(text, str) or not text.strip():
         raise ExprError("empty expression")
+    text = text.strip()
+    if len(text) > limits.expression_chars:
+        raise ExprError(
+            f"the expression has {len(text)} characters, more than expression_chars allows; "
+            + limits.raise_hint("expression_chars")
+        )
+    _check_tokens(text, limits)
     try:
-        return ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as err:
+        if "too many nested parentheses" in str(err.msg):
+            raise ExprError(_TOO_DEEP) from None
+        if "integer string conversion" in str(err.msg):  # number_digits raised past Python's
+            raise ExprError(
+                f"an integer has more digits than Python converts: {err.msg}"
+            ) from None
         col = f" at column {err.offset}" if err.offset else ""
-        raise ExprError(f"invalid syntax{col} in '{text.strip()}'") from None
+        raise ExprError(f"invalid syntax{col} in '{_shorten(text)}'") from None
+    except (RecursionError, MemoryError):  # the parser's own stack: a deep '**' tower
+        raise ExprError(_TOO_DEEP) from None
+    except ValueError as err:  # a NUL character
+        raise ExprError(f"cannot parse the expression: {err}") from None
+    depth = _depth(tree.body)
+    if depth > limits.expression_depth:
+        raise ExprError(_nesting_message(depth, limits))
+    return tree
+
+
+def _nesting_message(depth: int, limits: Limits) -> str:
+    return (
+        f"the expression is nested {depth} levels deep, more than {limits.expression_depth} "
+        "(expression_depth); " + limits.raise_hint("expression_depth")
+    )
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _check_tokens(text: str, limits: Limits) -> None:
+    """Integers' digits and a first bound on nesting (brackets and runs of unary signs), from
+    the tokens: before ``ast.parse``, which fails on a 5000-digit integer, 200 nested brackets
+    or 10⁴ minus signs with messages about Python, or a MemoryError."""
+    depth = unary = 0
+    previous: tokenize.TokenInfo | None = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.NUMBER:
+                _check_integer(tok.string, limits)
+            is_op = tok.type == tokenize.OP
+            if is_op and tok.string in "([{":
+                depth += 1
+            elif is_op and tok.string in ")]}":
+                depth -= 1
+            # A sign is unary after an operator, an opening bracket, a comma or nothing.
+            operand_before = previous is not None and (
+                previous.type != tokenize.OP or previous.string in ")]}"
+            )
+            unary = unary + 1 if is_op and tok.string in "+-~" and not operand_before else 0
+            if depth + unary > limits.expression_depth:
+                raise ExprError(
+                    f"the expression is nested more than {limits.expression_depth} levels "
+                    "deep (expression_depth); " + limits.raise_hint("expression_depth")
+                )
+            if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+                previous = tok
+    except (tokenize.TokenError, SyntaxError):  # unbalanced: ast.parse says where
+        return
+
+
+def _check_integer(literal: str, limits: Limits) -> None:
+    """An integer literal with more digits than ``number_digits`` is refused (a float's
+    digits are harmless: it rounds, or overflows to inf and is refused as a number)."""
+    body = literal.replace("_", "").lower()
+    if body.startswith(("0x", "0o", "0b")):
+        too_big = int(body, 0) >= 10**limits.number_digits  # power-of-two bases convert fast
+    elif any(ch in body for ch in ".ej"):
+        return
+    else:
+        too_big = len(body) > limits.number_digits
+    if too_big:
+        raise ExprError(
+            f"the integer {_shorten(literal, 24)} has more than {limits.number_digits} digits "
+            "(number_digits); " + limits.raise_hint("number_digits")
+        )
+
+
+def _depth(root: ast.expr) -> int:
+    """The nesting depth of an expression tree, by an iterative walk; each link of a chain
+    of one operator (``a + b - c``) counts once for the whole chain."""
+    deepest = 0
+    stack: list[tuple[ast.AST, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, ast.expr | ast.keyword):
+                continue  # operators, contexts
+            same_chain = (
+                isinstance(node, ast.BinOp)
+                and child is node.left
+                and isinstance(child, ast.BinOp)
+                and _chain_group(child.op) is not None
+                and _chain_group(child.op) == _chain_group(node.op)
+            )
+            stack.append((child, depth if same_chain else depth + 1))
+    return deepest
+
+
+def _chain_group(op: ast.operator) -> int | None:
+    return _CHAIN_GROUP.get(type(op))
 
 
 class _Visitor:
@@ -209,26 +342,46 @@ class _Visitor:
     def visit(self, node: ast.AST) -> Expr:
         method = getattr(self, f"visit_{type(node).__name__}", None)
         if method is None:
-            snippet = ast.get_source_segment(self.text.strip(), node) or type(node).__name__
-            raise ExprError(f"unsupported syntax '{snippet}'")
-        try:
+            raise ExprError(f"unsupported syntax '{self._snippet(node)}'")
+        with self._located(node):
             return method(node)
-        except ShapeError as err:
-            snippet = ast.get_source_segment(self.text.strip(), node)
-            raise ExprError(f"in '{snippet}': {err}") from None
+
+    def _snippet(self, node: ast.AST) -> str:
+        return _shorten(ast.get_source_segment(self.text.strip(), node) or type(node).__name__)
+
+    @contextlib.contextmanager
+    def _located(self, node: ast.AST) -> Iterator[None]:
+        """Errors of building ``node`` name its text (the innermost failing part)."""
+        try:
+            yield
         except ExprError:
             raise
-        except (ArithmeticError, ValueError) as err:  # constant folding: log(0), 0 ** -1
-            snippet = ast.get_source_segment(self.text.strip(), node)
-            raise ExprError(f"in '{snippet}': cannot evaluate the constant ({err})") from None
+        except (ShapeError, ConstantError) as err:
+            raise ExprError(f"in '{self._snippet(node)}': {err}") from None
+        except (ArithmeticError, ValueError) as err:
+            raise ExprError(
+                f"in '{self._snippet(node)}': cannot evaluate the constant ({err})"
+            ) from None
 
     def visit_Name(self, node: ast.Name) -> Expr:
         return self.scope.lookup(node.id)
 
     def visit_Constant(self, node: ast.Constant) -> Expr:
-        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise ExprError(f"unsupported constant {node.value!r}")
-        return E.const(float(node.value))
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ExprError(f"unsupported constant {_shorten(repr(value), 40)}")
+        if isinstance(value, int) and abs(value) >= 10**self.scope.limits.number_digits:
+            raise ExprError(  # tokens are checked first; this is the backstop
+                f"an integer has more than {self.scope.limits.number_digits} digits "
+                "(number_digits); " + self.scope.limits.raise_hint("number_digits")
+            )
+        number = float(value)
+        if not math.isfinite(number):
+            raise ExprError(
+                f"the number {self._snippet(node)} is beyond the floating-point range "
+                "(about 1.8e308)"
+            )
+        return E.const(number)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Expr:
         operand = self.visit(node.operand)
@@ -239,10 +392,23 @@ class _Visitor:
         raise ExprError("only unary '-' and '+' are supported")
 
     def visit_BinOp(self, node: ast.BinOp) -> Expr:
-        entry = _BINOPS.get(type(node.op))
-        if entry is None:
+        if type(node.op) not in _BINOPS:
             raise ExprError(f"operator '{type(node.op).__name__}' is not supported")
-        return entry[1](self.visit(node.left), self.visit(node.right))
+        # A chain a + b - c + … is walked along its left spine, not recursively.
+        chain = [node]
+        group = _chain_group(node.op)
+        while (
+            group is not None
+            and isinstance(chain[-1].left, ast.BinOp)
+            and _chain_group(chain[-1].left.op) == group
+        ):
+            chain.append(chain[-1].left)
+        value = self.visit(chain[-1].left)
+        for link in reversed(chain):
+            right = self.visit(link.right)
+            with self._located(link):
+                value = _BINOPS[type(link.op)][1](value, right)
+        return value
 
     def visit_Attribute(self, node: ast.Attribute) -> Expr:
         if node.attr != "T":
@@ -281,5 +447,11 @@ class _Visitor:
             return node.id
         # type() rather than isinstance(): ones(True) is not a size
         if isinstance(node, ast.Constant) and type(node.value) is int and node.value > 0:
+            limits = self.scope.limits
+            if node.value > limits.dim_size:
+                raise ExprError(
+                    f"{fn}() of a size larger than dim_size allows; "
+                    + limits.raise_hint("dim_size")
+                )
             return node.value
         raise ExprError(f"{fn}() takes sizes: dim names or positive integers")

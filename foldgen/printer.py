@@ -56,9 +56,13 @@ class Printed:
 
 
 def number(value: float) -> str:
-    """A float literal that reads well and round-trips (``0.5``, ``2.0``, ``1e-08``)."""
-    if math.isinf(value):
-        return "math.inf" if value > 0 else "-math.inf"
+    """A float literal that reads well and round-trips (``0.5``, ``2.0``, ``1e-08``).
+
+    Only finite numbers: the parser and the constant folding refuse the others, and a NaN or
+    an infinity reaching generated code would be a wrong module, so it stops the build here.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
     if value == int(value) and abs(value) < 1e15:
         return f"{value:.1f}"
     return repr(value)
@@ -92,21 +96,8 @@ class TorchPrinter:
             uses[r] = uses.get(r, 0) + 1
         for node in order:
             p = self._print_node(node)
-            # Operands short enough to inline can still add up to an over-long line (an n-ary
-            # sum, a product of calls): hoist the longest into temps until the line fits.
-            while len(p.text) > LINE_LIMIT:
-                kids = [
-                    c
-                    for c in dict.fromkeys(_printed_operands(node))
-                    if c.children
-                    and not self.memo[c].number
-                    and self.memo[c].text not in self.temps
-                ]
-                if not kids:
-                    break
-                longest = max(kids, key=lambda c: len(self.memo[c].text))
-                self.memo[longest] = self._hoist(longest)
-                p = self._print_node(node)
+            if len(p.text) > LINE_LIMIT:
+                p = self._fit_line(node, p)
             used = uses.get(node, 0)
             long = len(p.text) > INLINE_LIMIT and not (node in roots and used == 1)
             if node.children and not p.number and (used > 1 or long):
@@ -114,6 +105,42 @@ class TorchPrinter:
                 p = self._hoist(node)
             self.memo[node] = p
         return [self.tensor(e) for e in exprs]
+
+    def _fit_line(self, node: Expr, p: Printed) -> Printed:
+        """Operands short enough to inline can still add up to an over-long line (an n-ary
+        sum, a product of calls): hoist the longest into temps until the line fits.
+
+        Hoisting one operand changes no other operand's text, so the order is the operands'
+        by length, fixed up front; a sum's text is kept as its terms' parts and only the
+        parts of a hoisted term change, so a sum of k terms costs O(k), not O(k²)."""
+        kids = [
+            c
+            for c in dict.fromkeys(_printed_operands(node))
+            if c.children and not self.memo[c].number and self.memo[c].text not in self.temps
+        ]
+        kids.sort(key=lambda c: -len(self.memo[c].text))  # stable: ties keep operand order
+        if not isinstance(node, Add):
+            for longest in kids:
+                if len(p.text) <= LINE_LIMIT:
+                    break
+                self.memo[longest] = self._hoist(longest)
+                p = self._print_node(node)
+            return p
+        parts = [self._add_part(node, i) for i in range(len(node.terms))]
+        length = sum(map(len, parts)) + len(parts) - 1
+        readers: dict[Expr, list[int]] = {}  # operand -> the terms whose part shows its text
+        for i, t in enumerate(node.terms):
+            for c in _add_part_operands(t):
+                readers.setdefault(c, []).append(i)
+        for longest in kids:
+            if length <= LINE_LIMIT:
+                break
+            self.memo[longest] = self._hoist(longest)
+            for i in readers[longest]:
+                new = self._add_part(node, i)
+                length += len(new) - len(parts[i])
+                parts[i] = new
+        return Printed(" ".join(parts), p.prec, p.number)
 
     def _hoist(self, node: Expr) -> Printed:
         """Emit ``_tN = <node's text>`` and return the temp's name."""
@@ -176,7 +203,8 @@ class TorchPrinter:
             case Leaf(name=name):
                 return Printed(name, ATOM)
             case Const(value=v):
-                text = number(v)
+                # ±∞ is only ever a rule's absent bound (the parser refuses infinite numbers)
+                text = (("-" if v < 0 else "") + "math.inf") if math.isinf(v) else number(v)
                 return Printed(text, ATOM if v >= 0 else UNARY, number=True)
             case Eye(dim=d):
                 return Printed(
@@ -222,20 +250,20 @@ class TorchPrinter:
         raise TypeError(f"no printer for {type(e).__name__}")  # pragma: no cover
 
     def _print_add(self, e: Add) -> Printed:
-        parts: list[str] = []
-        all_numbers = True
-        for t in e.terms:
-            negative = isinstance(t, Mul) and isinstance(t.a, Const) and t.a.value < 0
-            negative = negative or (isinstance(t, Const) and t.value < 0)
-            negative = negative and self._get(t).text not in self.temps  # a temp: use its name
-            all_numbers &= self._get(t).number
-            if negative and parts:
-                text = self._negated(t, e.rank)
-                parts.append(f"- {text}")
-            else:
-                text = self._lifted(t, e.rank, ADDITIVE)
-                parts.append(f"+ {text}" if parts else text)
+        parts = [self._add_part(e, i) for i in range(len(e.terms))]
+        all_numbers = all(self._get(t).number for t in e.terms)
         return Printed(" ".join(parts), ADDITIVE, number=all_numbers)
+
+    def _add_part(self, e: Add, i: int) -> str:
+        """The text of the i-th term of a sum, with its sign: ``x``, ``+ y``, ``- 2.0 * z``."""
+        t = e.terms[i]
+        negative = isinstance(t, Mul) and isinstance(t.a, Const) and t.a.value < 0
+        negative = negative or (isinstance(t, Const) and t.value < 0)
+        negative = negative and self._get(t).text not in self.temps  # a temp: use its name
+        if negative and i:
+            return f"- {self._negated(t, e.rank)}"
+        text = self._lifted(t, e.rank, ADDITIVE)
+        return f"+ {text}" if i else text
 
     def _negated(self, t: Expr, rank: int) -> str:
         """Text of -t for a term with a negative numeric coefficient (printed after ' - ')."""
@@ -309,6 +337,13 @@ def _printed_operands(e: Expr) -> tuple[Expr, ...]:
     if _is_division(e):
         return (e.a, e.b.base)  # type: ignore[attr-defined]
     return e.children
+
+
+def _add_part_operands(t: Expr) -> tuple[Expr, ...]:
+    """The nodes whose text a sum's term ``t`` may show (see ``_negated``)."""
+    if isinstance(t, Mul) and isinstance(t.a, Const):
+        return (t, t.b.base) if _is_division(t) else (t, t.b)  # type: ignore[attr-defined]
+    return (t,)
 
 
 def _printed_postorder(roots: list[Expr]) -> list[Expr]:

@@ -369,7 +369,20 @@ def test_number_literals_round_trip():
     for v in (0.5, 2.0, 1e-08, -3.0, 0.1, 1 / 3, 1e20, 123456.0):
         assert float(eval(number(v))) == v  # a float literal
     assert number(2.0) == "2.0" and number(0.5) == "0.5" and number(1e-8) == "1e-08"
-    assert number(float("inf")) == "math.inf"
+    for bad in (float("inf"), -float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="not a finite number"):
+            number(bad)
+
+
+def test_a_rules_infinite_bound_prints_as_math_inf():
+    """±∞ reaches the printer only as a rule's absent bound; it is spelled math.inf."""
+    lo, hi = E.const(-float("inf"), ("n",)), E.const(float("inf"), ("n",))
+    source, fn = compile_function("f", LEAVES, [lo, hi])
+    assert "-math.inf" in source
+    data = random_data(LEAVES, {"n": 3, "m": 2}, (), seed=0)
+    got_lo, got_hi = fn(*(data[lf.name] for lf in LEAVES))
+    assert got_lo.shape == (3,) and bool((got_lo == -float("inf")).all())
+    assert bool((got_hi == float("inf")).all())
 
 
 def test_sizes_come_from_inputs_not_literals():

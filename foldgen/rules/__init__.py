@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from foldgen.ir import Problem
+from foldgen.expr import ConstantError, NodeBudgetExceeded
+from foldgen.ir import Problem, derivation_error, too_many_nodes
 from foldgen.rules import admm, pgd, sqp
 from foldgen.rules.base import Plan
 
@@ -20,5 +21,13 @@ PLANNERS: dict[str, Callable[[Problem], Plan]] = {
 
 
 def plan_for(problem: Problem) -> Plan:
-    """The rule's plan for this problem."""
-    return PLANNERS[problem.solver.rule](problem)
+    """The rule's plan for this problem; the rule's derivations count against the spec's
+    expression_nodes, and a constant they cannot fold is reported at its expression."""
+    with problem.budget:
+        try:
+            return PLANNERS[problem.solver.rule](problem)
+        except ConstantError as err:
+            raise derivation_error(problem, err) from None
+        except NodeBudgetExceeded as err:
+            message = too_many_nodes(err, problem.loaded.limits)
+            raise problem.error((problem.sense,), message) from None

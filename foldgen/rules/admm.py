@@ -331,17 +331,19 @@ def _matrix_or_none(matrix: Expr) -> Expr | None:
 def _affine(e: Expr, x: Leaf) -> tuple[Expr, Expr] | None:
     """(A, o) with e = A x + o, A a matrix free of x (a 1×n row for a scalar e), else None."""
     n = x.shape[0]
-    offset = E.substitute(e, {x: E.zero(x.shape)})
+    # The offset e(0) only once e is known affine: 1/(a @ x) or log(x) has no value at 0.
     if e.rank == 0:
         a = gradient(e, x)
         if a.depends_on(x):
             return None
+        offset = E.substitute(e, {x: E.zero(x.shape)})
         return E.outer(E.const(1.0, (1,)), a), E.broadcast(offset, (1,))
     if e.rank != 1:
         return None
     w = Leaf("_w", "aux", e.shape)
     if vjp([(e, w)], [x])[x].depends_on(x):
         return None  # not affine
+    offset = E.substitute(e, {x: E.zero(x.shape)})
     matrix = _linear_matrix(E.sub(e, offset), x, n)
     if matrix is None or matrix.depends_on(x):
         return None
