@@ -832,19 +832,64 @@ def _hessian(x, lam, nu, values, sizes):
     return (H + H.mT) / 2
 
 
+def _linearization(x, lam, nu, values, sizes):
+    """∇f, g, h, J_g, J_h and ∇²ₓₓL at (x, λ, ν), and ``finite``: False where any of them is
+    not finite (entropy at 0, log at a bound). There they are replaced by harmless values
+    (zeros, H = I), so that batched linear algebra runs; the caller flags those elements."""
+    n = x.shape[-1]
+    grad = _gradient(x, *values).expand_as(x)
+    g, h, _ = _constraints(x, values)
+    J_g, J_h = _jacobians(x, values, sizes)
+    H = _hessian(x, lam, nu, values, sizes)
+    finite = torch.isfinite(H).all((-2, -1)) & torch.isfinite(grad).all(-1)
+    for t in (g, h):
+        finite = finite & torch.isfinite(t).all(-1)
+    for t in (J_g, J_h):
+        finite = finite & torch.isfinite(t).all((-2, -1))
+    vector, matrix = finite[..., None], finite[..., None, None]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    grad, g, h = (torch.where(vector, t, 0) for t in (grad, g, h))
+    J_g, J_h = (torch.where(matrix, t, 0) for t in (J_g, J_h))
+    return grad, g, h, J_g, J_h, torch.where(matrix, H, eye), finite
+
+
+def _each(function, A, shape):
+    """``function(A)`` over the batch; where LAPACK fails to converge on some element (torch
+    then raises for the whole batch), element by element, NaN (of core ``shape``) for those
+    that fail: one hard matrix must not abort the batch."""
+    try:
+        return function(A)
+    except torch.linalg.LinAlgError:
+        out = []
+        for a in A.reshape(-1, *A.shape[-2:]):
+            try:
+                out.append(function(a))
+            except torch.linalg.LinAlgError:
+                out.append(a.new_full(shape, math.nan))
+        return torch.stack(out).reshape(*A.shape[:-2], *shape)
+
+
 def _regularization(H, J_g, J_h, active):
     """δ ≥ 0 so that H + δI is positive definite on the null space N of the equality and the
     estimated active inequality constraints (margin √eps · scale): the eigenvalues of
-    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere."""
+    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere.
+    Also ``ok``: False where δ could not be computed (non-finite data, or an eigen or
+    singular value decomposition that failed); there δ = 0."""
     n = H.shape[-1]
     eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    scale = 1 + H.abs().amax((-2, -1))  # (...)
     M = torch.cat([J_h, J_g * active[..., None].to(H.dtype)], dim=-2)  # (..., q + p, n)
-    P = eye - torch.linalg.pinv(M) @ M if M.shape[-2] else eye
+    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(M).all((-2, -1))
+    H = torch.where(ok[..., None, None], H, eye)
+    M = torch.where(ok[..., None, None], M, 0)
+    scale = 1 + H.abs().amax((-2, -1))  # (...)
+    P = eye - _each(torch.linalg.pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
-    lowest = torch.linalg.eigvalsh((R + R.mT) / 2)[..., 0]
+    ok = ok & torch.isfinite(R).all((-2, -1))
+    R = torch.where(ok[..., None, None], R, eye)
+    lowest = _each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
+    ok = ok & torch.isfinite(lowest)
     margin = torch.finfo(H.dtype).eps ** 0.5 * scale
-    return torch.where(torch.isfinite(lowest), (margin - lowest).clamp_min(0), 0)
+    return torch.where(ok, (margin - lowest).clamp_min(0), 0), ok
 
 
 def _kkt_residual(x, lam, nu, g, h, values, sizes):
@@ -856,9 +901,10 @@ def _kkt_residual(x, lam, nu, g, h, values, sizes):
 
 def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
-    against the Maratos effect), else Armijo backtracking on φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial
-    points where f, ∇f or the constraints are not finite are rejected. Returns t (0 where no
-    step was found) and which elements found one."""
+    against the Maratos effect) or where d is below rounding (x stays put; only the
+    multipliers move, and φ's change is noise), else Armijo backtracking on
+    φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
+    rejected. Returns t (0 where no step was found) and which elements found one."""
     f = _objective(x, *values)
     g, h, _ = _constraints(x, values)
     violation = h.abs().sum(-1) + g.clamp_min(0).sum(-1)
@@ -879,7 +925,8 @@ def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
         ok = phi_t <= phi + 1e-4 * t * slope + slack
         if trial_index == 0:
             kkt_t = _kkt_residual(trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
-            ok = ok | (kkt_t <= 0.5 * kkt)
+            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
+            ok = ok | (kkt_t <= 0.5 * kkt) | negligible
         ok = ok & finite & todo & ~found
         found = found | ok
         if bool((found | ~todo).all()):
@@ -888,13 +935,51 @@ def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     return torch.where(found, t, 0), found
 
 
+def _start(x, values, sizes):
+    """The start, moved into the domain where it lies on its boundary: x itself where f and
+    every derivative SQP uses are finite there, else the first of x ± s (1 + ‖x‖∞),
+    s = 10⁻³, 10⁻², 10⁻¹, 1, where they are (entropy at x = 0 starts at 10⁻³). Returns it
+    and ``found`` (False: no such point was found)."""
+    x = torch.where(torch.isfinite(x), x, 0)
+    lam_nu = [x.new_zeros(*x.shape[:-1], sum(block)) for block in sizes]
+
+    def usable(point):
+        finite = _linearization(point, *lam_nu, values, sizes)[-1]
+        return finite & torch.isfinite(_objective(point, *values))
+
+    found = usable(x)
+    scale = 1 + x.abs().amax(-1, keepdim=True)
+    for shift in (1e-3, -1e-3, 1e-2, -1e-2, 1e-1, -1e-1, 1.0, -1.0):
+        if bool(found.all()):
+            break
+        trial = x + shift * scale
+        moved = ~found & usable(trial)
+        x = torch.where(moved[..., None], trial, x)
+        found = found | moved
+    return x, found
+
+
+def _violation(x, values):
+    """max(‖h(x)‖∞, ‖g(x)₊‖∞): how far x is from satisfying the constraints."""
+    g, h, _ = _constraints(x, values)
+    parts = torch.cat([h.abs(), g.clamp_min(0)], dim=-1)
+    return parts.amax(-1) if parts.shape[-1] else x.new_zeros(x.shape[:-1])
+
+
 def _solve(layer, values, x_init, sizes, batch):
     """SQP from the init (or warm start), per batch element; returns x and the state the
-    backward folds with (multipliers, the last step, block sizes, usable elements)."""
+    backward folds with (multipliers, the last step, block sizes, usable elements).
+
+    An element converges when its step ‖U(s) − s‖ is at most tol and x satisfies the
+    constraints to max(tol, √eps)(1 + ‖x‖∞). One stops, not converged, where a derivative
+    stops being finite (``_linearization``) and is infeasible where a linearised QP has no
+    solution or the iterates run away; the others are solved as if alone.
+    """
     n = sizes.get("n", DEFAULT_DIMS.get("n"))
     start = _init(*values) if x_init is None else x_init
     x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
     g, h, block_sizes = _constraints(x, values)
+    x, started = _start(x, values, block_sizes)
     lam = x.new_zeros(*batch, g.shape[-1])  # (..., p)
     nu = x.new_zeros(*batch, h.shape[-1])  # (..., q)
     step = torch.full(batch, layer.step, dtype=x.dtype, device=x.device)  # (...)
@@ -903,16 +988,20 @@ def _solve(layer, values, x_init, sizes, batch):
     residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
     feasible = torch.ones(batch, dtype=torch.bool, device=x.device)
     bounded = torch.ones_like(feasible)
+    broken = ~started  # a derivative is not finite: stopped, not converged
     # Unboundedness: with r = 1 + ‖x₀‖∞, a step longer than 1e6 r three times in a row (the QP
     # is bounded only by δ along a direction of nonpositive curvature), or ‖x‖∞ past 1e12 r.
     reference = 1 + x.abs().amax(-1)
     huge_steps = torch.zeros_like(iterations)
-    active = torch.ones_like(feasible)
+    active = started.clone()
     for _ in range(layer.max_iter):
         if not bool(active.any()):
             break
-        d, lam_qp, nu_qp, solved, _ = _sqp_subproblem(x, lam, nu, values, block_sizes, active)
-        feasible = feasible & (solved | ~active)
+        d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
+            x, lam, nu, values, block_sizes, active
+        )
+        broken = broken | (active & ~sane)
+        feasible = feasible & (solved | ~active | ~sane)
         active = active & solved
         change = torch.cat([d, lam_qp - lam, nu_qp - nu], dim=-1)
         norm = layer.step * _norm(change)
@@ -934,26 +1023,48 @@ def _solve(layer, values, x_init, sizes, batch):
         bounded = bounded & ~(active & far) & (huge_steps < 3)
         active = active & found & bounded & (norm > layer.tol)
     feasible = feasible & bounded
-    converged = feasible & (residual <= layer.tol)
+    x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
+    violation = _violation(x, values)
+    allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
+    satisfied = violation <= allowed
+    converged = feasible & ~broken & satisfied & (residual <= layer.tol)
     layer.info = SolveInfo(iterations, residual, converged, feasible, step)
     layer.multipliers = (lam, nu)
-    worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
-    detail = f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
-    _report(layer, "the forward solve", converged | ~feasible, detail)
+    late = feasible & ~converged
+    detail = _why(layer, residual, violation, satisfied, broken, late)
+    _report(layer, "the forward solve", ~late, detail)
     reason = "infeasible (a linearised QP has no point) or unbounded"
     _report(layer, "the forward solve", feasible, reason)
-    return x, (lam, nu, step, block_sizes, feasible)
+    return x, (lam, nu, step, block_sizes, feasible & ~broken)
+
+
+def _why(layer, residual, violation, satisfied, broken, late):
+    """What kept the ``late`` elements (feasible, not converged) from converging."""
+    reasons = []
+    slow = late & ~broken & (residual > layer.tol)
+    if bool(slow.any()):
+        worst = float(torch.where(slow, residual, 0).max())
+        reasons.append(
+            f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+        )
+    unmet = late & ~broken & ~satisfied
+    if bool(unmet.any()):
+        worst = float(torch.where(unmet, violation, 0).max())
+        reasons.append(f"constraint violation up to {worst:.3g}")
+    if bool((late & broken).any()):
+        reasons.append("f, ∇f, the constraints or ∇²ₓₓL not finite at an iterate")
+    return "; ".join(reasons)
 
 
 def _sqp_subproblem(x, lam, nu, values, sizes, todo):
-    """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ)."""
+    """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ, sane), ``sane``
+    False (and no step) where a derivative is not finite or δ could not be computed."""
+    grad, g, h, J_g, J_h, H, sane = _linearization(x, lam, nu, values, sizes)
     n = x.shape[-1]
-    grad = _gradient(x, *values).expand_as(x)
-    g, h, _ = _constraints(x, values)
-    J_g, J_h = _jacobians(x, values, sizes)
-    H = _hessian(x, lam, nu, values, sizes)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    delta = _regularization(H, J_g, J_h, lam > -g)
+    delta, regular = _regularization(H, J_g, J_h, lam > -g)
+    sane = sane & regular
+    todo = todo & sane
     H_qp = H + delta[..., None, None] * eye
     d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo)
     # The QP may be nonconvex off the estimated active set: there the interior point can fail,
@@ -963,7 +1074,8 @@ def _sqp_subproblem(x, lam, nu, values, sizes, todo):
     margin = torch.finfo(x.dtype).eps ** 0.5 * (1 + H.abs().amax((-2, -1)))
     retry = todo & (~solved | (curvature < margin * (d * d).sum(-1)))
     if bool(retry.any()):
-        delta_eq = _regularization(H, J_g, J_h, torch.zeros_like(g, dtype=torch.bool))
+        delta_eq, regular = _regularization(H, J_g, J_h, torch.zeros_like(g, dtype=torch.bool))
+        retry = retry & regular
         H_eq = H + delta_eq[..., None, None] * eye
         again = _qp_solve(H_eq, grad, J_g, -g, J_h, -h, retry)
         d, lam_qp, nu_qp, solved = (
@@ -971,7 +1083,7 @@ def _sqp_subproblem(x, lam, nu, values, sizes, todo):
             for t, t_new in zip((d, lam_qp, nu_qp, solved), again)
         )
         delta = torch.where(retry, delta_eq, delta)
-    return d, lam_qp, nu_qp, solved, delta
+    return d, lam_qp, nu_qp, solved & sane, delta, sane
 
 
 def _update(x, lam, nu, values, sizes, active, step):
@@ -1028,11 +1140,10 @@ def _backward(layer, x, values, state, grad_x):
     lam, nu, step, sizes, usable = state
     batch = torch.broadcast_shapes(grad_x.shape[:-1], x.shape[:-1])
     n = x.shape[-1]
-    g, h, _ = _constraints(x, values)
-    J_g, J_h = _jacobians(x, values, sizes)
-    H = _hessian(x, lam, nu, values, sizes)
+    _, g, h, J_g, J_h, H, finite = _linearization(x, lam, nu, values, sizes)
     active = lam > -g  # the active set: multiplier larger than slack
-    delta = _regularization(H, J_g, J_h, active)
+    delta, regular = _regularization(H, J_g, J_h, active)
+    usable = usable & finite & regular
     H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
     K = _kkt_matrix(H_qp, J_g, J_h, active)
     lu, pivots, info = torch.linalg.lu_factor_ex(K)
@@ -1050,8 +1161,7 @@ def _backward(layer, x, values, state, grad_x):
 
     size = K.shape[-1]
     rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
-    rhs = torch.where(usable[..., None], rhs, 0)  # no gradient through failed elements
-    v = _adjoint(layer, phi_t, dense_phi_t, rhs)
+    v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable)  # v = 0 where not usable
     grads = [None] * len(values)
     # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.
     w = _lu_apply((lu, pivots), v) * -step[..., None]
