@@ -84,12 +84,18 @@ class SolveInfo:
 
 @dataclasses.dataclass(frozen=True)
 class BackwardInfo:
-    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element."""
+    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
+
+    Where ``converged`` is False the element's gradient is zero: its forward did not converge
+    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
+    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
+    """
 
     method: str
     iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖
-    converged: torch.Tensor  # bool
+    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
+    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
+    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,42 +442,39 @@ def _gather(layer, args, kwargs):
 
 
 def _validate(values, x_init):
-    """Tensors of one floating dtype and device, with consistent sizes; else ValueError.
+    """Tensors of one supported dtype and one device, with consistent sizes; else ValueError
+    naming the odd input (the one that disagrees with the majority; of two, the later).
 
     Returns the tensors, the sizes of the dims, and the broadcast batch shape.
     """
+    given = []  # (name, core, tensor) of the inputs given as tensors
     for (name, core), value in zip(PARAMETERS.items(), values):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
         if not isinstance(value, torch.Tensor) and not number:
             raise ValueError(
                 f"{name}: expected a tensor of shape {_shape_text(core)}, got {type(value).__name__}"
             )
-        if isinstance(value, torch.Tensor) and not value.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
-    reference = next((v for v in values if isinstance(v, torch.Tensor)), None)
-    if reference is None:
+        if isinstance(value, torch.Tensor):
+            _check_dtype(name, value)
+            given.append((name, core, value))
+    if not given:
         raise ValueError(f"{PARAMETERS_LIST[0]}: at least one input must be a tensor")
-    dtype, device = reference.dtype, reference.device
-    tensors, sizes, batch = [], {}, torch.Size()
+    dtype, holder = _majority([(name, value.dtype) for name, _, value in given])
+    for name, _, value in given:
+        if value.dtype != dtype:
+            raise ValueError(f"{name}: dtype {value.dtype} differs from {holder}'s {dtype}")
+    device, holder = _majority([(name, value.device) for name, _, value in given])
+    for name, _, value in given:
+        if value.device != device:
+            raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
+    tensors = []
     for (name, core), value in zip(PARAMETERS.items(), values):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=dtype, device=device)
-        if value.dtype != dtype:
-            raise ValueError(f"{name}: dtype {value.dtype} differs from the other inputs' {dtype}")
-        if value.device != device:
-            raise ValueError(f"{name}: device {value.device} differs from the others' {device}")
         if value.dim() < len(core):
             raise ValueError(
                 f"{name}: expected shape {_shape_text(core)}, got {tuple(value.shape)}"
             )
-        for axis, dim in enumerate(core):
-            size = value.shape[value.dim() - len(core) + axis]
-            expected = dim if isinstance(dim, int) else sizes.setdefault(dim, size)
-            if size != expected:
-                raise ValueError(
-                    f"{name}: axis {axis - len(core)} has size {size}, "
-                    f"but {dim} = {expected} from an earlier input"
-                )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
         if value.requires_grad and name not in GRAD_PARAMETERS:
@@ -480,32 +483,101 @@ def _validate(values, x_init):
                 "(detach it, or declare grad: true)"
             )
         tensors.append(value)
-        batch = _broadcast_batch(name, batch, value.shape[: value.dim() - len(core)])
+    shapes = [(name, t.shape, core) for (name, core), t in zip(PARAMETERS.items(), tensors)]
     if x_init is not None:
         name = f"{VARIABLE[0]}_init"
         if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
             raise ValueError(f"{name}: expected a {dtype} tensor")
         if x_init.device != device:
             raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
-        dim = VARIABLE[1][0]
-        expected = sizes.setdefault(dim, x_init.shape[-1] if x_init.dim() else -1)
-        if x_init.dim() < 1 or x_init.shape[-1] != expected:
-            raise ValueError(f"{name}: expected (..., {expected}), got {tuple(x_init.shape)}")
+        if x_init.dim() < 1:
+            raise ValueError(f"{name}: expected shape (..., {VARIABLE[1][0]}), got ()")
         if not bool(torch.isfinite(x_init).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        batch = _broadcast_batch(name, batch, x_init.shape[:-1])
+        shapes.append((name, x_init.shape, VARIABLE[1]))
+    sizes = _dim_sizes(shapes)
+    batch = _batch_shape(shapes)
     return tensors, sizes, batch
 
 
-def _broadcast_batch(name, batch, shape):
-    """The batch shape so far broadcast with one more input's; ValueError naming it if not."""
-    try:
-        return torch.broadcast_shapes(batch, shape)
-    except RuntimeError:
+def _check_dtype(name, value):
+    """float32 and float64 only: the solvers' linear algebra (LU, Cholesky, eigh, pinv) has no
+    float16/bfloat16 kernels, so half precision is refused here rather than deep inside."""
+    if not value.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if value.dtype not in (torch.float32, torch.float64):
         raise ValueError(
-            f"{name}: batch dimensions {tuple(shape)} do not broadcast with {tuple(batch)} "
-            "of the earlier inputs"
-        ) from None
+            f"{name}: dtype {value.dtype} is not supported; use float32 or float64 "
+            "(cast the input, and the result back if needed)"
+        )
+
+
+def _majority(pairs):
+    """The most common value among (name, value) pairs (ties to the first seen), and the
+    first name holding it: inputs that differ from it are the odd ones."""
+    counts = {}
+    for name, value in pairs:
+        counts.setdefault(value, [0, name])[0] += 1
+    value, (_, name) = max(counts.items(), key=lambda item: item[1][0])
+    return value, name
+
+
+def _dim_sizes(shapes):
+    """The size of each named dim, by majority over the inputs that carry it; ValueError
+    naming the input whose size differs, or the one that gives the variable's dim size 0."""
+    seen = {}  # dim -> [(name, size)]
+    for name, shape, core in shapes:
+        for axis, dim in enumerate(core):
+            size = shape[len(shape) - len(core) + axis]
+            if isinstance(dim, int):
+                if size != dim:
+                    raise ValueError(
+                        f"{name}: axis {axis - len(core)} has size {size}, expected {dim}"
+                    )
+            else:
+                seen.setdefault(dim, []).append((name, axis - len(core), size))
+    sizes = {}
+    for dim, found in seen.items():
+        size, holder = _majority([(name, size) for name, _, size in found])
+        for name, axis, other in found:
+            if other != size:
+                raise ValueError(
+                    f"{name}: axis {axis} has size {other}, but {dim} = {size} from {holder}"
+                )
+        sizes[dim] = size
+    dim = VARIABLE[1][0]
+    if dim in seen and sizes[dim] == 0:
+        name, axis, _ = seen[dim][0]
+        raise ValueError(
+            f"{name}: axis {axis} has size 0, but {dim}, the size of {VARIABLE[0]}, "
+            "must be at least 1"
+        )
+    return sizes
+
+
+def _batch_shape(shapes):
+    """The broadcast batch shape of the inputs; else ValueError naming the input in conflict
+    with the most others (ties to the later one) and one it conflicts with."""
+    batches = [(name, shape[: len(shape) - len(core)]) for name, shape, core in shapes]
+    try:
+        return torch.broadcast_shapes(*(batch for _, batch in batches))
+    except RuntimeError:
+        pass
+
+    def clash(a, b):
+        try:
+            torch.broadcast_shapes(a, b)
+        except RuntimeError:
+            return True
+        return False
+
+    conflicts = [[other for other in batches if clash(batch, other[1])] for _, batch in batches]
+    odd = max(reversed(range(len(batches))), key=lambda i: len(conflicts[i]))
+    (name, batch), (other, other_batch) = batches[odd], conflicts[odd][0]
+    raise ValueError(
+        f"{name}: batch dimensions {tuple(batch)} do not broadcast with {other}'s "
+        f"{tuple(other_batch)}"
+    )
 
 
 PARAMETERS_LIST = list(PARAMETERS)
@@ -856,13 +928,20 @@ def _backward(layer, x, values, state, grad_x):
 # The layer.
 
 
-def _adjoint(layer, phi_t, dense_phi_t, g):
+def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
 
     ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
+    finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
+    reporting and the zeroing of its gradients are ``_Fold.backward``'s.
     """
     n = g.shape[-1]
     batch = g.shape[:-1]
+    ok = torch.isfinite(g).all(-1)
+    if usable is not None:
+        ok = ok & usable.expand(batch)
+    g = torch.where(ok[..., None], g, 0)
     method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
     if method == "auto":
         # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
@@ -877,25 +956,39 @@ def _adjoint(layer, phi_t, dense_phi_t, g):
     else:
         restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
         v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
-    converged = residual <= tol
-    layer.backward_info = BackwardInfo(method, iterations, residual, converged)
-    detail = f"relative residual up to {float(residual.max()):.3g} > tol {tol:g}"
-    _report(layer, f"the backward solve ({method})", converged, detail)
-    return v
+    residual = torch.where(ok, residual, math.inf)
+    converged = ok & (residual <= tol)
+    # The forward's flags are _Fold.backward's to fill in.
+    unknown = torch.ones_like(ok)
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
+    return torch.where(converged[..., None], v, 0)
 
 
 def _as_tuple(t):
     return t if isinstance(t, tuple) else (t,)
 
 
+def _per_element(mask, core):
+    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
+    return mask[(...,) + (None,) * len(core)]
+
+
 class _Fold(torch.autograd.Function):
-    """Forward: the solver, outside autograd. Backward: the folded adjoint solve."""
+    """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
+
+    The backward never lets a wrong gradient out: an element whose forward did not converge
+    or was infeasible, whose adjoint solve missed its tolerance, or whose gradient is not
+    finite contributes zero (to a parameter shared across the batch: the sum over the other
+    elements) and is reported in ``backward_info.converged``.
+    """
 
     @staticmethod
     def forward(ctx, layer, x_init, sizes, batch, *values):
         x, state = _solve(layer, values, x_init, sizes, batch)
         ctx.layer = layer
         ctx.state = state
+        ctx.batch = batch
+        ctx.solved = (layer.info.converged & layer.info.feasible).expand(batch)
         ctx.save_for_backward(x, *values)
         return x
 
@@ -903,13 +996,37 @@ class _Fold(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_x):
         x, *values = ctx.saved_tensors
-        grads = _backward(ctx.layer, x, values, ctx.state, grad_x)
+        layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
+        grad_x = torch.where(solved[..., None], grad_x, 0)
+        grads = _backward(layer, x, values, ctx.state, grad_x)
+        info = layer.backward_info
+        ok = solved & info.converged
         needs = ctx.needs_input_grad[4:]
-        grads = [
-            None if grad is None or not need else grad.sum_to_size(value.shape)
-            for grad, need, value in zip(grads, needs, values)
+        full = []
+        for grad, need, value, core in zip(grads, needs, values, PARAMETERS.values()):
+            if grad is None or not need:
+                full.append(None)
+                continue
+            grad = grad.expand((*batch, *value.shape[value.dim() - len(core) :]))
+            finite = torch.isfinite(grad)
+            ok = ok & (finite.all(tuple(range(-len(core), 0))) if core else finite)
+            full.append(grad)
+        out = [
+            None
+            if grad is None
+            else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
+            for grad, value, core in zip(full, values, PARAMETERS.values())
         ]
-        return (None, None, None, None, *grads)
+        residual = torch.where(solved, info.residual, math.inf)
+        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
+        failed = solved & ~ok
+        worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
+        detail = (
+            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
+            "system or a non-finite gradient; those elements get a zero gradient"
+        )
+        _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
+        return (None, None, None, None, *out)
 
 
 class Lasso(torch.nn.Module):
@@ -972,7 +1089,13 @@ class Lasso(torch.nn.Module):
         self.backward_info = None
 
     def forward(self, *args, x_init=None, **kwargs):
-        """Solve for each batch element; returns x of shape (..., n)."""
+        """Solve for each batch element; returns x of shape (..., n).
+
+        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
+        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
+        so does n = 0. An element whose solve fails is flagged in ``info`` and
+        reported; its gradient is zero and flagged in ``backward_info``.
+        """
         values, sizes, batch = _validate(_gather(self, args, kwargs), x_init)
         return _Fold.apply(self, x_init, sizes, batch, *values)
 

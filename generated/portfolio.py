@@ -84,12 +84,18 @@ class SolveInfo:
 
 @dataclasses.dataclass(frozen=True)
 class BackwardInfo:
-    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element."""
+    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
+
+    Where ``converged`` is False the element's gradient is zero: its forward did not converge
+    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
+    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
+    """
 
     method: str
     iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖
-    converged: torch.Tensor  # bool
+    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
+    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
+    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,42 +578,39 @@ def _gather(layer, args, kwargs):
 
 
 def _validate(values, x_init):
-    """Tensors of one floating dtype and device, with consistent sizes; else ValueError.
+    """Tensors of one supported dtype and one device, with consistent sizes; else ValueError
+    naming the odd input (the one that disagrees with the majority; of two, the later).
 
     Returns the tensors, the sizes of the dims, and the broadcast batch shape.
     """
+    given = []  # (name, core, tensor) of the inputs given as tensors
     for (name, core), value in zip(PARAMETERS.items(), values):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
         if not isinstance(value, torch.Tensor) and not number:
             raise ValueError(
                 f"{name}: expected a tensor of shape {_shape_text(core)}, got {type(value).__name__}"
             )
-        if isinstance(value, torch.Tensor) and not value.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
-    reference = next((v for v in values if isinstance(v, torch.Tensor)), None)
-    if reference is None:
+        if isinstance(value, torch.Tensor):
+            _check_dtype(name, value)
+            given.append((name, core, value))
+    if not given:
         raise ValueError(f"{PARAMETERS_LIST[0]}: at least one input must be a tensor")
-    dtype, device = reference.dtype, reference.device
-    tensors, sizes, batch = [], {}, torch.Size()
+    dtype, holder = _majority([(name, value.dtype) for name, _, value in given])
+    for name, _, value in given:
+        if value.dtype != dtype:
+            raise ValueError(f"{name}: dtype {value.dtype} differs from {holder}'s {dtype}")
+    device, holder = _majority([(name, value.device) for name, _, value in given])
+    for name, _, value in given:
+        if value.device != device:
+            raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
+    tensors = []
     for (name, core), value in zip(PARAMETERS.items(), values):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=dtype, device=device)
-        if value.dtype != dtype:
-            raise ValueError(f"{name}: dtype {value.dtype} differs from the other inputs' {dtype}")
-        if value.device != device:
-            raise ValueError(f"{name}: device {value.device} differs from the others' {device}")
         if value.dim() < len(core):
             raise ValueError(
                 f"{name}: expected shape {_shape_text(core)}, got {tuple(value.shape)}"
             )
-        for axis, dim in enumerate(core):
-            size = value.shape[value.dim() - len(core) + axis]
-            expected = dim if isinstance(dim, int) else sizes.setdefault(dim, size)
-            if size != expected:
-                raise ValueError(
-                    f"{name}: axis {axis - len(core)} has size {size}, "
-                    f"but {dim} = {expected} from an earlier input"
-                )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
         if value.requires_grad and name not in GRAD_PARAMETERS:
@@ -616,32 +619,101 @@ def _validate(values, x_init):
                 "(detach it, or declare grad: true)"
             )
         tensors.append(value)
-        batch = _broadcast_batch(name, batch, value.shape[: value.dim() - len(core)])
+    shapes = [(name, t.shape, core) for (name, core), t in zip(PARAMETERS.items(), tensors)]
     if x_init is not None:
         name = f"{VARIABLE[0]}_init"
         if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
             raise ValueError(f"{name}: expected a {dtype} tensor")
         if x_init.device != device:
             raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
-        dim = VARIABLE[1][0]
-        expected = sizes.setdefault(dim, x_init.shape[-1] if x_init.dim() else -1)
-        if x_init.dim() < 1 or x_init.shape[-1] != expected:
-            raise ValueError(f"{name}: expected (..., {expected}), got {tuple(x_init.shape)}")
+        if x_init.dim() < 1:
+            raise ValueError(f"{name}: expected shape (..., {VARIABLE[1][0]}), got ()")
         if not bool(torch.isfinite(x_init).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        batch = _broadcast_batch(name, batch, x_init.shape[:-1])
+        shapes.append((name, x_init.shape, VARIABLE[1]))
+    sizes = _dim_sizes(shapes)
+    batch = _batch_shape(shapes)
     return tensors, sizes, batch
 
 
-def _broadcast_batch(name, batch, shape):
-    """The batch shape so far broadcast with one more input's; ValueError naming it if not."""
-    try:
-        return torch.broadcast_shapes(batch, shape)
-    except RuntimeError:
+def _check_dtype(name, value):
+    """float32 and float64 only: the solvers' linear algebra (LU, Cholesky, eigh, pinv) has no
+    float16/bfloat16 kernels, so half precision is refused here rather than deep inside."""
+    if not value.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if value.dtype not in (torch.float32, torch.float64):
         raise ValueError(
-            f"{name}: batch dimensions {tuple(shape)} do not broadcast with {tuple(batch)} "
-            "of the earlier inputs"
-        ) from None
+            f"{name}: dtype {value.dtype} is not supported; use float32 or float64 "
+            "(cast the input, and the result back if needed)"
+        )
+
+
+def _majority(pairs):
+    """The most common value among (name, value) pairs (ties to the first seen), and the
+    first name holding it: inputs that differ from it are the odd ones."""
+    counts = {}
+    for name, value in pairs:
+        counts.setdefault(value, [0, name])[0] += 1
+    value, (_, name) = max(counts.items(), key=lambda item: item[1][0])
+    return value, name
+
+
+def _dim_sizes(shapes):
+    """The size of each named dim, by majority over the inputs that carry it; ValueError
+    naming the input whose size differs, or the one that gives the variable's dim size 0."""
+    seen = {}  # dim -> [(name, size)]
+    for name, shape, core in shapes:
+        for axis, dim in enumerate(core):
+            size = shape[len(shape) - len(core) + axis]
+            if isinstance(dim, int):
+                if size != dim:
+                    raise ValueError(
+                        f"{name}: axis {axis - len(core)} has size {size}, expected {dim}"
+                    )
+            else:
+                seen.setdefault(dim, []).append((name, axis - len(core), size))
+    sizes = {}
+    for dim, found in seen.items():
+        size, holder = _majority([(name, size) for name, _, size in found])
+        for name, axis, other in found:
+            if other != size:
+                raise ValueError(
+                    f"{name}: axis {axis} has size {other}, but {dim} = {size} from {holder}"
+                )
+        sizes[dim] = size
+    dim = VARIABLE[1][0]
+    if dim in seen and sizes[dim] == 0:
+        name, axis, _ = seen[dim][0]
+        raise ValueError(
+            f"{name}: axis {axis} has size 0, but {dim}, the size of {VARIABLE[0]}, "
+            "must be at least 1"
+        )
+    return sizes
+
+
+def _batch_shape(shapes):
+    """The broadcast batch shape of the inputs; else ValueError naming the input in conflict
+    with the most others (ties to the later one) and one it conflicts with."""
+    batches = [(name, shape[: len(shape) - len(core)]) for name, shape, core in shapes]
+    try:
+        return torch.broadcast_shapes(*(batch for _, batch in batches))
+    except RuntimeError:
+        pass
+
+    def clash(a, b):
+        try:
+            torch.broadcast_shapes(a, b)
+        except RuntimeError:
+            return True
+        return False
+
+    conflicts = [[other for other in batches if clash(batch, other[1])] for _, batch in batches]
+    odd = max(reversed(range(len(batches))), key=lambda i: len(conflicts[i]))
+    (name, batch), (other, other_batch) = batches[odd], conflicts[odd][0]
+    raise ValueError(
+        f"{name}: batch dimensions {tuple(batch)} do not broadcast with {other}'s "
+        f"{tuple(other_batch)}"
+    )
 
 
 PARAMETERS_LIST = list(PARAMETERS)
@@ -760,19 +832,64 @@ def _hessian(x, lam, nu, values, sizes):
     return (H + H.mT) / 2
 
 
+def _linearization(x, lam, nu, values, sizes):
+    """∇f, g, h, J_g, J_h and ∇²ₓₓL at (x, λ, ν), and ``finite``: False where any of them is
+    not finite (entropy at 0, log at a bound). There they are replaced by harmless values
+    (zeros, H = I), so that batched linear algebra runs; the caller flags those elements."""
+    n = x.shape[-1]
+    grad = _gradient(x, *values).expand_as(x)
+    g, h, _ = _constraints(x, values)
+    J_g, J_h = _jacobians(x, values, sizes)
+    H = _hessian(x, lam, nu, values, sizes)
+    finite = torch.isfinite(H).all((-2, -1)) & torch.isfinite(grad).all(-1)
+    for t in (g, h):
+        finite = finite & torch.isfinite(t).all(-1)
+    for t in (J_g, J_h):
+        finite = finite & torch.isfinite(t).all((-2, -1))
+    vector, matrix = finite[..., None], finite[..., None, None]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    grad, g, h = (torch.where(vector, t, 0) for t in (grad, g, h))
+    J_g, J_h = (torch.where(matrix, t, 0) for t in (J_g, J_h))
+    return grad, g, h, J_g, J_h, torch.where(matrix, H, eye), finite
+
+
+def _each(function, A, shape):
+    """``function(A)`` over the batch; where LAPACK fails to converge on some element (torch
+    then raises for the whole batch), element by element, NaN (of core ``shape``) for those
+    that fail: one hard matrix must not abort the batch."""
+    try:
+        return function(A)
+    except torch.linalg.LinAlgError:
+        out = []
+        for a in A.reshape(-1, *A.shape[-2:]):
+            try:
+                out.append(function(a))
+            except torch.linalg.LinAlgError:
+                out.append(a.new_full(shape, math.nan))
+        return torch.stack(out).reshape(*A.shape[:-2], *shape)
+
+
 def _regularization(H, J_g, J_h, active):
     """δ ≥ 0 so that H + δI is positive definite on the null space N of the equality and the
     estimated active inequality constraints (margin √eps · scale): the eigenvalues of
-    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere."""
+    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere.
+    Also ``ok``: False where δ could not be computed (non-finite data, or an eigen or
+    singular value decomposition that failed); there δ = 0."""
     n = H.shape[-1]
     eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    scale = 1 + H.abs().amax((-2, -1))  # (...)
     M = torch.cat([J_h, J_g * active[..., None].to(H.dtype)], dim=-2)  # (..., q + p, n)
-    P = eye - torch.linalg.pinv(M) @ M if M.shape[-2] else eye
+    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(M).all((-2, -1))
+    H = torch.where(ok[..., None, None], H, eye)
+    M = torch.where(ok[..., None, None], M, 0)
+    scale = 1 + H.abs().amax((-2, -1))  # (...)
+    P = eye - _each(torch.linalg.pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
-    lowest = torch.linalg.eigvalsh((R + R.mT) / 2)[..., 0]
+    ok = ok & torch.isfinite(R).all((-2, -1))
+    R = torch.where(ok[..., None, None], R, eye)
+    lowest = _each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
+    ok = ok & torch.isfinite(lowest)
     margin = torch.finfo(H.dtype).eps ** 0.5 * scale
-    return torch.where(torch.isfinite(lowest), (margin - lowest).clamp_min(0), 0)
+    return torch.where(ok, (margin - lowest).clamp_min(0), 0), ok
 
 
 def _kkt_residual(x, lam, nu, g, h, values, sizes):
@@ -784,9 +901,10 @@ def _kkt_residual(x, lam, nu, g, h, values, sizes):
 
 def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
-    against the Maratos effect), else Armijo backtracking on φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial
-    points where f, ∇f or the constraints are not finite are rejected. Returns t (0 where no
-    step was found) and which elements found one."""
+    against the Maratos effect) or where d is below rounding (x stays put; only the
+    multipliers move, and φ's change is noise), else Armijo backtracking on
+    φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
+    rejected. Returns t (0 where no step was found) and which elements found one."""
     f = _objective(x, *values)
     g, h, _ = _constraints(x, values)
     violation = h.abs().sum(-1) + g.clamp_min(0).sum(-1)
@@ -807,7 +925,8 @@ def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
         ok = phi_t <= phi + 1e-4 * t * slope + slack
         if trial_index == 0:
             kkt_t = _kkt_residual(trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
-            ok = ok | (kkt_t <= 0.5 * kkt)
+            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
+            ok = ok | (kkt_t <= 0.5 * kkt) | negligible
         ok = ok & finite & todo & ~found
         found = found | ok
         if bool((found | ~todo).all()):
@@ -816,13 +935,51 @@ def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     return torch.where(found, t, 0), found
 
 
+def _start(x, values, sizes):
+    """The start, moved into the domain where it lies on its boundary: x itself where f and
+    every derivative SQP uses are finite there, else the first of x ± s (1 + ‖x‖∞),
+    s = 10⁻³, 10⁻², 10⁻¹, 1, where they are (entropy at x = 0 starts at 10⁻³). Returns it
+    and ``found`` (False: no such point was found)."""
+    x = torch.where(torch.isfinite(x), x, 0)
+    lam_nu = [x.new_zeros(*x.shape[:-1], sum(block)) for block in sizes]
+
+    def usable(point):
+        finite = _linearization(point, *lam_nu, values, sizes)[-1]
+        return finite & torch.isfinite(_objective(point, *values))
+
+    found = usable(x)
+    scale = 1 + x.abs().amax(-1, keepdim=True)
+    for shift in (1e-3, -1e-3, 1e-2, -1e-2, 1e-1, -1e-1, 1.0, -1.0):
+        if bool(found.all()):
+            break
+        trial = x + shift * scale
+        moved = ~found & usable(trial)
+        x = torch.where(moved[..., None], trial, x)
+        found = found | moved
+    return x, found
+
+
+def _violation(x, values):
+    """max(‖h(x)‖∞, ‖g(x)₊‖∞): how far x is from satisfying the constraints."""
+    g, h, _ = _constraints(x, values)
+    parts = torch.cat([h.abs(), g.clamp_min(0)], dim=-1)
+    return parts.amax(-1) if parts.shape[-1] else x.new_zeros(x.shape[:-1])
+
+
 def _solve(layer, values, x_init, sizes, batch):
     """SQP from the init (or warm start), per batch element; returns x and the state the
-    backward folds with (multipliers, the last step, block sizes, usable elements)."""
+    backward folds with (multipliers, the last step, block sizes, usable elements).
+
+    An element converges when its step ‖U(s) − s‖ is at most tol and x satisfies the
+    constraints to max(tol, √eps)(1 + ‖x‖∞). One stops, not converged, where a derivative
+    stops being finite (``_linearization``) and is infeasible where a linearised QP has no
+    solution or the iterates run away; the others are solved as if alone.
+    """
     n = sizes.get("n", DEFAULT_DIMS.get("n"))
     start = _init(*values) if x_init is None else x_init
     x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
     g, h, block_sizes = _constraints(x, values)
+    x, started = _start(x, values, block_sizes)
     lam = x.new_zeros(*batch, g.shape[-1])  # (..., p)
     nu = x.new_zeros(*batch, h.shape[-1])  # (..., q)
     step = torch.full(batch, layer.step, dtype=x.dtype, device=x.device)  # (...)
@@ -831,16 +988,20 @@ def _solve(layer, values, x_init, sizes, batch):
     residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
     feasible = torch.ones(batch, dtype=torch.bool, device=x.device)
     bounded = torch.ones_like(feasible)
+    broken = ~started  # a derivative is not finite: stopped, not converged
     # Unboundedness: with r = 1 + ‖x₀‖∞, a step longer than 1e6 r three times in a row (the QP
     # is bounded only by δ along a direction of nonpositive curvature), or ‖x‖∞ past 1e12 r.
     reference = 1 + x.abs().amax(-1)
     huge_steps = torch.zeros_like(iterations)
-    active = torch.ones_like(feasible)
+    active = started.clone()
     for _ in range(layer.max_iter):
         if not bool(active.any()):
             break
-        d, lam_qp, nu_qp, solved, _ = _sqp_subproblem(x, lam, nu, values, block_sizes, active)
-        feasible = feasible & (solved | ~active)
+        d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
+            x, lam, nu, values, block_sizes, active
+        )
+        broken = broken | (active & ~sane)
+        feasible = feasible & (solved | ~active | ~sane)
         active = active & solved
         change = torch.cat([d, lam_qp - lam, nu_qp - nu], dim=-1)
         norm = layer.step * _norm(change)
@@ -862,26 +1023,48 @@ def _solve(layer, values, x_init, sizes, batch):
         bounded = bounded & ~(active & far) & (huge_steps < 3)
         active = active & found & bounded & (norm > layer.tol)
     feasible = feasible & bounded
-    converged = feasible & (residual <= layer.tol)
+    x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
+    violation = _violation(x, values)
+    allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
+    satisfied = violation <= allowed
+    converged = feasible & ~broken & satisfied & (residual <= layer.tol)
     layer.info = SolveInfo(iterations, residual, converged, feasible, step)
     layer.multipliers = (lam, nu)
-    worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
-    detail = f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
-    _report(layer, "the forward solve", converged | ~feasible, detail)
+    late = feasible & ~converged
+    detail = _why(layer, residual, violation, satisfied, broken, late)
+    _report(layer, "the forward solve", ~late, detail)
     reason = "infeasible (a linearised QP has no point) or unbounded"
     _report(layer, "the forward solve", feasible, reason)
-    return x, (lam, nu, step, block_sizes, feasible)
+    return x, (lam, nu, step, block_sizes, feasible & ~broken)
+
+
+def _why(layer, residual, violation, satisfied, broken, late):
+    """What kept the ``late`` elements (feasible, not converged) from converging."""
+    reasons = []
+    slow = late & ~broken & (residual > layer.tol)
+    if bool(slow.any()):
+        worst = float(torch.where(slow, residual, 0).max())
+        reasons.append(
+            f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+        )
+    unmet = late & ~broken & ~satisfied
+    if bool(unmet.any()):
+        worst = float(torch.where(unmet, violation, 0).max())
+        reasons.append(f"constraint violation up to {worst:.3g}")
+    if bool((late & broken).any()):
+        reasons.append("f, ∇f, the constraints or ∇²ₓₓL not finite at an iterate")
+    return "; ".join(reasons)
 
 
 def _sqp_subproblem(x, lam, nu, values, sizes, todo):
-    """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ)."""
+    """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ, sane), ``sane``
+    False (and no step) where a derivative is not finite or δ could not be computed."""
+    grad, g, h, J_g, J_h, H, sane = _linearization(x, lam, nu, values, sizes)
     n = x.shape[-1]
-    grad = _gradient(x, *values).expand_as(x)
-    g, h, _ = _constraints(x, values)
-    J_g, J_h = _jacobians(x, values, sizes)
-    H = _hessian(x, lam, nu, values, sizes)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    delta = _regularization(H, J_g, J_h, lam > -g)
+    delta, regular = _regularization(H, J_g, J_h, lam > -g)
+    sane = sane & regular
+    todo = todo & sane
     H_qp = H + delta[..., None, None] * eye
     d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo)
     # The QP may be nonconvex off the estimated active set: there the interior point can fail,
@@ -891,7 +1074,8 @@ def _sqp_subproblem(x, lam, nu, values, sizes, todo):
     margin = torch.finfo(x.dtype).eps ** 0.5 * (1 + H.abs().amax((-2, -1)))
     retry = todo & (~solved | (curvature < margin * (d * d).sum(-1)))
     if bool(retry.any()):
-        delta_eq = _regularization(H, J_g, J_h, torch.zeros_like(g, dtype=torch.bool))
+        delta_eq, regular = _regularization(H, J_g, J_h, torch.zeros_like(g, dtype=torch.bool))
+        retry = retry & regular
         H_eq = H + delta_eq[..., None, None] * eye
         again = _qp_solve(H_eq, grad, J_g, -g, J_h, -h, retry)
         d, lam_qp, nu_qp, solved = (
@@ -899,7 +1083,7 @@ def _sqp_subproblem(x, lam, nu, values, sizes, todo):
             for t, t_new in zip((d, lam_qp, nu_qp, solved), again)
         )
         delta = torch.where(retry, delta_eq, delta)
-    return d, lam_qp, nu_qp, solved, delta
+    return d, lam_qp, nu_qp, solved & sane, delta, sane
 
 
 def _update(x, lam, nu, values, sizes, active, step):
@@ -956,11 +1140,10 @@ def _backward(layer, x, values, state, grad_x):
     lam, nu, step, sizes, usable = state
     batch = torch.broadcast_shapes(grad_x.shape[:-1], x.shape[:-1])
     n = x.shape[-1]
-    g, h, _ = _constraints(x, values)
-    J_g, J_h = _jacobians(x, values, sizes)
-    H = _hessian(x, lam, nu, values, sizes)
+    _, g, h, J_g, J_h, H, finite = _linearization(x, lam, nu, values, sizes)
     active = lam > -g  # the active set: multiplier larger than slack
-    delta = _regularization(H, J_g, J_h, active)
+    delta, regular = _regularization(H, J_g, J_h, active)
+    usable = usable & finite & regular
     H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
     K = _kkt_matrix(H_qp, J_g, J_h, active)
     lu, pivots, info = torch.linalg.lu_factor_ex(K)
@@ -978,8 +1161,7 @@ def _backward(layer, x, values, state, grad_x):
 
     size = K.shape[-1]
     rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
-    rhs = torch.where(usable[..., None], rhs, 0)  # no gradient through failed elements
-    v = _adjoint(layer, phi_t, dense_phi_t, rhs)
+    v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable)  # v = 0 where not usable
     grads = [None] * len(values)
     # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.
     w = _lu_apply((lu, pivots), v) * -step[..., None]
@@ -997,13 +1179,20 @@ def _backward(layer, x, values, state, grad_x):
 # The layer.
 
 
-def _adjoint(layer, phi_t, dense_phi_t, g):
+def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
 
     ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
+    finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
+    reporting and the zeroing of its gradients are ``_Fold.backward``'s.
     """
     n = g.shape[-1]
     batch = g.shape[:-1]
+    ok = torch.isfinite(g).all(-1)
+    if usable is not None:
+        ok = ok & usable.expand(batch)
+    g = torch.where(ok[..., None], g, 0)
     method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
     if method == "auto":
         # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
@@ -1018,25 +1207,39 @@ def _adjoint(layer, phi_t, dense_phi_t, g):
     else:
         restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
         v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
-    converged = residual <= tol
-    layer.backward_info = BackwardInfo(method, iterations, residual, converged)
-    detail = f"relative residual up to {float(residual.max()):.3g} > tol {tol:g}"
-    _report(layer, f"the backward solve ({method})", converged, detail)
-    return v
+    residual = torch.where(ok, residual, math.inf)
+    converged = ok & (residual <= tol)
+    # The forward's flags are _Fold.backward's to fill in.
+    unknown = torch.ones_like(ok)
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
+    return torch.where(converged[..., None], v, 0)
 
 
 def _as_tuple(t):
     return t if isinstance(t, tuple) else (t,)
 
 
+def _per_element(mask, core):
+    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
+    return mask[(...,) + (None,) * len(core)]
+
+
 class _Fold(torch.autograd.Function):
-    """Forward: the solver, outside autograd. Backward: the folded adjoint solve."""
+    """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
+
+    The backward never lets a wrong gradient out: an element whose forward did not converge
+    or was infeasible, whose adjoint solve missed its tolerance, or whose gradient is not
+    finite contributes zero (to a parameter shared across the batch: the sum over the other
+    elements) and is reported in ``backward_info.converged``.
+    """
 
     @staticmethod
     def forward(ctx, layer, x_init, sizes, batch, *values):
         x, state = _solve(layer, values, x_init, sizes, batch)
         ctx.layer = layer
         ctx.state = state
+        ctx.batch = batch
+        ctx.solved = (layer.info.converged & layer.info.feasible).expand(batch)
         ctx.save_for_backward(x, *values)
         return x
 
@@ -1044,13 +1247,37 @@ class _Fold(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_x):
         x, *values = ctx.saved_tensors
-        grads = _backward(ctx.layer, x, values, ctx.state, grad_x)
+        layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
+        grad_x = torch.where(solved[..., None], grad_x, 0)
+        grads = _backward(layer, x, values, ctx.state, grad_x)
+        info = layer.backward_info
+        ok = solved & info.converged
         needs = ctx.needs_input_grad[4:]
-        grads = [
-            None if grad is None or not need else grad.sum_to_size(value.shape)
-            for grad, need, value in zip(grads, needs, values)
+        full = []
+        for grad, need, value, core in zip(grads, needs, values, PARAMETERS.values()):
+            if grad is None or not need:
+                full.append(None)
+                continue
+            grad = grad.expand((*batch, *value.shape[value.dim() - len(core) :]))
+            finite = torch.isfinite(grad)
+            ok = ok & (finite.all(tuple(range(-len(core), 0))) if core else finite)
+            full.append(grad)
+        out = [
+            None
+            if grad is None
+            else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
+            for grad, value, core in zip(full, values, PARAMETERS.values())
         ]
-        return (None, None, None, None, *grads)
+        residual = torch.where(solved, info.residual, math.inf)
+        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
+        failed = solved & ~ok
+        worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
+        detail = (
+            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
+            "system or a non-finite gradient; those elements get a zero gradient"
+        )
+        _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
+        return (None, None, None, None, *out)
 
 
 class Portfolio(torch.nn.Module):
@@ -1110,7 +1337,13 @@ class Portfolio(torch.nn.Module):
         self.backward_info = None
 
     def forward(self, *args, x_init=None, **kwargs):
-        """Solve for each batch element; returns x of shape (..., n)."""
+        """Solve for each batch element; returns x of shape (..., n).
+
+        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
+        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
+        so does n = 0. An element whose solve fails is flagged in ``info`` and
+        reported; its gradient is zero and flagged in ``backward_info``.
+        """
         values, sizes, batch = _validate(_gather(self, args, kwargs), x_init)
         return _Fold.apply(self, x_init, sizes, batch, *values)
 

@@ -142,6 +142,18 @@ def test_defines_the_classes(generated):
     }
 
 
+def test_no_top_level_name_is_defined_twice(generated):
+    """The shared skeleton, the rule's template and the runtime are pasted into one namespace:
+    a name defined twice would silently replace the earlier definition."""
+    *_, tree = generated
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    names += [
+        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+        if isinstance(t, ast.Name)
+    ]  # fmt: skip
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
 def test_docstring_explains_the_math(generated):
     _, spec, _, _, tree = generated
     doc = ast.get_docstring(tree)

@@ -344,3 +344,174 @@ def test_dense_backward_applies_k_inverse_once_per_element(monkeypatch):
     y.backward(torch.ones_like(y))
     assert bool(torch.isfinite(p.grad).all())
     assert systems and max(systems) == batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite derivatives, failed decompositions and feasibility: flagged per element
+
+
+def test_entropy_from_zero_moves_into_the_domain():
+    """At x = 0 the entropy's gradient and Hessian are infinite: the start moves inside the
+    domain and the element is solved, to the same point and gradient as from k/n."""
+    _, layer = layer_for("entropic_knapsack_sqp", on_nonconvergence="raise")
+    v = draw("entropic_knapsack_sqp", batch=(3,), seed=21)
+    weight = torch.randn(3, 10, generator=torch.Generator().manual_seed(22), dtype=F64)
+    results = []
+    for start in (None, torch.zeros(10, dtype=F64)):
+        c = v["c"].clone().requires_grad_()
+        x = layer(**{**v, "c": c}, x_init=start)
+        (x * weight).sum().backward()
+        assert bool(layer.info.converged.all()) and bool(layer.backward_info.converged.all())
+        results.append((x.detach(), c.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-9, rtol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-8, rtol=0)
+
+
+BARRIER = """\
+foldgen: 1
+name: barrier
+dims: {n: 4}
+parameters:
+  c: {shape: [n]}
+variables:
+  x: {shape: [n]}
+minimize: sum_squares(x - c) - sum(log(x)) - sum(log(1 - x))
+constraints:
+  - sum(x) == 2
+solver: {rule: sqp, max_iter: 100, tol: 1.0e-10}
+"""
+
+
+def barrier_module(tmp_path):
+    spec = tmp_path / "barrier.yaml"
+    spec.write_text(BARRIER)
+    built = build(spec)
+    (tmp_path / built.filename).write_text(built.source)
+    return load_module("barrier", tmp_path)
+
+
+def test_element_without_a_finite_start_is_flagged_and_the_rest_solved(tmp_path):
+    """Element 1 starts where log(x) + log(1 − x) is undefined for every shifted start (one
+    component far below 0, one far above 1): it is reported, finite, with zero gradient;
+    element 2 starts on the domain's boundary (x = 0) and is solved; element 0 is exactly
+    what it is alone."""
+    module = barrier_module(tmp_path)
+    layer = module.Barrier()
+    c = torch.tensor([[0.9, 0.1, 0.6, 0.3]], dtype=F64).expand(3, 4).clone().requires_grad_()
+    x_init = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.5], [-100.0, 100.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]], dtype=F64
+    )
+    with pytest.warns(module.ConvergenceWarning, match=r"element\(s\) 1 \(.*not finite"):
+        x = layer(c, x_init=x_init)
+    assert layer.info.converged.tolist() == [True, False, True]
+    assert layer.info.feasible.tolist() == [True, True, True]
+    assert bool(torch.isfinite(x).all())
+    torch.testing.assert_close(x[1], x_init[1])  # left where it stands
+    weight = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=F64)
+    (x * weight).sum().backward()
+    info = layer.backward_info
+    assert info.converged.tolist() == [True, False, True]
+    assert info.forward_converged.tolist() == [True, False, True]
+    assert bool(torch.isfinite(c.grad).all()) and bool((c.grad[1] == 0).all())
+    # Element 0 as if alone, element 2 (a different start) at the same point and gradient.
+    alone = module.Barrier(on_nonconvergence="raise")
+    c0 = c[0].detach().clone().requires_grad_()
+    x0 = alone(c0, x_init=x_init[0])
+    (x0 * weight).sum().backward()
+    torch.testing.assert_close(x[0].detach(), x0.detach(), atol=1e-10, rtol=0)
+    torch.testing.assert_close(c.grad[0], c0.grad, atol=1e-10, rtol=0)
+    torch.testing.assert_close(x[2].detach(), x0.detach(), atol=1e-9, rtol=0)
+    torch.testing.assert_close(c.grad[2], c0.grad, atol=1e-8, rtol=0)
+    # The solution is the barrier problem's: stationary on sum(x) = 2.
+    xs = x0.detach()
+    grad_f = 2 * (xs - c0.detach()) - 1 / xs + 1 / (1 - xs)
+    assert abs(float(xs.sum()) - 2) < 1e-12
+    assert float((grad_f - grad_f.mean()).abs().max()) < 1e-9
+
+
+def test_each_falls_back_element_by_element():
+    module = load_module("nonconvex_qp")
+    A = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(23), dtype=F64)
+    A = A + A.mT
+    A[1, 0, 0] = 7.0
+
+    def picky(M):
+        if bool((M[..., 0, 0] == 7.0).any()):
+            raise torch.linalg.LinAlgError("failed to converge")
+        return torch.linalg.eigvalsh(M)
+
+    out = module._each(picky, A, (4,))
+    assert out.shape == (3, 4)
+    torch.testing.assert_close(out[[0, 2]], torch.linalg.eigvalsh(A[[0, 2]]))
+    assert bool(torch.isnan(out[1]).all())
+
+
+def test_failed_eigendecomposition_flags_only_its_element(monkeypatch):
+    """torch.linalg.eigvalsh raising for one element (LAPACK did not converge) used to abort
+    the batch; now that element stops, not converged, and the others are solved as alone."""
+    module, layer = layer_for("nonconvex_qp", on_nonconvergence="ignore")
+    v = nonconvex_qp_data((3,), F64, torch.Generator().manual_seed(24))
+    Q = v["Q"].clone()
+    Q[1] = Q[1] * 1000  # element 1's matrices are recognisable by their size
+    v = {**v, "Q": Q}
+    _, alone = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    expected = {i: alone(**{k: t[i] for k, t in v.items()}) for i in (0, 2)}
+    eigvalsh = torch.linalg.eigvalsh
+
+    def failing(M):
+        if bool((M.abs().amax((-2, -1)) > 400).any()):
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return eigvalsh(M)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", failing)
+    p = v["p"].clone().requires_grad_()
+    y = layer(**{**v, "p": p})
+    assert layer.info.converged.tolist() == [True, False, True]
+    assert bool(torch.isfinite(y).all())
+    for i in (0, 2):
+        torch.testing.assert_close(y[i].detach(), expected[i], atol=1e-10, rtol=0)
+    y.sum().backward()
+    assert layer.backward_info.converged.tolist() == [True, False, True]
+    assert bool(torch.isfinite(p.grad).all()) and bool((p.grad[1] == 0).all())
+
+
+def test_converged_requires_the_constraints_to_hold(monkeypatch):
+    """A QP that claims a zero step at an infeasible point makes the residual 0; the element
+    is still not converged, because x violates Σ exp(x) ≤ B (a feasible start converges)."""
+    module, layer = layer_for("exp_budget", on_nonconvergence="warn")
+
+    def zero_step(H, c, G, b, A, e, todo, max_iter=100):
+        batch = todo.shape
+        zeros = [c.new_zeros(*batch, k) for k in (H.shape[-1], G.shape[-2], A.shape[-2])]
+        return (*zeros, todo.clone())
+
+    monkeypatch.setattr(module, "_qp_solve", zero_step)
+    y = torch.stack([torch.full((6,), -2.0, dtype=F64), torch.full((6,), 2.0, dtype=F64)])
+    B = torch.tensor(5.0, dtype=F64)
+    with pytest.warns(module.ConvergenceWarning, match=r"element\(s\) 1 \(constraint violation"):
+        layer(y=y, B=B, x_init=y)
+    assert layer.info.residual.tolist() == [0.0, 0.0]
+    assert layer.info.converged.tolist() == [True, False]
+    assert layer.info.feasible.tolist() == [True, True]
+
+
+def test_zero_sized_constraint_blocks_solve_as_without_them():
+    """nineq = 0 (no inequality rows) is the problem with the equalities only, the same as
+    with inequality rows 0·y ≤ 1 that can never bind (Q + I: a convex problem)."""
+    _, layer = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    v = nonconvex_qp_data((3,), F64, torch.Generator().manual_seed(25))
+    v["Q"] = v["Q"] + torch.eye(10, dtype=F64)
+    empty = layer(**{**v, "G": v["G"][..., :0, :], "h": v["h"][..., :0]})
+    assert layer.info.iterations.min() > 1
+    idle = layer(**{**v, "G": torch.zeros_like(v["G"]), "h": torch.ones_like(v["h"])})
+    torch.testing.assert_close(empty, idle, atol=1e-10, rtol=0)
+    lam, nu = layer.multipliers
+    assert lam.abs().max() < 1e-10
+
+
+def test_variable_of_size_zero_is_a_value_error_naming_the_input():
+    module, layer = layer_for("nonconvex_qp")
+    v = nonconvex_qp_data((), F64, torch.Generator().manual_seed(26))
+    v = {**v, "p": v["p"][:0], "Q": v["Q"][:0, :0], "A": v["A"][:, :0], "G": v["G"][:, :0]}
+    with pytest.raises(ValueError, match=r"^p: axis -1 has size 0, but n, the size of y, must"):
+        layer(**v)
