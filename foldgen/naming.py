@@ -45,7 +45,7 @@ _GENERATED_CODE_NAMES = frozenset({"torch", "math", "self", "ctx"})
 #: The public top-level names of every generated module (its imports, tables and classes).
 MODULE_GLOBALS = frozenset(
     {
-        "dataclasses", "math", "sys", "torch", "warnings", "PARAMETERS", "PARAMETERS_LIST",
+        "dataclasses", "math", "sys", "torch", "warnings", "PARAMETERS",
         "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "SolveInfo", "BackwardInfo",
         "ConvergenceWarning", "ConvergenceError",
     }

@@ -594,15 +594,18 @@ def _validate(values, x_init):
             _check_dtype(name, value)
             given.append((name, core, value))
     if not given:
-        raise ValueError(f"{PARAMETERS_LIST[0]}: at least one input must be a tensor")
-    dtype, holder = _majority([(name, value.dtype) for name, _, value in given])
-    for name, _, value in given:
-        if value.dtype != dtype:
-            raise ValueError(f"{name}: dtype {value.dtype} differs from {holder}'s {dtype}")
-    device, holder = _majority([(name, value.device) for name, _, value in given])
-    for name, _, value in given:
-        if value.device != device:
-            raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
+        # Every input is a plain number (defaults included): torch's default dtype and device.
+        default = torch.zeros(())
+        dtype, device = default.dtype, default.device
+    else:
+        dtype, holder = _majority([(name, value.dtype) for name, _, value in given])
+        for name, _, value in given:
+            if value.dtype != dtype:
+                raise ValueError(f"{name}: dtype {value.dtype} differs from {holder}'s {dtype}")
+        device, holder = _majority([(name, value.device) for name, _, value in given])
+        for name, _, value in given:
+            if value.device != device:
+                raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
     tensors = []
     for (name, core), value in zip(PARAMETERS.items(), values):
         if not isinstance(value, torch.Tensor):
@@ -714,9 +717,6 @@ def _batch_shape(shapes):
         f"{name}: batch dimensions {tuple(batch)} do not broadcast with {other}'s "
         f"{tuple(other_batch)}"
     )
-
-
-PARAMETERS_LIST = list(PARAMETERS)
 
 
 def _shape_text(core):
