@@ -335,6 +335,12 @@ class Spec(_Frozen):
             )
         if not self.variables:
             raise _fail("declare at least one variable", ("variables",))
+        if not self.parameters:
+            raise _fail(
+                "declare at least one parameter: the layer's inputs (a problem without any "
+                "has one constant solution)",
+                ("parameters",),
+            )
         self._check_names(_limits(info))
         self._check_shapes(_limits(info))
         self._check_expressions()
@@ -539,6 +545,8 @@ def _load(text: str, file: str, sha256: str, limits: Limits) -> LoadedSpec:
     data, positions, key_positions = document.data, document.positions, document.key_positions
     if not isinstance(data, dict):
         line, col = _locate(positions, key_positions, (), False)
+        if line is None:  # no YAML value at all (an empty file, or only comments)
+            line, col = text.count("\n") + 1, 1
         got = {type(None): "nothing", list: "a list"}.get(
             type(data), f"the single value {shown(data)}"
         )
