@@ -408,7 +408,13 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
     balls: list[Block] = []
 
     def add(matrix: Expr, op: str, value: Expr, source: int) -> None:
-        """Record M x (op) value; op in '<=', '>=', '=='."""
+        """Record M x (op) value; op in '<=', '>=', '=='.
+
+        A scalar value (``G @ x <= h`` with h a scalar) is broadcast to M x's shape here, so
+        that the block's data always has its full core shape and a batched scalar is never
+        read as a vector at run time.
+        """
+        value = E.broadcast(value, matrix.shape[:1]) if value.rank == 0 else value
         box = boxes.setdefault(matrix, _Box(matrix))
         for side in ("lower", "upper"):
             if op == "==" or (op == ">=") == (side == "lower"):

@@ -242,9 +242,12 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
     if isinstance(c, AffineEq):
         row = c.A.rank == 1
         text = f"{math_str(c.A)}{'·' if row else ' '}{x.name} = {math_str(c.b)}"
+        # A scalar right-hand side of A x = b means b·1: give it its full core shape, so that
+        # batch axes of b are never read as its core axis at run time.
+        rhs = c.b if row else E.broadcast(c.b, c.A.shape[:1])
         return Projection(
             "affine",
-            (SetItem("A", c.A, c.A.rank), SetItem("b", c.b, c.b.rank)),
+            (SetItem("A", c.A, c.A.rank), SetItem("b", rhs, rhs.rank)),
             row,
             text,
             False,
