@@ -12,6 +12,10 @@ Problem (default sizes m = 30, n = 20; every size is read from the inputs at run
 Update rule (PGD):  U(x) = P_C(x − D ∇f(x)),   ∇f(x) = lam x + Aᵀ (A x − b)
 Step D: α = 1/L, L = λmax(∇²f) by 50 power iterations on the data (f is quadratic,
     so ∇²f is constant); a step_size number overrides it.
+Stopping: ‖U(x) − x‖ ≤ tol · max(σ₀, ‖U(x)‖∞), σ₀ = max(‖x₀‖∞, α‖∇f(x₀)‖∞) at the
+    projected init x₀ with α = ‖∇f‖/‖∇²f ∇f‖ (the data's scale); converged also needs
+    the constraints met to a relative max(tol, √eps) and ‖x‖∞ ≤ σ₀/(2 tol). Iterates
+    that stop being finite or grow beyond that stop as diverged (feasible False).
 
 Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then ∂L/∂θ = Ψ_θᵀ v, with
 
@@ -372,7 +376,12 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
 
 
 def _proj_ball(y, c, r):
-    """Projection onto the ball {x : |x - c| <= r}; c (..., n), r (...) >= 0."""
+    """Projection onto the ball {x : |x - c| <= r}; c (..., n), r (...).
+
+    r < 0 (an empty ball, which the caller reports) is taken as r = 0, so the result stays
+    finite: the projection onto {c}.
+    """
+    r = r.clamp_min(0)
     delta = y - c  # (..., n)
     dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
     outside = dist > r
@@ -385,7 +394,9 @@ def _proj_ball_vjp(v, y, c, r):
 
     Outside, with delta = y - c: y_bar = (r / |delta|)(v - delta (delta^T v) / |delta|^2),
     c_bar = v - y_bar, r_bar = delta^T v / |delta|. Inside: y_bar = v, c_bar = r_bar = 0.
+    r < 0 is taken as r = 0, as in the forward.
     """
+    r = r.clamp_min(0)
     delta = y - c  # (..., n)
     dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
     outside = dist > r
@@ -631,6 +642,44 @@ def _unprepare_bars(bars):
     return bars
 
 
+def _violation(x, S):
+    """max(‖x − c‖ − r, 0) relative to r, ‖x‖ and ‖c‖."""
+    c, r = S
+    scale = torch.maximum(torch.maximum(_norm(x), _norm(c)), r)
+    return (_norm(x - c) - r).clamp_min(0) / scale.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+# Stopping is relative (see _Track): ‖U(x) − x‖ ≤ tol · σ. An iterate with ‖x‖∞ beyond
+# _RUNAWAY / tol times the data's scale has left every bounded solution behind (the relative
+# test could no longer see a step of the data's own size): the element is stopped and
+# reported as diverged. Feasibility of the returned point is checked to _feasibility_tol.
+_RUNAWAY = 0.5
+_CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
+
+
+def _feasibility_tol(tol, dtype):
+    """Relative constraint violation accepted at the returned point (projections are exact to
+    rounding; this only catches a projection that lost its digits)."""
+    return max(tol, math.sqrt(torch.finfo(dtype).eps))
+
+
+def _reference_scale(x, values):
+    """σ₀ = max(‖x‖∞, α‖∇f(x)‖∞), α = ‖∇f‖ / ‖∇²f ∇f‖, at the projected default start x.
+
+    The data's own scale in the units of x (α∇f is a Newton-like step), computed from the
+    spec's init, never from a warm start: it scales with the data, so scaling the data scales
+    the stopping test with it, and a far warm start cannot loosen it. Non-finite or
+    curvature-free (linear f) pieces count as 0.
+    """
+    g = _gradient(x, *values)
+    curvature = _norm(_hvp(x, g, *values))
+    usable = torch.isfinite(curvature) & (curvature > 0)
+    alpha = torch.where(usable, _norm(g) / torch.where(usable, curvature, 1), 0)
+    step = alpha * g.abs().amax(-1)
+    step = torch.where(torch.isfinite(step), step, 0)
+    return torch.maximum(x.abs().amax(-1), step)
+
+
 def _lipschitz(x, values, iterations=50):
     """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element."""
     generator = torch.Generator(device=x.device).manual_seed(0)
@@ -673,27 +722,24 @@ def _line_search(x, f, g, d, S, values, todo):
     return x_new, f_new, g_new, scale[..., None] * d, found
 
 
-def _accelerated(layer, x, d, S, values, active, iterations, residual):
+def _accelerated(layer, x, d, S, values, track):
     """Accelerated projected gradient (FISTA with gradient-mapping restarts), in place of
     plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
 
     Each iteration tests the plain map's residual ‖P(x − α∇f(x)) − x‖ at the current x (the
     stopping rule of every rule), then takes the momentum step. f is quadratic, so ∇f is
     affine and ∇f at the extrapolated point is the same extrapolation of the gradients: one
-    gradient evaluation per iteration. Fills ``iterations`` and ``residual`` in place.
+    gradient evaluation per iteration. ``track`` records residuals and divergence.
     """
     ones = torch.ones_like(x)
     g = _gradient(x, *values)
     x_prev, g_prev = x, g
     t = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
-    for _ in range(layer.max_iter):
+    for k in range(layer.max_iter):
         plain, _ = _project(x - d * g, ones, S)
-        step_norm = _norm(plain - x)
-        residual.copy_(torch.where(active, step_norm, residual))
-        active = active & (step_norm > layer.tol)
-        if not bool(active.any()):
+        if not track.step(x, plain):
             break
-        iterations += active.to(torch.int64)
+        track.count()
         t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         beta = ((t - 1) / t_next)[..., None]
         y = x + beta * (x - x_prev)
@@ -702,11 +748,13 @@ def _accelerated(layer, x, d, S, values, active, iterations, residual):
         restart = ((y - fast) * (fast - x)).sum(-1) > 0  # momentum points uphill
         x_new = torch.where(restart[..., None], plain, fast)
         t = torch.where(restart, 1.0, t_next)
-        move = active[..., None]
+        move = track.active[..., None]
         x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
         x = torch.where(move, x_new, x)
         g = torch.where(move, _gradient(x, *values), g)
-    return x
+        if (k + 1) % _CHECK_EVERY == 0:
+            track.check(x)
+    return track.finish(x)
 
 
 def _check_step_size(step_size):
@@ -715,34 +763,109 @@ def _check_step_size(step_size):
     return step_size
 
 
+class _Track:
+    """Per-element bookkeeping of the forward loop, in few batched operations (at small
+    sizes their number, not their arithmetic, is what an iteration costs).
+
+    ``step(x, U(x))`` records ‖U(x) − x‖ and its bound tol · max(σ₀, ‖U(x)‖∞), and retires
+    the elements that meet the bound. Where U(x) is not finite the bound is NaN or ∞, the
+    comparison fails and the element retires too. ``check(x)``, every _CHECK_EVERY
+    iterations, retires as diverged the elements beyond the runaway limit and keeps a copy
+    of the others' x, which ``finish`` returns where the final x is not finite.
+    """
+
+    def __init__(self, layer, reference, start, feasible):
+        self.tol = layer.tol
+        self.reference = reference  # σ₀, (...)
+        self.limit = _RUNAWAY / layer.tol * torch.maximum(reference, start.abs().amax(-1))
+        self.started = feasible
+        self.active = feasible.clone()
+        self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
+        self.residual = torch.full_like(reference, math.inf)
+        self.bound = torch.zeros_like(reference)
+        self.runaway = torch.zeros_like(feasible)
+        self.safe = start
+
+    def step(self, x, x_new, found=None):
+        """Record the step x → x_new (found: where a step exists); whether any is active."""
+        step = _norm(x_new - x)
+        if found is not None:  # no step was found: the element is stuck, not converged
+            step = torch.where(found, step, math.inf)
+        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        self.residual = torch.where(self.active, step, self.residual)
+        self.bound = torch.where(self.active, bound, self.bound)
+        self.active = self.active & (step > bound)
+        if found is not None:
+            self.active = self.active & found
+        return bool(self.active.any())
+
+    def count(self):
+        self.iterations = self.iterations + self.active.to(torch.int64)
+
+    def check(self, x):
+        """Retire the active elements beyond the runaway limit; keep a copy of the others."""
+        within = x.abs().amax(-1) <= self.limit  # False for NaN
+        self.runaway = self.runaway | (self.active & ~within)
+        self.active = self.active & within
+        self.safe = torch.where(within[..., None], x, self.safe)
+
+    def finish(self, x):
+        """x, or its last checked finite copy where x itself is not finite."""
+        return torch.where(torch.isfinite(x).all(-1, keepdim=True), x, self.safe)
+
+    def met(self):
+        return (self.residual <= self.bound) & torch.isfinite(self.bound)
+
+    def diverged(self):
+        return self.started & (self.runaway | ~torch.isfinite(self.bound))
+
+
 def _solve(layer, values, x_init, sizes, batch):
     """PGD from the init (or warm start), per batch element; returns x and what the backward
     folds with (the step D and the set data)."""
     n = sizes.get("n", DEFAULT_DIMS.get("n"))
-    start = _init(*values) if x_init is None else x_init
-    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
-    S = _prepare_set(_set_data(x, *values))
-    x, feasible = _project(x, torch.ones_like(x), S)
+    default = _init(*values).to(values[0]).expand(*batch, n)  # (..., n)
+    S = _prepare_set(_set_data(default, *values))
+    ones = torch.ones_like(default)
+    default, feasible = _project(default, ones, S)
     feasible = feasible.expand(batch)
+    reference = _reference_scale(default, values)
+    x = default
+    if x_init is not None:
+        # Projecting a far start loses digits (x = y − τ·1 with τ ≈ y cancels); projecting
+        # its projection again is the identity in exact arithmetic and restores the set.
+        x, _ = _project(_project(x_init.expand(*batch, n), ones, S)[0], ones, S)
     given = float(layer.step_size) if layer.step_size != "auto" else 1.0
     fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
     if layer.step_size == "auto":
         # f is quadratic: α = 1/L with L = λmax(∇²f) estimated on the data.
         lipschitz = _lipschitz(x, values)
-        d = torch.where(lipschitz > 0, 1 / lipschitz, 1.0)[..., None]  # (..., 1)
+        usable = torch.isfinite(lipschitz) & (lipschitz > 0)
+        d = torch.where(usable, 1 / torch.where(usable, lipschitz, 1), 1.0)[..., None]  # (..., 1)
     else:
         d = fixed
-    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
-    active = feasible.clone()
-    x = _accelerated(layer, x, d, S, values, active, iterations, residual)
-    converged = feasible & (residual <= layer.tol)
+    track = _Track(layer, reference, x, feasible)
+    x = _accelerated(layer, x, d, S, values, track)
+    # Converged: the relative test was met, the point satisfies the constraints, and it lies
+    # within the data's reach (a far warm start that rounding froze in place does not count).
+    tol_feasible = _feasibility_tol(layer.tol, x.dtype)
+    within = x.abs().amax(-1) <= _RUNAWAY / layer.tol * reference
+    satisfied = _violation(x, S) <= tol_feasible
+    diverged = track.diverged()
+    converged = feasible & track.met() & ~diverged & satisfied & within
+    feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
-    layer.info = SolveInfo(iterations, residual, converged, feasible, d.mean(-1))
-    worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
-    detail = f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+    layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
+    worst = float(torch.where(feasible, track.residual, 0).max()) if x.numel() else 0.0
+    detail = (
+        f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
+        f"{layer.max_iter} iterations, or a point that violates the constraints"
+    )
     _report(layer, "the forward solve", converged | ~feasible, detail)
-    _report(layer, "the forward solve", feasible, "the constraints admit no point")
+    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    _report(layer, "the forward solve", ~diverged, detail)
+    empty = "the constraints admit no point"
+    _report(layer, "the forward solve", feasible | diverged, empty)
     return x, (d, S)
 
 

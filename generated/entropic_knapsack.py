@@ -13,6 +13,10 @@ Update rule (PGD):  U(x) = P_C(x − D ∇f(x)),   ∇f(x) = −eps (−log(x) �
 Step D: D = β diag(1/h), h = diag ∇²f(x) derived in closed form (a Newton-like scaling),
     β halved from 1 until f decreases (Armijo) and f, ∇f are finite; the backward folds
     with D = diag(1/h(x*)).
+Stopping: ‖U(x) − x‖ ≤ tol · max(σ₀, ‖U(x)‖∞), σ₀ = max(‖x₀‖∞, α‖∇f(x₀)‖∞) at the
+    projected init x₀ with α = ‖∇f‖/‖∇²f ∇f‖ (the data's scale); converged also needs
+    the constraints met to a relative max(tol, √eps) and ‖x‖∞ ≤ σ₀/(2 tol). Iterates
+    that stop being finite or grow beyond that stop as diverged (feasible False).
 
 Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then ∂L/∂θ = Ψ_θᵀ v, with
 
@@ -700,6 +704,54 @@ def _unprepare_bars(bars):
     return bars
 
 
+def _violation(x, S):
+    """The bounds' and |Σx − k|'s violation, relative to the magnitudes of x, k and the bounds."""
+    lo, hi, k = S
+    excess = torch.maximum(lo - x, x - hi).clamp_min(0).amax(-1)
+    scale = torch.maximum(_magnitude(x, lo, hi), torch.maximum(x.abs().sum(-1), k.abs()))
+    return torch.maximum(excess, (x.sum(-1) - k).abs()) / scale
+
+
+def _magnitude(*parts):
+    """The largest finite |entry| among the parts, per element (at least the smallest normal)."""
+    out = None
+    for part in parts:
+        m = torch.where(torch.isfinite(part), part.abs(), 0).amax(-1)
+        out = m if out is None else torch.maximum(out, m)
+    return out.clamp_min(torch.finfo(out.dtype).tiny)
+
+
+# Stopping is relative (see _Track): ‖U(x) − x‖ ≤ tol · σ. An iterate with ‖x‖∞ beyond
+# _RUNAWAY / tol times the data's scale has left every bounded solution behind (the relative
+# test could no longer see a step of the data's own size): the element is stopped and
+# reported as diverged. Feasibility of the returned point is checked to _feasibility_tol.
+_RUNAWAY = 0.5
+_CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
+
+
+def _feasibility_tol(tol, dtype):
+    """Relative constraint violation accepted at the returned point (projections are exact to
+    rounding; this only catches a projection that lost its digits)."""
+    return max(tol, math.sqrt(torch.finfo(dtype).eps))
+
+
+def _reference_scale(x, values):
+    """σ₀ = max(‖x‖∞, α‖∇f(x)‖∞), α = ‖∇f‖ / ‖∇²f ∇f‖, at the projected default start x.
+
+    The data's own scale in the units of x (α∇f is a Newton-like step), computed from the
+    spec's init, never from a warm start: it scales with the data, so scaling the data scales
+    the stopping test with it, and a far warm start cannot loosen it. Non-finite or
+    curvature-free (linear f) pieces count as 0.
+    """
+    g = _gradient(x, *values)
+    curvature = _norm(_hvp(x, g, *values))
+    usable = torch.isfinite(curvature) & (curvature > 0)
+    alpha = torch.where(usable, _norm(g) / torch.where(usable, curvature, 1), 0)
+    step = alpha * g.abs().amax(-1)
+    step = torch.where(torch.isfinite(step), step, 0)
+    return torch.maximum(x.abs().amax(-1), step)
+
+
 def _lipschitz(x, values, iterations=50):
     """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element."""
     generator = torch.Generator(device=x.device).manual_seed(0)
@@ -748,51 +800,136 @@ def _check_step_size(step_size):
     return step_size
 
 
+class _Track:
+    """Per-element bookkeeping of the forward loop, in few batched operations (at small
+    sizes their number, not their arithmetic, is what an iteration costs).
+
+    ``step(x, U(x))`` records ‖U(x) − x‖ and its bound tol · max(σ₀, ‖U(x)‖∞), and retires
+    the elements that meet the bound. Where U(x) is not finite the bound is NaN or ∞, the
+    comparison fails and the element retires too. ``check(x)``, every _CHECK_EVERY
+    iterations, retires as diverged the elements beyond the runaway limit and keeps a copy
+    of the others' x, which ``finish`` returns where the final x is not finite.
+    """
+
+    def __init__(self, layer, reference, start, feasible):
+        self.tol = layer.tol
+        self.reference = reference  # σ₀, (...)
+        self.limit = _RUNAWAY / layer.tol * torch.maximum(reference, start.abs().amax(-1))
+        self.started = feasible
+        self.active = feasible.clone()
+        self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
+        self.residual = torch.full_like(reference, math.inf)
+        self.bound = torch.zeros_like(reference)
+        self.runaway = torch.zeros_like(feasible)
+        self.safe = start
+
+    def step(self, x, x_new, found=None):
+        """Record the step x → x_new (found: where a step exists); whether any is active."""
+        step = _norm(x_new - x)
+        if found is not None:  # no step was found: the element is stuck, not converged
+            step = torch.where(found, step, math.inf)
+        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        self.residual = torch.where(self.active, step, self.residual)
+        self.bound = torch.where(self.active, bound, self.bound)
+        self.active = self.active & (step > bound)
+        if found is not None:
+            self.active = self.active & found
+        return bool(self.active.any())
+
+    def count(self):
+        self.iterations = self.iterations + self.active.to(torch.int64)
+
+    def check(self, x):
+        """Retire the active elements beyond the runaway limit; keep a copy of the others."""
+        within = x.abs().amax(-1) <= self.limit  # False for NaN
+        self.runaway = self.runaway | (self.active & ~within)
+        self.active = self.active & within
+        self.safe = torch.where(within[..., None], x, self.safe)
+
+    def finish(self, x):
+        """x, or its last checked finite copy where x itself is not finite."""
+        return torch.where(torch.isfinite(x).all(-1, keepdim=True), x, self.safe)
+
+    def met(self):
+        return (self.residual <= self.bound) & torch.isfinite(self.bound)
+
+    def diverged(self):
+        return self.started & (self.runaway | ~torch.isfinite(self.bound))
+
+
 def _solve(layer, values, x_init, sizes, batch):
     """PGD from the init (or warm start), per batch element; returns x and what the backward
     folds with (the step D and the set data)."""
     n = sizes.get("n", DEFAULT_DIMS.get("n"))
-    start = _init(*values) if x_init is None else x_init
-    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
-    S = _prepare_set(_set_data(x, *values))
-    x, feasible = _project(x, torch.ones_like(x), S)
+    default = _init(*values).to(values[0]).expand(*batch, n)  # (..., n)
+    S = _prepare_set(_set_data(default, *values))
+    ones = torch.ones_like(default)
+    default, feasible = _project(default, ones, S)
     feasible = feasible.expand(batch)
+    reference = _reference_scale(default, values)
+    x = default
+    if x_init is not None:
+        # Projecting a far start loses digits (x = y − τ·1 with τ ≈ y cancels); projecting
+        # its projection again is the identity in exact arithmetic and restores the set.
+        x, _ = _project(_project(x_init.expand(*batch, n), ones, S)[0], ones, S)
     given = float(layer.step_size) if layer.step_size != "auto" else 1.0
     fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
     line_search = layer.step_size == "auto"
     f = _objective(x, *values)
     g = _gradient(x, *values)
+    if x_init is not None:
+        # A warm start outside f's domain (an entropy at 0) cannot take a step: start those
+        # elements from the spec's init instead.
+        outside = ~(torch.isfinite(f) & torch.isfinite(g).all(-1))
+        x = torch.where(outside[..., None], default, x)
+        f = torch.where(outside, _objective(x, *values), f)
+        g = torch.where(outside[..., None], _gradient(x, *values), g)
     d = _initial_step(x, g, values) if line_search else fixed
     taken = d
-    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
-    active = feasible.clone()
-    for _ in range(layer.max_iter):
-        if not bool(active.any()):
+    track = _Track(layer, reference, x, feasible)
+    for k in range(layer.max_iter):
+        if not bool(track.active.any()):
             break
+        active = track.active
         if line_search:
             d = _scaled_step(x, values)
             x_new, f_new, g_new, step, found = _line_search(x, f, g, d, S, values, active)
             taken = torch.where(active[..., None], step, taken)
         else:
-            x_new, _ = _project(x - d * g, torch.ones_like(x), S)
-            f_new, g_new, found = f, _gradient(x_new, *values), active
-        f = torch.where(active, f_new, f)
-        g = torch.where(active[..., None], g_new, g)
-        step_norm = _norm(x_new - x)
-        residual = torch.where(active, step_norm, residual)
-        iterations = iterations + active.to(torch.int64)
-        x = torch.where(active[..., None], x_new, x)
-        active = active & found & (step_norm > layer.tol)
-    converged = feasible & (residual <= layer.tol)
+            x_new, _ = _project(x - d * g, ones, S)
+            f_new, g_new, found = f, _gradient(x_new, *values), None
+        if not track.step(x, x_new, found):
+            break
+        track.count()
+        move = track.active[..., None]
+        x = torch.where(move, x_new, x)
+        f = torch.where(track.active, f_new, f)
+        g = torch.where(move, g_new, g)
+        if (k + 1) % _CHECK_EVERY == 0:
+            track.check(x)
+    x = track.finish(x)
+    # Converged: the relative test was met, the point satisfies the constraints, and it lies
+    # within the data's reach (a far warm start that rounding froze in place does not count).
+    tol_feasible = _feasibility_tol(layer.tol, x.dtype)
+    within = x.abs().amax(-1) <= _RUNAWAY / layer.tol * reference
+    satisfied = _violation(x, S) <= tol_feasible
+    diverged = track.diverged()
+    converged = feasible & track.met() & ~diverged & satisfied & within
+    feasible = feasible & ~diverged
     # Fold with the Newton-like step at x* itself (any D > 0 has the same fixed points).
     d = _scaled_step(x, values) if line_search else fixed
     d = d.expand(*batch, d.shape[-1])
-    layer.info = SolveInfo(iterations, residual, converged, feasible, d.mean(-1))
-    worst = float(torch.where(feasible, residual, 0).max()) if residual.numel() else 0.0
-    detail = f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+    layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
+    worst = float(torch.where(feasible, track.residual, 0).max()) if x.numel() else 0.0
+    detail = (
+        f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
+        f"{layer.max_iter} iterations, or a point that violates the constraints"
+    )
     _report(layer, "the forward solve", converged | ~feasible, detail)
-    _report(layer, "the forward solve", feasible, "the constraints admit no point")
+    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    _report(layer, "the forward solve", ~diverged, detail)
+    empty = "the constraints admit no point"
+    _report(layer, "the forward solve", feasible | diverged, empty)
     return x, (d, S)
 
 

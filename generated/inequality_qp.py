@@ -21,6 +21,9 @@ Update rule: U(z, u) = (z⁺, u⁺) on the state s = (z, u) of all blocks, ρ th
     zᵢ⁺ = prox_(gᵢ/ρ)(Aᵢ x + uᵢ),   uᵢ⁺ = uᵢ + Aᵢ x − zᵢ⁺
 
 and the layer returns x(s*). In terms of the output alone, U(x) = x(z⁺, u⁺).
+Stopping: ‖U(s) − s‖ ≤ tol · ‖U(s)‖∞ (relative to the state's scale); every 10
+sweeps, OSQP's certificates of an empty set (on δu) and, f₀ quadratic, of an
+unbounded problem (on δx) stop the element with feasible False.
 x-update: f₀ is quadratic, so K = ∇²f₀ + ρ Σᵢ AᵢᵀAᵢ is built densely and
 Cholesky-factored once per call (again only when ρ adapts); every x-update and
 the backward reuse that factor.
@@ -719,12 +722,15 @@ def _prepare(x, values, blocks, rho):
 
 def _x_update(x, z, u, values, blocks, rho, fixed, tol):
     """x = argmin f₀ + (ρ/2) Σᵢ ‖Aᵢx − zᵢ + uᵢ‖² = K⁻¹(ρ Σᵢ Aᵢᵀ(zᵢ − uᵢ) − ∇f₀(0)), by the
-    factor of K computed once per call (f₀ is quadratic: ∇f₀(x) = ∇²f₀ x + ∇f₀(0))."""
+    factor of K computed once per call (f₀ is quadratic: ∇f₀(x) = ∇²f₀ x + ∇f₀(0)).
+
+    Returns x and where the update succeeded (always: _prepare has checked K)."""
     L, q = fixed
     rhs = -q
     for (A, _), zi, ui in zip(blocks, z, u):
         rhs = rhs + rho[..., None] * _apply_t(A, zi - ui)
-    return torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    x = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    return x, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
 
 
 def _update(x, s, values, blocks, rho, fixed, tol):
@@ -733,15 +739,21 @@ def _update(x, s, values, blocks, rho, fixed, tol):
     Plain torch operations, so a test can differentiate an unrolled run with autograd.
     ``x`` is only a warm start (for an inner Newton method); ``fixed`` is _prepare's output.
     """
+    x, s_new, _ = _sweep(x, s, values, blocks, rho, fixed, tol)
+    return x, s_new
+
+
+def _sweep(x, s, values, blocks, rho, fixed, tol):
+    """_update, plus where the x-update succeeded."""
     z, u = _split(s, _sizes(blocks, x.shape[-1]))
-    x = _x_update(x, z, u, values, blocks, rho, fixed, tol)
+    x, ok = _x_update(x, z, u, values, blocks, rho, fixed, tol)
     z_new, u_new = [], []
     for (kind, _), (A, data), ui in zip(_BLOCKS, blocks, u):
         w = _apply(A, x) + ui  # (..., mᵢ)
         zi = _prox(kind, w, data, rho)
         z_new.append(zi)
         u_new.append(w - zi)
-    return x, _pack(z_new, u_new)
+    return x, _pack(z_new, u_new), ok
 
 
 def _data_feasible(blocks, batch):
@@ -783,11 +795,54 @@ def _infeasible(blocks, du, eps):
     return (size > 0) & small & (support <= -eps * size)
 
 
+def _unbounded(x, dx, values, blocks, fixed, curvature, eps):
+    """The dual infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δx.
+
+    Where the problem is unbounded below, δx = x⁺ − x converges to a nonzero direction d
+    along which f₀ is linear and decreasing and every block stays finite: ∇²f₀ d = 0,
+    ∇f₀(0)ᵀd + Σ cᵢ‖Aᵢd‖₁ < 0 (the ℓ1 terms' own growth), Aᵢd in the recession cone of each
+    box (≤ 0 where hi is finite, ≥ 0 where lo is) and Aᵢd = 0 for a ball. Certified where
+    these hold to ε relative to the data (‖d‖∞ = 1): ‖∇²f₀ d‖∞ ≤ ε max|diag ∇²f₀|,
+    descent ≤ −ε‖∇f₀(0)‖₁, and each cone condition to ε‖Aᵢ‖∞.
+    """
+    size = dx.abs().amax(-1)  # (...)
+    d = dx / torch.where(size > 0, size, 1)[..., None]
+    q = fixed[1]
+    flat = _hvp(x, d, *values).abs().amax(-1) <= eps * curvature
+    descent = (q * d).sum(-1)
+    inside = flat
+    for (kind, _), (A, data) in zip(_BLOCKS, blocks):
+        e = _apply(A, d)  # (..., mᵢ)
+        reach = 1.0 if A is None else A.abs().sum(-1).amax(-1)  # ‖Aᵢ‖∞
+        if kind == "l1":
+            descent = descent + data[1] * e.abs().sum(-1)
+        elif kind == "box":
+            lo, hi = data
+            up = torch.where(torch.isfinite(hi), e, -math.inf).amax(-1) <= eps * reach
+            down = torch.where(torch.isfinite(lo), e, math.inf).amin(-1) >= -eps * reach
+            inside = inside & up & down
+        else:
+            inside = inside & (e.abs().amax(-1) <= eps * reach)
+    return (size > 0) & inside & (descent < 0) & (descent <= -eps * q.abs().sum(-1))
+
+
+def _curvature(x, values):
+    """max |diag ∇²f₀|, the scale of the certificate's flatness test (∇²f₀ is constant)."""
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
+    hessian = _hvp(_lift(x, 1), eye, *lifted).expand(*x.shape[:-1], n, n)  # (..., n, n)
+    return hessian.diagonal(0, -2, -1).abs().amax(-1)
+
+
 def _solve(layer, values, x_init, sizes, batch):
     """ADMM from z = prox(A x₀), u = 0, per batch element.
 
-    Returns x(s*) and what the backward folds with: (s*, ρ, the factor L of K, and where the
-    element has a solution to differentiate).
+    Stops where ‖U(s) − s‖ ≤ tol · ‖U(s)‖∞: relative to the state's own scale,
+    so that data scaled by any factor take the same iterations (the primal residual
+    ‖Ax − z‖ = ‖u⁺ − u‖ and the z-change that makes the dual residual are both parts of
+    U(s) − s). Returns x(s*) and what the backward folds with: (s*, ρ, the factor L of K,
+    and where the element has a solution to differentiate).
     """
     n = sizes.get("n", DEFAULT_DIMS.get("n"))
     start = _init(*values) if x_init is None else x_init
@@ -801,16 +856,23 @@ def _solve(layer, values, x_init, sizes, batch):
     s = s.expand(*batch, s.shape[-1]).clone()
     fixed, factored = _prepare(x, values, blocks, rho)
     eps = max(1e-6, 100 * torch.finfo(x.dtype).eps)
+    curvature = _curvature(x, values)
     changes = torch.zeros(batch, dtype=torch.int64, device=x.device)
     iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
     residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
-    active = feasible & factored
+    # The bound tol · ‖U(s)‖∞ each residual was compared with: NaN or ∞ where U(s) was not
+    # finite, which fails the comparison, so such an element stops without moving.
+    bound = torch.zeros_like(residual)
+    unbounded = torch.zeros_like(feasible)  # certified unbounded below
+    started = feasible & factored
+    active = started.clone()
     for k in range(layer.max_iter):
         if not bool(active.any()):
             break
         x_new, s_new = _update(x, s, values, blocks, rho, fixed, layer.tol)
         step = _norm(s_new - s)
         residual = torch.where(active, step, residual)
+        bound = torch.where(active, layer.tol * s_new.abs().amax(-1), bound)
         iterations = iterations + active.to(torch.int64)
         check = (k + 1) % _CHECK_EVERY == 0
         if check:
@@ -820,9 +882,13 @@ def _solve(layer, values, x_init, sizes, batch):
             certified = active & _infeasible(blocks, du, eps)
             feasible = feasible & ~certified
             active = active & ~certified
+            dx = x_new - x
+            certified = active & _unbounded(x_new, dx, values, blocks, fixed, curvature, eps)
+            unbounded = unbounded | certified
+            active = active & ~certified
+        active = active & (step > bound)
         x = torch.where(active[..., None], x_new, x)
         s = torch.where(active[..., None], s_new, s)
-        active = active & (step > layer.tol)
         if check and layer.adapt_rho and (k + 1) % _ADAPT_EVERY == 0:
             # Residual balancing: primal ‖Ax − z⁺‖ = ‖δu‖ against dual ρ‖Σᵢ Aᵢᵀ(zᵢ⁺ − zᵢ)‖.
             primal = _norm(torch.cat([d.expand(*batch, d.shape[-1]) for d in du], -1))
@@ -842,18 +908,27 @@ def _solve(layer, values, x_init, sizes, batch):
                 active = active & factored
     # The output is x(s*) itself, which the backward differentiates.
     z, u = _split(s, dims)
-    x = _x_update(x, z, u, values, blocks, rho, fixed, layer.tol)
+    x_out, ok = _x_update(x, z, u, values, blocks, rho, fixed, layer.tol)
+    x = torch.where((ok & torch.isfinite(x_out).all(-1))[..., None], x_out, x)
     L = fixed[0]
-    converged = feasible & factored & (residual <= layer.tol)
+    solvable = factored
+    diverged = unbounded | (started & ~torch.isfinite(bound))
+    feasible = feasible & ~diverged
+    converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
     layer.info = SolveInfo(iterations, residual, converged, feasible, rho)
-    worst = float(torch.where(feasible & factored, residual, 0).max()) if residual.numel() else 0.0
-    detail = f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
-    _report(layer, "the forward solve", converged | ~feasible | ~factored, detail)
+    worst = float(torch.where(feasible & solvable, residual, 0).max()) if residual.numel() else 0.0
+    detail = (
+        f"residual up to {worst:.3g} > tol {layer.tol:g} × the state's scale after "
+        f"{layer.max_iter} iterations"
+    )
+    _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
     singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on the"
     singular += " directions the blocks leave free)"
     _report(layer, "the forward solve", factored, singular)
-    _report(layer, "the forward solve", feasible, "the constraints admit no point")
-    return x, (s, rho, L, feasible & factored)
+    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    _report(layer, "the forward solve", ~diverged, detail)
+    _report(layer, "the forward solve", feasible | diverged, "the constraints admit no point")
+    return x, (s, rho, L, feasible & solvable)
 
 
 def _pullback(v, x, s, blocks, rho, L, x_bar):

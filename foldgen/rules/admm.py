@@ -130,6 +130,9 @@ class AdmmPlan:
             f"    zᵢ⁺ = prox_(gᵢ/ρ)(Aᵢ {x} + uᵢ),   uᵢ⁺ = uᵢ + Aᵢ {x} − zᵢ⁺",
             "",
             f"and the layer returns {x}(s*). In terms of the output alone, U({x}) = {x}(z⁺, u⁺).",
+            "Stopping: ‖U(s) − s‖ ≤ tol · ‖U(s)‖∞ (relative to the state's scale); every 10",
+            "sweeps, OSQP's certificates of an empty set (on δu) and, f₀ quadratic, of an",
+            "unbounded problem (on δx) stop the element with feasible False.",
             *solve,
             f"∇²f₀ u = {self.math['hvp']}",
             "",
@@ -410,7 +413,13 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
     balls: list[Block] = []
 
     def add(matrix: Expr, op: str, value: Expr, source: int) -> None:
-        """Record M x (op) value; op in '<=', '>=', '=='."""
+        """Record M x (op) value; op in '<=', '>=', '=='.
+
+        A scalar value (``G @ x <= h`` with h a scalar) is broadcast to M x's shape here, so
+        that the block's data always has its full core shape and a batched scalar is never
+        read as a vector at run time.
+        """
+        value = E.broadcast(value, matrix.shape[:1]) if value.rank == 0 else value
         box = boxes.setdefault(matrix, _Box(matrix))
         for side in ("lower", "upper"):
             if op == "==" or (op == ">=") == (side == "lower"):

@@ -1,5 +1,8 @@
 """Projected gradient descent: U(x) = P_C(x − D ∇f(x)).
 
+The forward's stopping test is relative to the data's scale, and divergence, empty sets and
+points that violate the constraints are reported per element (templates/pgd.py.j2, README).
+
 D is the step: a scalar α (``step_size`` given, or 1/L for a quadratic objective, or a
 Barzilai–Borwein step with backtracking), or — for a non-quadratic objective whose Hessian
 diagonal h the derivation can see exactly — the Newton-like diagonal D = diag(1/h) with a
@@ -107,6 +110,10 @@ class PgdPlan:
             "",
             f"Update rule (PGD):  U({x}) = P_C({x} − D ∇f({x})),   ∇f({x}) = {self.math['gradient']}",
             f"Step D: {STEP_TEXT[self.step_mode]}",
+            "Stopping: ‖U(x) − x‖ ≤ tol · max(σ₀, ‖U(x)‖∞), σ₀ = max(‖x₀‖∞, α‖∇f(x₀)‖∞) at the",
+            "    projected init x₀ with α = ‖∇f‖/‖∇²f ∇f‖ (the data's scale); converged also needs",
+            "    the constraints met to a relative max(tol, √eps) and ‖x‖∞ ≤ σ₀/(2 tol). Iterates",
+            "    that stop being finite or grow beyond that stop as diverged (feasible False).",
             "",
             "Backward (folded): solve (I − Φᵀ) v = ∂L/∂x* at the fixed point, then"
             " ∂L/∂θ = Ψ_θᵀ v, with",
@@ -242,9 +249,12 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
     if isinstance(c, AffineEq):
         row = c.A.rank == 1
         text = f"{math_str(c.A)}{'·' if row else ' '}{x.name} = {math_str(c.b)}"
+        # A scalar right-hand side of A x = b means b·1: give it its full core shape, so that
+        # batch axes of b are never read as its core axis at run time.
+        rhs = c.b if row else E.broadcast(c.b, c.A.shape[:1])
         return Projection(
             "affine",
-            (SetItem("A", c.A, c.A.rank), SetItem("b", c.b, c.b.rank)),
+            (SetItem("A", c.A, c.A.rank), SetItem("b", rhs, rhs.rank)),
             row,
             text,
             False,

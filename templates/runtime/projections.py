@@ -210,7 +210,12 @@ def _proj_halfspace_vjp(v, y, a, b):
 
 
 def _proj_ball(y, c, r):
-    """Projection onto the ball {x : |x - c| <= r}; c (..., n), r (...) >= 0."""
+    """Projection onto the ball {x : |x - c| <= r}; c (..., n), r (...).
+
+    r < 0 (an empty ball, which the caller reports) is taken as r = 0, so the result stays
+    finite: the projection onto {c}.
+    """
+    r = r.clamp_min(0)
     delta = y - c  # (..., n)
     dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
     outside = dist > r
@@ -223,7 +228,9 @@ def _proj_ball_vjp(v, y, c, r):
 
     Outside, with delta = y - c: y_bar = (r / |delta|)(v - delta (delta^T v) / |delta|^2),
     c_bar = v - y_bar, r_bar = delta^T v / |delta|. Inside: y_bar = v, c_bar = r_bar = 0.
+    r < 0 is taken as r = 0, as in the forward.
     """
+    r = r.clamp_min(0)
     delta = y - c  # (..., n)
     dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
     outside = dist > r
