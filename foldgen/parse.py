@@ -255,7 +255,10 @@ def _nesting_message(depth: int, limits: Limits) -> str:
 
 
 def _shorten(text: str, width: int = 80) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """Spec text as a message shows it: one line (control characters escaped, so a newline
+    or NUL in an expression cannot break the one-line diagnostic), at most ``width`` long."""
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _check_tokens(text: str, limits: Limits) -> None:
