@@ -144,7 +144,7 @@ def key_path(parts: tuple[str | int, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
             continue
-        segment = _NOT_PLAIN.sub("?", part)
+        segment = _NOT_PLAIN.sub("?", part) or "?"  # an empty key too
         segment = segment if len(segment) <= 40 else segment[:39] + "…"
         text += f".{segment}" if text else segment
     return text

@@ -415,10 +415,13 @@ class Spec(_Frozen):
 
     def _unknown_dim(self, dim: str) -> str:
         if not self.dims:
+            if len(dim) > 40 or not _NAME.fullmatch(dim):
+                return f"unknown dim {shown(dim)}; no dims are declared"
             return f"unknown dim '{dim}'; no dims are declared (add 'dims: {{{dim}: <size>}}')"
         declared = ", ".join(self.dims)
         return (
-            f"unknown dim '{dim}'; declared dims: {declared}{_did_you_mean(dim, list(self.dims))}"
+            f"unknown dim {shown(dim)}; declared dims: {declared}"
+            f"{_did_you_mean(dim, list(self.dims))}"
         )
 
 
@@ -634,7 +637,7 @@ def _explain(error: ErrorDetails, data: dict[str, Any]) -> tuple[Path, str, bool
     if kind == "extra_forbidden":
         key = str(path[-1])
         hint = _did_you_mean(key, _allowed_keys(path[:-1]))
-        return path, f"unknown key '{key}'{hint}", True
+        return path, f"unknown key {shown(key)}{hint}", True
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         hint = _did_you_mean(got, choices) if isinstance(got, str) else ""
