@@ -28,7 +28,7 @@ class Limits:
     """Length of one expression string."""
     expression_depth: int = 100
     """Nesting of one expression (parentheses, calls, operators)."""
-    expression_nodes: int = 100_000
+    expression_nodes: int = 50_000
     """Distinct nodes of the derived expressions of one spec (the derivation's size)."""
     dim_size: int = 10**9
     """Largest size (a dim's default or an integer in a shape)."""
