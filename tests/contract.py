@@ -14,7 +14,8 @@ in bounded time and memory, and never with a traceback.
 What "where they exist" means for the parts of the message:
 
 * LINE:COL exist unless the problem is the file itself (unreadable, not a regular file, not
-  UTF-8, over the size limit): any text has a first character to point at.
+  UTF-8, over the size limit) or it holds no YAML node at all (empty, or only comments):
+  any other text has a first character to point at.
 * KEY exists unless the problem is the YAML text itself (it does not compose, or its root is
   not a mapping) or the message is about the whole document (it is located at the root node,
   e.g. a missing top-level key). A message pointing *inside* the mapping names the key there.
@@ -163,6 +164,7 @@ def _document(path: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - any failure to compose (RecursionError too) is YAML-level
         return info
     info["composes"] = True
+    info["empty"] = node is None  # no first character to point at
     if isinstance(node, yaml.MappingNode):
         info["root"] = [node.start_mark.line + 1, node.start_mark.column + 1]
     return info
@@ -557,7 +559,7 @@ def message_problems(
     document = document or {}
     located = re.match(r"(\d+):(\d+): ", rest)
     if located is None:
-        if not document.get("file_level"):
+        if not (document.get("file_level") or document.get("empty")):
             problems.append(("message: no LINE:COL", shown))
         return problems
     position = [int(located.group(1)), int(located.group(2))]
@@ -643,13 +645,15 @@ def judge(
         verdict.fail(f"worker died in {result['died']}", f"status {result['status']}")
         return verdict
     build = result["runs"][0]
+    written = _snapshot(str(out_dir)) if out_dir.exists() else []
     if build["exception"] is not None:
         exc = build["exception"]
         verdict.traceback = exc["traceback"]
         verdict.fail(exception_signature("build", exc), exc["traceback"][-1500:])
+        if written:
+            verdict.fail("after a traceback: files left in DIR", repr(written))
         return verdict
     rc = verdict.rc = build["rc"]
-    written = _snapshot(str(out_dir)) if out_dir.exists() else []
     if rc == 2:
         for signature, detail in message_problems(build["stderr"], given, result.get("document")):
             verdict.fail(signature, detail)

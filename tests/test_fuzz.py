@@ -64,6 +64,7 @@ def test_oracle_passes_a_located_keyed_message(build_worker):
         ("error: f.yaml:1:1: missing key 'name'\n", {"composes": True, "root": [1, 1]}, []),
         ("error: f.yaml:2:1: invalid YAML: bad\n", {"composes": False}, []),
         ("error: f.yaml: not UTF-8\n", {"file_level": True}, []),
+        ("error: f.yaml: the file is empty\n", {"composes": True, "empty": True}, []),
         (
             "error: f.yaml:4:3: unknown key 'q'\n",
             {"composes": True, "root": [1, 1]},
