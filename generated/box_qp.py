@@ -636,6 +636,13 @@ def _magnitude(*parts):
 # test could no longer see a step of the data's own size): the element is stopped and
 # reported as diverged. Feasibility of the returned point is checked to _feasibility_tol.
 _RUNAWAY = 0.5
+
+
+def _runaway(tol):
+    """_RUNAWAY / tol; with tol = 0 (a run of exactly max_iter iterations) nothing runs away."""
+    return _RUNAWAY / tol if tol > 0 else math.inf
+
+
 _CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
 
 
@@ -759,7 +766,7 @@ class _Track:
     def __init__(self, layer, reference, start, feasible):
         self.tol = layer.tol
         self.reference = reference  # σ₀, (...)
-        self.limit = _RUNAWAY / layer.tol * torch.maximum(reference, start.abs().amax(-1))
+        self.limit = _runaway(layer.tol) * torch.maximum(reference, start.abs().amax(-1))
         self.started = feasible
         self.active = feasible.clone()
         self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
@@ -831,7 +838,7 @@ def _solve(layer, values, x_init, sizes, batch):
     # Converged: the relative test was met, the point satisfies the constraints, and it lies
     # within the data's reach (a far warm start that rounding froze in place does not count).
     tol_feasible = _feasibility_tol(layer.tol, x.dtype)
-    within = x.abs().amax(-1) <= _RUNAWAY / layer.tol * reference
+    within = x.abs().amax(-1) <= _runaway(layer.tol) * reference
     satisfied = _violation(x, S) <= tol_feasible
     diverged = track.diverged()
     converged = feasible & track.met() & ~diverged & satisfied & within
