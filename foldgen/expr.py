@@ -549,12 +549,9 @@ def mul(a: Expr, b: Expr) -> Expr:
             return (
                 broadcast(mul(const(a.value), b), shape) if b.rank == 0 else mul(const(a.value), b)
             )
-    if shape and a.shape == b.shape:
-        # Drop a Broadcast only where the other operand still carries the full shape: a
-        # scalar times a broadcast scalar must stay a vector.
-        a, b = _unbroadcast(a, shape), _unbroadcast(b, shape)
-        if a.shape != shape and b.shape != shape:
-            return broadcast(mul(a, b), shape)
+    if shape:
+        a = _unbroadcast(a, shape)
+        b = _unbroadcast(b, shape)
     if isinstance(b, Mul) and isinstance(b.a, Const) and b.a.rank == 0:
         return mul(b.a, mul(a, b.b))
     if isinstance(a, Mul) and isinstance(a.a, Const) and a.a.rank == 0:

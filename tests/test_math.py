@@ -39,7 +39,9 @@ def test_entropic_knapsack_matches_the_closed_form_solution():
     free = (x > 0) & (x < 1)
     tau = (c - eps * (torch.log(x) + 1)).masked_fill(~free, float("nan"))
     spread = tau.nan_to_num(0).amax(-1) - torch.where(free, tau, float("inf")).amin(-1)
-    assert spread.max() < 1e-10  # one τ for the whole free set
+    # One τ for the whole free set, to the spec's tol (1e-9): measured 1.7e-10 on this data
+    # since the relative stopping and the twice-projected start (before: below 1e-10).
+    assert spread.max() < 1e-9
     at_one = x >= 1 - 1e-12
     tau_value = torch.nanmean(tau, dim=-1, keepdim=True)
     assert bool(((c - tau_value) / eps - 1 >= -1e-9)[at_one].all())  # capped components
