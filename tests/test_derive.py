@@ -786,4 +786,3 @@ def test_gradient_of_simple_forms():
 def test_vjp_rejects_a_cotangent_of_the_wrong_shape():
     with pytest.raises(ValueError, match="cotangent shape"):
         vjp([(E.sum_(x), u)], [x])
-
