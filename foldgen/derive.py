@@ -73,6 +73,10 @@ def vjp(pairs: list[tuple[Expr, Expr]], wrt: list[Leaf]) -> dict[Leaf, Expr]:
         if is_zero(bar):
             continue
         for child, child_bar in _node_vjp(node, bar):
+            if child.rank and not child_bar.rank:
+                # A product with a broadcast scalar can simplify to a scalar that stands for
+                # the broadcast vector; a vector's cotangent is that vector.
+                child_bar = broadcast(child_bar, child.shape)
             if child in needed and not is_zero(child_bar):
                 cots.setdefault(child, []).append(child_bar)
     return {z: add(*cots[z]) if z in cots else zero(z.shape) for z in wrt}

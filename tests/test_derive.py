@@ -786,3 +786,15 @@ def test_gradient_of_simple_forms():
 def test_vjp_rejects_a_cotangent_of_the_wrong_shape():
     with pytest.raises(ValueError, match="cotangent shape"):
         vjp([(E.sum_(x), u)], [x])
+
+
+def test_a_vector_never_gets_a_scalar_cotangent():
+    """Found by the fuzzer: (n − 1)·1 @ (M u) simplifies so that the dot product's VJP hands
+    its vector operand a scalar (a product with a dropped Broadcast); the cotangent of the
+    vector M u must be that scalar broadcast, not an IndexError in outer."""
+    s = E.Leaf("s", "param", ())
+    M = E.Leaf("M", "param", ("n", "n"))
+    u = E.Leaf("u", "var", ("n",))
+    dot = E.matmul(E.add(E.Leaf("n", "dim", ()), E.const(-1.0, ("n",))), E.matmul(M, u))
+    grads = vjp([(dot, s)], [M, u])
+    assert grads[M].shape == ("n", "n") and grads[u].shape == ("n",)
