@@ -28,7 +28,13 @@ def _problems(quick):
 
 def _at(case, iterations, weight, method=None):
     """A runner whose forward stops after exactly ``iterations`` iterations."""
-    settings = dict(max_iter=iterations, tol=0.0, backward_max_iter=100_000, backward_tol=1e-13)
+    settings = dict(
+        max_iter=iterations,
+        tol=0.0,
+        backward_max_iter=100_000,
+        backward_tol=1e-13,
+        fold_unconverged=True,
+    )
     if method is None:
         return Unrolled(case, weight, **settings)
     return Foldgen(case, weight, method, **settings)

@@ -954,7 +954,10 @@ class _Fold(torch.autograd.Function):
         ctx.layer = layer
         ctx.state = state
         ctx.batch = batch
-        ctx.solved = (layer.info.converged & layer.info.feasible).expand(batch)
+        vouched = layer.info.converged
+        if layer.fold_unconverged:  # a truncated forward: fold at x_T wherever x_T is finite
+            vouched = torch.isfinite(x).all(-1)
+        ctx.solved = (vouched & layer.info.feasible).expand(batch)
         ctx.save_for_backward(x, *values)
         return x
 
@@ -1016,6 +1019,7 @@ class BoxQp(torch.nn.Module):
         backward_max_iter=200,
         backward_tol=1e-10,
         on_nonconvergence="warn",
+        fold_unconverged=False,
     ):
         super().__init__()
         if backward_method not in ("auto", "lfpi", "gmres", "cg", "direct"):
@@ -1030,6 +1034,7 @@ class BoxQp(torch.nn.Module):
         self.backward_max_iter = int(backward_max_iter)
         self.backward_tol = float(backward_tol)
         self.on_nonconvergence = on_nonconvergence
+        self.fold_unconverged = bool(fold_unconverged)
         self.bound = []
         inputs = {
             "Q": Q,

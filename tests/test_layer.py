@@ -180,6 +180,35 @@ def test_unconverged_forward_element_gets_zero_gradient():
     assert layer.backward_info.forward_converged.tolist() == [True, False, True]
 
 
+def test_fold_unconverged_differentiates_a_truncated_forward_at_its_last_iterate():
+    """Opted in, the element stopped after one iteration is folded at x_1. Here U does not
+    depend on x (Φ = 0), so its folded gradient is the exact one, like its neighbours'."""
+    module, layer = layer_for(
+        "box_qp", max_iter=1, on_nonconvergence="ignore", fold_unconverged=True
+    )
+    Q, c, x_init = two_step_box_batch()
+    c = c.clone().requires_grad_()
+    x = layer(Q=Q, c=c, x_init=x_init)
+    assert layer.info.converged.tolist() == [True, False, True]
+    weight = torch.linspace(-1, 1, 6, dtype=F64)
+    (x * weight).sum().backward()
+    free = ((-c.detach() / 2 > 0) & (-c.detach() / 2 < 1)).to(F64)
+    torch.testing.assert_close(c.grad, -weight / 2 * free, atol=1e-12, rtol=0)
+    assert layer.backward_info.converged.tolist() == [True, True, True]
+
+
+def test_fold_unconverged_still_zeroes_an_infeasible_element():
+    module, layer = layer_for(
+        "ball_least_squares", on_nonconvergence="ignore", fold_unconverged=True
+    )
+    v = draw("ball_least_squares")
+    radius = torch.tensor([0.6, -1.0], dtype=F64, requires_grad=True)
+    x = layer(A=v["A"], b=v["b"], center=v["center"], radius=radius)
+    x.sum().backward()
+    assert layer.backward_info.converged.tolist() == [True, False]
+    assert radius.grad[1] == 0 and radius.grad[0] != 0
+
+
 def test_adjoint_that_misses_its_tolerance_gives_zero_and_is_reported():
     """LFPI with one product: exact where Φ = 0 (Q = 2I), short elsewhere (a random Q)."""
     module, layer = layer_for("box_qp", backward_method="lfpi", backward_max_iter=1)
