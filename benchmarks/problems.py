@@ -7,7 +7,6 @@ defaults; ``make_cases(quick=True)`` shrinks them for the CI smoke run.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,16 +14,16 @@ from pathlib import Path
 import torch
 from reference import Local
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from _common import load_generated  # noqa: E402
+import foldgen
 
 F64 = torch.float64
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @functools.cache
 def generated_module(name):
     """generated/<name>.py, imported once per process for all cases and methods."""
-    return load_generated(name)
+    return foldgen.load_generated(ROOT / "generated" / f"{name}.py")
 
 
 @dataclass

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import foldgen
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,11 +18,7 @@ def load_generated(name: str):
     path = ROOT / "generated" / f"{name}.py"
     if not path.exists():
         sys.exit(f"{path} is missing: run `foldgen build specs/{name}.yaml` first")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return foldgen.load_generated(path)
 
 
 class ChunkedLayer:

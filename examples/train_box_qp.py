@@ -6,6 +6,10 @@ solutions match. Gradients reach the network through the layer's folded backward
 
     python examples/train_box_qp.py            # full run (~15 s on 2 cores)
     python examples/train_box_qp.py --quick    # a few seconds
+    python examples/train_box_qp.py --quick --from-spec   # compile specs/box_qp.yaml in memory
+
+``--from-spec`` skips generated/: ``foldgen.compile`` builds the layer class from the spec
+in the process (the same source ``foldgen build`` writes), as a notebook would.
 """
 
 from __future__ import annotations
@@ -14,22 +18,30 @@ import argparse
 import time
 
 import torch
-from _common import load_generated
+from _common import ROOT, load_generated
+
+import foldgen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few epochs on a small problem")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--from-spec", action="store_true", help="foldgen.compile the spec instead of importing"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     n, features, samples = (20, 8, 128) if args.quick else (50, 16, 512)
     epochs = 5 if args.quick else 40
 
-    box_qp = load_generated("box_qp")
+    if args.from_spec:
+        BoxQp = foldgen.compile(ROOT / "specs" / "box_qp.yaml")
+    else:
+        BoxQp = load_generated("box_qp").BoxQp
     a = torch.randn(n, n, dtype=torch.float64)
     q = a @ a.T / n + 0.1 * torch.eye(n, dtype=torch.float64)
-    layer = box_qp.BoxQp(Q=q)  # Q bound once, as a buffer
+    layer = BoxQp(Q=q)  # Q bound once, as a buffer
 
     hidden = torch.randn(features, n, dtype=torch.float64)
     inputs = torch.randn(samples, features, dtype=torch.float64)

@@ -22,9 +22,9 @@ from foldgen.errors import SpecError
 from foldgen.ir import lower
 from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.rules import plan_for
-from foldgen.spec import load_spec
+from foldgen.spec import LoadedSpec, load_spec, load_spec_text
 
-__all__ = ["Built", "build", "project_root", "recorded_path"]
+__all__ = ["Built", "build", "build_loaded", "build_text", "project_root", "recorded_path"]
 
 # Files that mark the top of a project: a module records its spec relative to that top.
 _PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -55,12 +55,24 @@ def build(
     """
     with _deadline(limits, os.fspath(spec_path)):
         loaded = load_spec(spec_path, limits)
-        problem = lower(loaded)
-        plan = plan_for(problem)
         out = Path(output_dir if output_dir is not None else "generated")
-        root = project_root(out)
-        source = render(problem, plan, recorded_path(spec_path, root))  # type: ignore[arg-type]
+        return build_loaded(loaded, recorded_path(spec_path, project_root(out)))
+
+
+def build_loaded(loaded: LoadedSpec, recorded: str) -> Built:
+    """Compile a spec already read and validated; ``recorded`` is the path the header names."""
+    problem = lower(loaded)
+    plan = plan_for(problem)
+    source = render(problem, plan, recorded)  # type: ignore[arg-type]
     return Built(problem.name, source)
+
+
+def build_text(
+    text: str, file: str = "<spec>", limits: Limits = DEFAULT_LIMITS, recorded: str | None = None
+) -> Built:
+    """`build` for a spec held in a string; ``file`` names it in messages and the header."""
+    with _deadline(limits, file):
+        return build_loaded(load_spec_text(text, file, limits), recorded or file)
 
 
 def project_root(output_dir: str | os.PathLike[str]) -> Path:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from foldgen import __version__
+from foldgen._version import __version__
 from foldgen.build import Built, build
 from foldgen.errors import SpecError, one_line
 from foldgen.limits import DEFAULT_LIMITS, Limits, parse_limit

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import jinja2
 
-from foldgen import __version__
+from foldgen._version import __version__
 from foldgen.ir import Problem
 from foldgen.printer import print_function
 from foldgen.rules.base import Plan
-from foldgen.source import comment, docstring, identifier, number, string_literal
+from foldgen.source import comment, docstring, identifier, literal, number
 
 RUNTIME_FILES = ("linsolve.py", "projections.py", "prox.py", "qp.py")
 
@@ -98,20 +98,6 @@ def _dim_sources(problem: Problem, args: tuple[str, ...]) -> dict[str, str]:
 def _reference(problem: Problem, args: tuple[str, ...]) -> str:
     names = {p.name for p in problem.parameters} | {v.name for v in problem.variables}
     return next(a for a in args if a in names)
-
-
-def literal(value: object) -> str:
-    """A deterministic Python literal for tuples/dicts of names, numbers and None."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, tuple):
-        inner = ", ".join(literal(v) for v in value)
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    if isinstance(value, float):
-        return number(value)
-    if isinstance(value, str):
-        return string_literal(value)
-    return repr(value)
 
 
 def _wrapped_dict(prefix: str, value: dict) -> str:

@@ -200,11 +200,6 @@ class Expr(metaclass=_Interned):
         """Copies and unpickled nodes are rebuilt through the intern table."""
         return type(self), tuple(getattr(self, f) for f in _field_names(type(self)))
 
-    def __str__(self) -> str:
-        from foldgen.mathprint import math_str
-
-        return math_str(self)
-
 
 @dataclass(frozen=True, eq=False)
 class Leaf(Expr):

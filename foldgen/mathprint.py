@@ -36,7 +36,7 @@ from foldgen.expr import (
     postorder,
 )
 from foldgen.functions import ELEMENTWISE
-from foldgen.printer import number
+from foldgen.source import number
 
 MATH_LIMIT = 600
 """Longest formula shown in full (about seven docstring lines)."""

@@ -38,6 +38,7 @@ from foldgen.expr import (
     postorder,
 )
 from foldgen.functions import ELEMENTWISE
+from foldgen.source import number
 
 # Binding strength, higher binds tighter (Python's own order).
 ATOM, POW, UNARY, MULT, ADDITIVE = 6, 5, 4, 3, 2
@@ -53,19 +54,6 @@ class Printed:
     text: str
     prec: int
     number: bool = False
-
-
-def number(value: float) -> str:
-    """A float literal that reads well and round-trips (``0.5``, ``2.0``, ``1e-08``).
-
-    Only finite numbers: the parser and the constant folding refuse the others, and a NaN or
-    an infinity reaching generated code would be a wrong module, so it stops the build here.
-    """
-    if not math.isfinite(value):
-        raise ValueError(f"not a finite number: {value!r}")
-    if value == int(value) and abs(value) < 1e15:
-        return f"{value:.1f}"
-    return repr(value)
 
 
 class TorchPrinter:

@@ -83,3 +83,17 @@ def string_literal(text: str) -> str:
         for ch in body
     )
     return f'"{body}"'
+
+
+def literal(value: object) -> str:
+    """A deterministic Python literal for tuples/dicts of names, numbers and None."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, tuple):
+        inner = ", ".join(literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, str):
+        return string_literal(value)
+    return repr(value)

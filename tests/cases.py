@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import foldgen
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
 
 
 def load_module(name: str, directory: Path = ROOT / "generated"):
     """Import generated/<name>.py as a fresh module (not via the package)."""
-    spec = importlib.util.spec_from_file_location(f"generated_{name}", directory / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return foldgen.load_generated(directory / f"{name}.py", f"generated_{name}")
 
 
 @dataclass(frozen=True)

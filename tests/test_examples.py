@@ -43,6 +43,15 @@ def test_train_box_qp():
     assert errors[-1] < errors[0]  # training through the layer lowers the loss
 
 
+def test_train_box_qp_from_the_spec_in_memory_trains_identically():
+    """foldgen.compile builds the same layer: the same seed gives the same losses."""
+    written = run("train_box_qp.py", "--quick")
+    compiled = run("train_box_qp.py", "--quick", "--from-spec")
+    pattern = r"solution MSE (\S+)"
+    assert re.findall(pattern, compiled) == re.findall(pattern, written)
+    assert re.findall(pattern, compiled)
+
+
 def test_box_qp_backward():
     out = run("box_qp_backward.py", "--n", "40", "--batch", "8", "--repeats", "2")
     errors = [float(e) for e in re.findall(r"\| ([0-9.]+e[-+][0-9]+) \|", out)]

@@ -25,7 +25,7 @@ from ir_helpers import (
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.parse import parse_expression
-from foldgen.printer import number
+from foldgen.source import number
 
 DIMS = {"n": 4, "m": 3}
 N, M = DIMS["n"], DIMS["m"]

@@ -27,6 +27,7 @@ from foldgen.ir import AffineEq, Ball, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
 from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable
 from foldgen.rules.base import smooth as derive_smooth
+from foldgen.source import literal
 
 INF = float("inf")
 
@@ -73,7 +74,6 @@ class AdmmPlan:
         return SOLVERS + tuple(name for k in kinds for name in PROX_HELPERS[k])
 
     def context(self, problem: Problem) -> dict[str, object]:
-        from foldgen.emit import literal
 
         names = [p.name for p in problem.parameters]
         ranks: list[int] = []

@@ -26,6 +26,7 @@ from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
 from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable, smooth
+from foldgen.source import literal
 
 INF = float("inf")
 
@@ -86,7 +87,6 @@ class PgdPlan:
         return SOLVERS + PROJECTION_HELPERS[self.projection.kind]
 
     def context(self, problem: Problem) -> dict[str, object]:
-        from foldgen.emit import literal
 
         names = [p.name for p in problem.parameters]
         step_size = literal(self.step_value) if self.step_mode == "fixed" else '"auto"'

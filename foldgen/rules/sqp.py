@@ -29,6 +29,7 @@ from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
 from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable
+from foldgen.source import literal
 
 # Functions whose derivative is not continuous: SQP needs a twice differentiable problem.
 NONSMOOTH = {"abs": "abs/norm1", "sign": "sign"}
@@ -60,7 +61,6 @@ class SqpPlan:
         return SOLVERS + ("_qp_solve", "_kkt_matrix", "_qp_polish")
 
     def context(self, problem: Problem) -> dict[str, object]:
-        from foldgen.emit import literal
 
         names = [p.name for p in problem.parameters]
         return {
