@@ -1,29 +1,37 @@
 """Emission: print the derived expressions and render the module templates.
 
-Decisions are made in Python (here and in the rule's plan); the Jinja templates only lay
-text out. Runtime helpers (linear solvers, projections) live as plain, tested Python in
-``templates/runtime/`` and are copied function by function — only those a module needs.
-The output is deterministic: no timestamps, sorted where order is not given by the spec.
+Decisions are made in Python (here and in the rule's plan); the Jinja template only lays
+the module's own text out. The solvers live as plain, tested Python in `foldgen.runtime`;
+`foldgen.link` finds the definitions a module reaches, which are copied after it (or
+imported from a shared runtime file). The output is deterministic: no timestamps, sorted
+where order is not given by the spec.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
-import re
 import shlex
 import textwrap
 from pathlib import Path
+from typing import Literal
 
 import jinja2
 
 from foldgen._version import __version__
 from foldgen.ir import Problem
+from foldgen.link import (
+    SHARED_RUNTIME,
+    STDLIB_IMPORTS,
+    block,
+    closure,
+    free_names,
+    imports_for,
+    modules_used,
+    runtime_definitions,
+)
 from foldgen.printer import print_function
-from foldgen.rules.base import Plan
-from foldgen.source import comment, docstring, identifier, literal, number
-
-RUNTIME_FILES = ("linsolve.py", "projections.py", "prox.py", "qp.py")
+from foldgen.rules.base import Plan, Ref, Value
+from foldgen.source import comment, docstring, identifier, literal, number, string_literal
 
 
 def templates_dir() -> Path:
@@ -50,35 +58,6 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-
-
-@functools.cache
-def _runtime_functions() -> dict[str, tuple[str, tuple[str, ...], int]]:
-    """name → (source, dependencies, order) for every top-level function of the runtime."""
-    out: dict[str, tuple[str, tuple[str, ...], int]] = {}
-    for filename in RUNTIME_FILES:
-        text = (templates_dir() / "runtime" / filename).read_text(encoding="utf-8")
-        for node in ast.parse(text).body:
-            if isinstance(node, ast.FunctionDef):
-                source = ast.get_source_segment(text, node) or ""
-                needs = re.search(r"^\s*# needs: (.*)$", source, re.MULTILINE)
-                deps = tuple(d.strip() for d in needs.group(1).split(",")) if needs else ()
-                out[node.name] = (source, deps, len(out))
-    return out
-
-
-def runtime_source(names: tuple[str, ...]) -> str:
-    """The named runtime functions and what they need, in their files' order."""
-    table = _runtime_functions()
-    wanted: set[str] = set()
-    stack = list(names)
-    while stack:
-        name = stack.pop()
-        if name not in wanted:
-            wanted.add(name)
-            stack.extend(table[name][1])
-    ordered = sorted(wanted, key=lambda n: table[n][2])
-    return "\n\n\n".join(table[n][0] for n in ordered) + "\n"
 
 
 def _dim_sources(problem: Problem, args: tuple[str, ...]) -> dict[str, str]:
@@ -109,7 +88,40 @@ def _wrapped_dict(prefix: str, value: dict) -> str:
     return "{\n" + "".join(f"    {literal(k)}: {literal(v)},\n" for k, v in value.items()) + "}"
 
 
-def render(problem: Problem, plan: Plan, spec_file: str) -> str:
+RuntimeMode = Literal["inline", "shared"]
+
+#: The problem record's fields every rule shares (foldgen.runtime.contract.Problem).
+COMMON_RECORD = (
+    ("parameters", "PARAMETERS"),
+    ("grad_parameters", "GRAD_PARAMETERS"),
+    ("defaults", "DEFAULTS"),
+    ("dims", "DEFAULT_DIMS"),
+    ("variable", "VARIABLE"),
+)
+
+
+#: The layer's settings every rule shares, after the rule's own.
+def _common_settings(problem: Problem) -> list[tuple[str, str]]:
+    return [
+        ("backward_method", string_literal(problem.backward.method)),
+        ("backward_max_iter", str(problem.backward.max_iter)),
+        ("backward_tol", number(problem.backward.tol)),
+        ("on_nonconvergence", '"warn"'),
+        ("fold_unconverged", "False"),
+    ]
+
+
+def _value(value: Value) -> str:
+    """A record value as source: a name as itself, tuples element-wise, else a literal."""
+    if isinstance(value, Ref):
+        return value.name
+    if isinstance(value, tuple):
+        inner = ", ".join(_value(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return literal(value)
+
+
+def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = "inline") -> str:
     """The generated module's source text.
 
     Spec text reaches it only through `foldgen.source`: the doc and the paths escaped for
@@ -117,6 +129,10 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
     The spec's path is printed on the third line, never the first two, where Python would
     read a ``coding:`` declaration in it (a file named ``coding: utf-7`` would turn the
     doc's ``+ACI-`` into quotes).
+
+    The module's own code (the layer class, the tables, the derived functions, the problem
+    record) comes from the template; the runtime definitions it reaches follow it, copied
+    (``inline``) or imported from the directory's ``_foldgen_runtime.py`` (``shared``).
     """
     for name in (problem.class_name, *(p.name for p in problem.parameters)):
         identifier(name)
@@ -132,7 +148,19 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
                 doc=fn.doc,
             ).rstrip("\n")
         )
+    emission = plan.emission(problem)
     var = plan.var
+    record = [*COMMON_RECORD, *((name, _value(v)) for name, v in emission.record)]
+    checks = {s.name: s.check.name for s in emission.settings}
+    record.append(
+        ("setting_checks", "{" + ", ".join(f'"{k}": {v}' for k, v in checks.items()) + "}")
+    )
+    settings = [
+        ("max_iter", str(problem.solver.max_iter)),
+        ("tol", number(problem.solver.tol)),
+        *((s.name, _value(s.default)) for s in emission.settings),
+        *_common_settings(problem),
+    ]
     context = {
         "version": __version__,
         "spec_file": comment(spec_file),
@@ -142,6 +170,8 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
         "class_name": identifier(problem.class_name),
         "class_doc": docstring(class_docstring(problem, plan)),
         "parameters": problem.parameters,
+        "call_order": ", ".join(p.name for p in problem.parameters),
+        "settings": settings,
         "parameters_literal": _wrapped_dict(
             "PARAMETERS = ", {p.name: p.shape for p in problem.parameters}
         ),
@@ -153,17 +183,35 @@ def render(problem: Problem, plan: Plan, spec_file: str) -> str:
         "variable_literal": literal((var.name, var.shape)),
         "var": {"name": var.name, "dims": var.shape[0]},
         "derived": derived,
-        "runtime": runtime_source(plan.runtime_names()).rstrip("\n"),
-        "rule": plan.rule,
-        "solver": {"max_iter": problem.solver.max_iter, "tol": number(problem.solver.tol)},
-        "backward": {
-            "method": problem.backward.method,
-            "max_iter": problem.backward.max_iter,
-            "tol": number(problem.backward.tol),
-        },
-        **plan.context(problem),
+        "record": record,
     }
-    return _environment().get_template("module.py.j2").render(**context)
+    template = _environment().get_template("module.py.j2")
+    skeleton = template.render(**context, imports="import torch", runtime="")
+    used = free_names(skeleton)
+    reached = closure(used)
+    modules = (used | modules_used(reached)) & set(STDLIB_IMPORTS)
+    lines = imports_for(modules | {"types"})
+    if runtime == "inline":
+        return template.render(**context, imports="\n".join(lines), runtime=block(reached))
+    names = sorted(n for n in used if n in runtime_definitions())
+    own = (used - set(runtime_definitions())) & set(STDLIB_IMPORTS)
+    lines = imports_for(own | {"types"})
+    return template.render(
+        **context, imports="\n".join([*lines, "", *_shared_import(names)]), runtime=""
+    )
+
+
+def _shared_import(names: list[str]) -> list[str]:
+    """Import the runtime from the directory's _foldgen_runtime.py: relative inside a
+    package, else from sys.path (the directory itself, when a script runs there)."""
+    listed = "".join(f"        {n},\n" for n in names)
+    body = f"    from {{0}}{SHARED_RUNTIME} import (\n{listed}    )"
+    return [
+        "try:",
+        body.format("."),
+        "except ImportError:",
+        body.format(""),
+    ]
 
 
 def fill(text: str, indent: str = "", width: int = 92) -> str:

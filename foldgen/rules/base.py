@@ -1,22 +1,22 @@
 """What every update rule hands to the emitter.
 
-A rule's ``plan(problem)`` returns an object with this interface: the derived expressions to
-print as functions, the runtime helpers its template needs, the template context of its own
-decisions, and its account of the problem in readable math for the module docstring.
+A rule's ``plan(problem)`` returns a `Plan`: the derived expressions to print as functions,
+the problem record's fields (names of derived and runtime functions, plain values) and its
+settings (an `Emission`), and its account of the problem in readable math for the module
+docstring. Rules decide; only emit formats.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import Problem, Variable
 
-# Adjoint solvers every rule's backward can choose from (templates/runtime/linsolve.py).
-SOLVERS = ("_solve_lfpi", "_solve_gmres", "_solve_cg", "_solve_direct", "_dense_from_matvec")
+RuleName = Literal["pgd", "admm", "sqp"]
 
 
 @dataclass(frozen=True)
@@ -29,22 +29,65 @@ class Derived:
     doc: str
 
 
-class Plan(Protocol):
-    rule: str  # also the name of the rule's template, templates/<rule>.py.j2
-    var: Leaf
-    functions: tuple[Derived, ...]
+@dataclass(frozen=True)
+class Ref:
+    """A name the problem record binds: a derived function or a runtime definition
+    (`foldgen.runtime`); emit copies (or imports) the runtime ones the module reaches."""
 
-    def runtime_names(self) -> tuple[str, ...]:
-        """Top-level functions of templates/runtime/ the module needs."""
+    name: str
+
+
+#: A problem-record value: a name, or a plain Python value (a number, a string, a tuple of
+#: them) that only emit formats.
+Value = Ref | bool | int | float | str | None | tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A rule's own keyword setting of the layer's constructor, with its spec default and
+    the runtime function that checks a given value."""
+
+    name: str
+    default: Value
+    check: Ref
+
+
+@dataclass(frozen=True)
+class Emission:
+    """What a rule hands to emit: the fields of the generated module's problem record
+    (`foldgen.runtime.contract` declares them per rule) and the rule's own settings."""
+
+    record: tuple[tuple[str, Value], ...]
+    settings: tuple[Setting, ...] = ()
+
+
+class Plan(Protocol):
+    """A rule's decisions for one problem (rules/pgd.py, admm.py, sqp.py return one)."""
+
+    @property
+    def rule(self) -> RuleName: ...
+
+    @property
+    def var(self) -> Leaf: ...
+
+    @property
+    def functions(self) -> tuple[Derived, ...]:
+        """The derived functions the generated module defines."""
         ...
 
-    def context(self, problem: Problem) -> dict[str, Any]:
-        """The rule's own template variables (its decisions, already made)."""
+    def emission(self, problem: Problem) -> Emission:
+        """The problem record's rule fields and the rule's settings."""
         ...
 
     def describe(self, problem: Problem) -> list[str]:
         """The module docstring's body: problem, U, Φᵀv, Ψᵀv in readable math."""
         ...
+
+
+def grad_indices(problem: Problem, names: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of the named parameters in call order (how the runtime indexes gradients)."""
+    order = [p.name for p in problem.parameters]
+    return tuple(order.index(n) for n in names)
 
 
 @dataclass(frozen=True)
@@ -117,3 +160,4 @@ def single_vector_variable(problem: Problem) -> Variable:
             ("variables", var.name, "shape"), f"rule '{rule}' needs a vector variable (shape [n])"
         )
     return var
+SOLVERS = ("_solve_lfpi", "_solve_gmres", "_solve_cg", "_solve_direct", "_dense_from_matvec")  # TEMP

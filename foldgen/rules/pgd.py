@@ -25,19 +25,32 @@ from foldgen.derive import jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable, smooth
-from foldgen.source import literal
+from foldgen.rules.base import (
+    Derived,
+    Emission,
+    Ref,
+    RuleName,
+    Setting,
+    Value,
+    grad_indices,
+    problem_header,
+    single_vector_variable,
+    smooth,
+)
+from foldgen.runtime.sets import SETS
 
 INF = float("inf")
 
-PROJECTION_HELPERS = {
-    "none": (),
-    "box": ("_proj_box", "_proj_box_vjp"),
-    "box_sum": ("_proj_box_sum", "_proj_box_sum_vjp"),
-    "affine": ("_affine_factor", "_proj_affine", "_proj_affine_vjp"),
-    "halfspace": ("_proj_halfspace", "_proj_halfspace_vjp"),
-    "ball": ("_proj_ball", "_proj_ball_vjp"),
-}
+# The derived functions a PGD module may define, as the problem record names them.
+DERIVED_FIELDS = (
+    "objective",
+    "gradient",
+    "hvp",
+    "init",
+    "gradient_vjp",
+    "hessian_diagonal",
+    "set_data_vjp",
+)
 
 STEP_TEXT = {
     "fixed": "a fixed step α (step_size in the spec, or the constructor's).",
@@ -73,7 +86,7 @@ class Projection:
 
 @dataclass(frozen=True)
 class PgdPlan:
-    rule: str
+    rule: RuleName
     var: Leaf
     projection: Projection
     step_mode: str  # fixed | lipschitz | scaled | bb
@@ -83,24 +96,21 @@ class PgdPlan:
     set_grad_params: tuple[str, ...]  # grad params reached through the set data
     math: dict[str, str]
 
-    def runtime_names(self) -> tuple[str, ...]:
-        return SOLVERS + PROJECTION_HELPERS[self.projection.kind]
-
-    def context(self, problem: Problem) -> dict[str, object]:
-
-        names = [p.name for p in problem.parameters]
-        step_size = literal(self.step_value) if self.step_mode == "fixed" else '"auto"'
-        return {
-            "settings": [{"name": "step_size", "default": step_size}],
-            "projection": self.projection,
-            "step_mode": self.step_mode,
-            "objective_grad_params": self.objective_grad_params,
-            "objective_grad_indices": literal(
-                tuple(names.index(n) for n in self.objective_grad_params)
-            ),
-            "set_grad_params": self.set_grad_params,
-            "set_grad_indices": literal(tuple(names.index(n) for n in self.set_grad_params)),
-        }
+    def emission(self, problem: Problem) -> Emission:
+        projection = self.projection
+        kind = "affine_row" if projection.kind == "affine" and projection.row else projection.kind
+        has = {fn.name for fn in self.functions}
+        record: list[tuple[str, Value]] = [
+            ("solve", Ref(f"_pgd_solve_{self.step_mode}")),
+            ("backward", Ref("_pgd_backward")),
+            ("set", Ref(SETS[kind])),
+            ("set_data", Ref("_set_data" if "_set_data" in has else "_no_set_data")),
+            ("objective_grad_indices", grad_indices(problem, self.objective_grad_params)),
+            ("set_grad_indices", grad_indices(problem, self.set_grad_params)),
+        ]
+        record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
+        default: Value = self.step_value if self.step_mode == "fixed" else "auto"
+        return Emission(tuple(record), (Setting("step_size", default, Ref("_check_step_size")),))
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name

@@ -1,0 +1,36 @@
+"""Batched tensor helpers every rule uses (vectors (..., n), matrices (..., m, n))."""
+
+import torch
+
+
+def _mv(A, x):
+    """Batched matrix–vector product: (..., m, n) @ (..., n) -> (..., m)."""
+    return (A @ x[..., None])[..., 0]
+
+
+def _dot(a, b):
+    """Batched dot product over the last axis."""
+    return (a * b).sum(-1)
+
+
+def _expand(s, core):
+    """A batch of scalars (...) repeated to (..., *core)."""
+    return s[(...,) + (None,) * len(core)].expand(*s.shape, *core)
+
+
+def _lift(t, rank):
+    """Insert one batch axis just before the core axes (for a dense Jacobian's columns)."""
+    return t.unsqueeze(-rank - 1)
+
+
+def _norm(v):
+    return torch.linalg.vector_norm(v, dim=-1)
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _per_element(mask, core):
+    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
+    return mask[(...,) + (None,) * len(core)]

@@ -1,0 +1,418 @@
+"""The layer machinery every generated module shares: the info records and warnings, input
+gathering and validation, the adjoint solve and the folded ``autograd.Function``.
+
+Everything the problem contributes arrives as ``p``, the generated module's problem record
+(see `foldgen.runtime.contract`): its parameters' shapes, its defaults, its derived functions
+and the rule's ``solve``/``backward``. Nothing here depends on a spec, so the same code serves
+every module, copied into it or imported from a shared runtime file.
+"""
+
+import dataclasses
+import math
+import sys
+import warnings
+
+import torch
+
+from foldgen.runtime.core import _per_element
+from foldgen.runtime.linsolve import (
+    _dense_from_matvec,
+    _solve_cg,
+    _solve_direct,
+    _solve_gmres,
+    _solve_lfpi,
+)
+
+BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
+NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A batch element's forward or backward solve stopped before its tolerance."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveInfo:
+    """What the forward did, per batch element (tensors of the batch shape)."""
+
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
+    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
+    feasible: torch.Tensor  # bool: False where the constraints admit no point
+    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardInfo:
+    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
+
+    Where ``converged`` is False the element's gradient is zero: its forward did not converge
+    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
+    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
+    """
+
+    method: str
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
+    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
+    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
+
+
+def _gather(p, layer, args, kwargs):
+    """The parameter values in call order: positional, keyword, bound, then defaults.
+
+    ``args`` fill the inputs not bound in the constructor, in call order; ``kwargs`` name
+    any input, a bound one included (it overrides the bound value for this call).
+    """
+    free = [name for name in p.parameters if name not in layer.bound]
+    if len(args) > len(free):
+        raise TypeError(
+            f"{layer.__class__.__name__} takes {len(free)} positional inputs "
+            f"({', '.join(free)}), got {len(args)}"
+        )
+    given = dict(zip(free, args))
+    for name, value in kwargs.items():
+        if name not in p.parameters:
+            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(p.parameters)}")
+        if name in given:
+            raise TypeError(f"input '{name}' given twice")
+        given[name] = value
+    values = []
+    for name in p.parameters:
+        if name in given:
+            values.append(given[name])
+        elif name in layer.bound:
+            values.append(getattr(layer, name))
+        elif name in p.defaults:
+            values.append(p.defaults[name])
+        else:
+            raise TypeError(f"missing input '{name}'")
+    return values
+
+
+def _validate(p, values, x_init):
+    """Tensors of one supported dtype and one device, with consistent sizes; else ValueError
+    naming the odd input (the one that disagrees with the majority; of two, the later).
+
+    Returns the tensors, the sizes of the dims, and the broadcast batch shape.
+    """
+    given = []  # (name, core, tensor) of the inputs given as tensors
+    for (name, core), value in zip(p.parameters.items(), values):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
+        if not isinstance(value, torch.Tensor) and not number:
+            raise ValueError(
+                f"{name}: expected a tensor of shape {_shape_text(core)}, got {type(value).__name__}"
+            )
+        if isinstance(value, torch.Tensor):
+            _check_dtype(name, value)
+            given.append((name, core, value))
+    if not given:
+        # Every input is a plain number (defaults included): torch's default dtype and device.
+        default = torch.zeros(())
+        dtype, device = default.dtype, default.device
+    else:
+        dtype, holder = _majority([(name, value.dtype) for name, _, value in given])
+        for name, _, value in given:
+            if value.dtype != dtype:
+                raise ValueError(f"{name}: dtype {value.dtype} differs from {holder}'s {dtype}")
+        device, holder = _majority([(name, value.device) for name, _, value in given])
+        for name, _, value in given:
+            if value.device != device:
+                raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
+    tensors = []
+    for (name, core), value in zip(p.parameters.items(), values):
+        if not isinstance(value, torch.Tensor):
+            value = torch.tensor(float(value), dtype=dtype, device=device)
+        if value.dim() < len(core):
+            raise ValueError(
+                f"{name}: expected shape {_shape_text(core)}, got {tuple(value.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        if value.requires_grad and name not in p.grad_parameters:
+            raise ValueError(
+                f"{name}: requires grad, but the spec declares it grad: false "
+                "(detach it, or declare grad: true)"
+            )
+        tensors.append(value)
+    shapes = [(name, t.shape, core) for (name, core), t in zip(p.parameters.items(), tensors)]
+    if x_init is not None:
+        name = f"{p.variable[0]}_init"
+        if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
+            raise ValueError(f"{name}: expected a {dtype} tensor")
+        if x_init.device != device:
+            raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
+        if x_init.dim() < 1:
+            raise ValueError(f"{name}: expected shape (..., {p.variable[1][0]}), got ()")
+        if not bool(torch.isfinite(x_init).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        shapes.append((name, x_init.shape, p.variable[1]))
+    sizes = _dim_sizes(p, shapes)
+    batch = _batch_shape(shapes)
+    return tensors, sizes, batch
+
+
+def _check_dtype(name, value):
+    """float32 and float64 only: the solvers' linear algebra (LU, Cholesky, eigh, pinv) has no
+    float16/bfloat16 kernels, so half precision is refused here rather than deep inside."""
+    if not value.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if value.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"{name}: dtype {value.dtype} is not supported; use float32 or float64 "
+            "(cast the input, and the result back if needed)"
+        )
+
+
+def _majority(pairs):
+    """The most common value among (name, value) pairs (ties to the first seen), and the
+    first name holding it: inputs that differ from it are the odd ones."""
+    counts = {}
+    for name, value in pairs:
+        counts.setdefault(value, [0, name])[0] += 1
+    value, (_, name) = max(counts.items(), key=lambda item: item[1][0])
+    return value, name
+
+
+def _dim_sizes(p, shapes):
+    """The size of each named dim, by majority over the inputs that carry it; ValueError
+    naming the input whose size differs, or the one that gives the variable's dim size 0."""
+    seen = {}  # dim -> [(name, size)]
+    for name, shape, core in shapes:
+        for axis, dim in enumerate(core):
+            size = shape[len(shape) - len(core) + axis]
+            if isinstance(dim, int):
+                if size != dim:
+                    raise ValueError(
+                        f"{name}: axis {axis - len(core)} has size {size}, expected {dim}"
+                    )
+            else:
+                seen.setdefault(dim, []).append((name, axis - len(core), size))
+    sizes = {}
+    for dim, found in seen.items():
+        size, holder = _majority([(name, size) for name, _, size in found])
+        for name, axis, other in found:
+            if other != size:
+                raise ValueError(
+                    f"{name}: axis {axis} has size {other}, but {dim} = {size} from {holder}"
+                )
+        sizes[dim] = size
+    dim = p.variable[1][0]
+    if dim in seen and sizes[dim] == 0:
+        name, axis, _ = seen[dim][0]
+        raise ValueError(
+            f"{name}: axis {axis} has size 0, but {dim}, the size of {p.variable[0]}, "
+            "must be at least 1"
+        )
+    return sizes
+
+
+def _batch_shape(shapes):
+    """The broadcast batch shape of the inputs; else ValueError naming the input in conflict
+    with the most others (ties to the later one) and one it conflicts with."""
+    batches = [(name, shape[: len(shape) - len(core)]) for name, shape, core in shapes]
+    try:
+        return torch.broadcast_shapes(*(batch for _, batch in batches))
+    except RuntimeError:
+        pass
+
+    def clash(a, b):
+        try:
+            torch.broadcast_shapes(a, b)
+        except RuntimeError:
+            return True
+        return False
+
+    conflicts = [[other for other in batches if clash(batch, other[1])] for _, batch in batches]
+    odd = max(reversed(range(len(batches))), key=lambda i: len(conflicts[i]))
+    (name, batch), (other, other_batch) = batches[odd], conflicts[odd][0]
+    raise ValueError(
+        f"{name}: batch dimensions {tuple(batch)} do not broadcast with {other}'s "
+        f"{tuple(other_batch)}"
+    )
+
+
+def _shape_text(core):
+    return "(" + ", ".join(["...", *map(str, core)]) + ")"
+
+
+def _report(layer, what, converged, detail):
+    """Apply the non-convergence policy for the elements where ``converged`` is False."""
+    if layer.on_nonconvergence == "ignore" or bool(converged.all()):
+        return
+    if converged.dim() == 0:
+        where = "the (unbatched) input"
+    else:
+        bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        where = f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+    message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
+    if layer.on_nonconvergence == "raise":
+        raise ConvergenceError(message)
+    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
+
+
+def _caller_level(layer):
+    """The warning's stack level of the first frame outside foldgen's code (the runtime, the
+    layer's own module) and torch."""
+    frame, level = sys._getframe(1), 1
+    own = type(layer).__module__
+    while frame is not None and (
+        frame.f_globals is globals()
+        or frame.f_globals.get("__name__", "") == own
+        or frame.f_globals.get("__name__", "").startswith("torch")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
+    """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
+
+    ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
+    finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
+    reporting and the zeroing of its gradients are ``_Fold.backward``'s.
+    """
+    n = g.shape[-1]
+    batch = g.shape[:-1]
+    ok = torch.isfinite(g).all(-1)
+    if usable is not None:
+        ok = ok & usable.expand(batch)
+    g = torch.where(ok[..., None], g, 0)
+    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
+    if method == "auto":
+        # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
+        method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
+    if method == "direct":
+        dense = _dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device)
+        v, iterations, residual = _solve_direct(dense, g)
+    elif method == "lfpi":
+        v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
+    elif method == "cg":
+        v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
+    else:
+        restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
+        v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
+    residual = torch.where(ok, residual, math.inf)
+    converged = ok & (residual <= tol)
+    # The forward's flags are _Fold.backward's to fill in.
+    unknown = torch.ones_like(ok)
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
+    return torch.where(converged[..., None], v, 0)
+
+
+class _Fold(torch.autograd.Function):
+    """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
+
+    The backward never lets a wrong gradient out: an element whose forward did not converge
+    or was infeasible, whose adjoint solve missed its tolerance, or whose gradient is not
+    finite contributes zero (to a parameter shared across the batch: the sum over the other
+    elements) and is reported in ``backward_info.converged``.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, p, x_init, sizes, batch, *values):
+        x, state = p.solve(p, layer, values, x_init, sizes, batch)
+        ctx.layer = layer
+        ctx.problem = p
+        ctx.state = state
+        ctx.batch = batch
+        vouched = layer.info.converged
+        if layer.fold_unconverged:  # a truncated forward: fold at x_T wherever x_T is finite
+            vouched = torch.isfinite(x).all(-1)
+        ctx.solved = (vouched & layer.info.feasible).expand(batch)
+        ctx.save_for_backward(x, *values)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x):
+        x, *values = ctx.saved_tensors
+        layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
+        grad_x = torch.where(solved[..., None], grad_x, 0)
+        p = ctx.problem
+        grads = p.backward(p, layer, x, values, ctx.state, grad_x)
+        info = layer.backward_info
+        ok = solved & info.converged
+        needs = ctx.needs_input_grad[5:]
+        full = []
+        for grad, need, value, core in zip(grads, needs, values, p.parameters.values()):
+            if grad is None or not need:
+                full.append(None)
+                continue
+            grad = grad.expand((*batch, *value.shape[value.dim() - len(core) :]))
+            finite = torch.isfinite(grad)
+            ok = ok & (finite.all(tuple(range(-len(core), 0))) if core else finite)
+            full.append(grad)
+        out = [
+            None
+            if grad is None
+            else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
+            for grad, value, core in zip(full, values, p.parameters.values())
+        ]
+        residual = torch.where(solved, info.residual, math.inf)
+        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
+        failed = solved & ~ok
+        worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
+        detail = (
+            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
+            "system or a non-finite gradient; those elements get a zero gradient"
+        )
+        _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
+        return (None, None, None, None, None, *out)
+
+
+def _init_layer(layer, p, inputs, settings):
+    """The constructor's body: check and store the settings, bind the given inputs.
+
+    ``settings`` are the keyword settings by name; ``p.setting_checks`` maps each of the
+    rule's own settings to its validator. A bound input becomes a buffer, an ``nn.Parameter`` a parameter, and a
+    plain number stays a number (it takes each call's dtype and device).
+    """
+    method = settings["backward_method"]
+    if method not in BACKWARD_METHODS:
+        raise ValueError(f"backward_method: unknown method {method!r}")
+    policy = settings["on_nonconvergence"]
+    if policy not in NONCONVERGENCE_POLICIES:
+        expected = "'warn', 'raise' or 'ignore'"
+        raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
+    layer.max_iter = int(settings["max_iter"])
+    layer.tol = float(settings["tol"])
+    for name, check in p.setting_checks.items():
+        setattr(layer, name, check(settings[name]))
+    layer.backward_method = method
+    layer.backward_max_iter = int(settings["backward_max_iter"])
+    layer.backward_tol = float(settings["backward_tol"])
+    layer.on_nonconvergence = policy
+    layer.fold_unconverged = bool(settings["fold_unconverged"])
+    layer.bound = []
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        layer.bound.append(name)
+        if isinstance(value, torch.nn.Parameter):
+            layer.register_parameter(name, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(layer, name, value)
+        else:
+            layer.register_buffer(name, torch.as_tensor(value))
+    layer.info = None
+    layer.backward_info = None
+
+
+def _forward(layer, p, args, named, x_init):
+    """The layer's call: gather and validate the inputs, then the folded solve."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+
+
+def _extra_repr(layer):
+    bound = f", bound={layer.bound}" if layer.bound else ""
+    method = f"backward_method={layer.backward_method!r}"
+    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"

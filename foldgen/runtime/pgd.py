@@ -1,0 +1,415 @@
+"""Projected gradient descent, U(x) = P_C(x − D∇f(x)), and its folded backward.
+
+One solve function per step mode (the plan picks one at build time): ``fixed`` (a given α),
+``lipschitz`` (α = 1/L on a quadratic f, accelerated), ``scaled`` (D = diag(1/h) from the
+Hessian diagonal, with backtracking) and ``bb`` (Barzilai–Borwein with backtracking). Each
+takes ``(p, layer, values, x_init, sizes, batch)`` and returns x and what the backward folds
+with, ``(D, S)``; `_pgd_backward` is the same for all. ``p`` is the problem record (its
+derived functions, ``p.set`` its `foldgen.runtime.sets._FeasibleSet`).
+
+Stopping is relative (see `_Track`): ‖U(x) − x‖ ≤ tol · σ. An iterate with ‖x‖∞ beyond
+_RUNAWAY / tol times the data's scale has left every bounded solution behind (the relative
+test could no longer see a step of the data's own size): the element is stopped and
+reported as diverged. Feasibility of the returned point is checked to `_feasibility_tol`.
+"""
+
+import math
+
+import torch
+
+from foldgen.runtime.core import _as_tuple, _lift, _norm
+from foldgen.runtime.layer import SolveInfo, _adjoint, _report
+
+_RUNAWAY = 0.5
+_CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
+
+
+def _runaway(tol):
+    """_RUNAWAY / tol; with tol = 0 (a run of exactly max_iter iterations) nothing runs away."""
+    return _RUNAWAY / tol if tol > 0 else math.inf
+
+
+def _feasibility_tol(tol, dtype):
+    """Relative constraint violation accepted at the returned point (projections are exact to
+    rounding; this only catches a projection that lost its digits)."""
+    return max(tol, math.sqrt(torch.finfo(dtype).eps))
+
+
+def _check_step_size(step_size):
+    if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
+        raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
+    return step_size
+
+
+def _reference_scale(p, x, values):
+    """σ₀ = max(‖x‖∞, α‖∇f(x)‖∞), α = ‖∇f‖ / ‖∇²f ∇f‖, at the projected default start x.
+
+    The data's own scale in the units of x (α∇f is a Newton-like step), computed from the
+    spec's init, never from a warm start: it scales with the data, so scaling the data scales
+    the stopping test with it, and a far warm start cannot loosen it. Non-finite or
+    curvature-free (linear f) pieces count as 0.
+    """
+    g = p.gradient(x, *values)
+    curvature = _norm(p.hvp(x, g, *values))
+    usable = torch.isfinite(curvature) & (curvature > 0)
+    alpha = torch.where(usable, _norm(g) / torch.where(usable, curvature, 1), 0)
+    step = alpha * g.abs().amax(-1)
+    step = torch.where(torch.isfinite(step), step, 0)
+    return torch.maximum(x.abs().amax(-1), step)
+
+
+class _Track:
+    """Per-element bookkeeping of the forward loop, in few batched operations (at small
+    sizes their number, not their arithmetic, is what an iteration costs).
+
+    ``step(x, U(x))`` records ‖U(x) − x‖ and its bound tol · max(σ₀, ‖U(x)‖∞), and retires
+    the elements that meet the bound. Where U(x) is not finite the bound is NaN or ∞, the
+    comparison fails and the element retires too. ``check(x)``, every _CHECK_EVERY
+    iterations, retires as diverged the elements beyond the runaway limit and keeps a copy
+    of the others' x, which ``finish`` returns where the final x is not finite.
+    """
+
+    def __init__(self, layer, reference, start, feasible):
+        self.tol = layer.tol
+        self.reference = reference  # σ₀, (...)
+        self.limit = _runaway(layer.tol) * torch.maximum(reference, start.abs().amax(-1))
+        self.started = feasible
+        self.active = feasible.clone()
+        self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
+        self.residual = torch.full_like(reference, math.inf)
+        self.bound = torch.zeros_like(reference)
+        self.runaway = torch.zeros_like(feasible)
+        self.safe = start
+
+    def step(self, x, x_new, found=None):
+        """Record the step x → x_new (found: where a step exists); whether any is active."""
+        step = _norm(x_new - x)
+        if found is not None:  # no step was found: the element is stuck, not converged
+            step = torch.where(found, step, math.inf)
+        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        self.residual = torch.where(self.active, step, self.residual)
+        self.bound = torch.where(self.active, bound, self.bound)
+        self.active = self.active & (step > bound)
+        if found is not None:
+            self.active = self.active & found
+        return bool(self.active.any())
+
+    def count(self):
+        self.iterations = self.iterations + self.active.to(torch.int64)
+
+    def check(self, x):
+        """Retire the active elements beyond the runaway limit; keep a copy of the others."""
+        within = x.abs().amax(-1) <= self.limit  # False for NaN
+        self.runaway = self.runaway | (self.active & ~within)
+        self.active = self.active & within
+        self.safe = torch.where(within[..., None], x, self.safe)
+
+    def finish(self, x):
+        """x, or its last checked finite copy where x itself is not finite."""
+        return torch.where(torch.isfinite(x).all(-1, keepdim=True), x, self.safe)
+
+    def met(self):
+        return (self.residual <= self.bound) & torch.isfinite(self.bound)
+
+    def diverged(self):
+        return self.started & (self.runaway | ~torch.isfinite(self.bound))
+
+
+class _Start:
+    """The forward's common start: the projected default point, the set, the data's scale."""
+
+    def __init__(self, p, layer, values, x_init, sizes, batch):
+        dim = p.variable[1][0]
+        n = sizes.get(dim, p.dims.get(dim))
+        default = p.init(*values).to(values[0]).expand(*batch, n)  # (..., n)
+        S = p.set.prepare(p.set_data(default, *values))
+        ones = torch.ones_like(default)
+        default, feasible = p.set.project(default, ones, S)
+        self.batch, self.S, self.ones, self.default = batch, S, ones, default
+        self.feasible = feasible.expand(batch)
+        self.reference = _reference_scale(p, default, values)
+        x = default
+        if x_init is not None:
+            # Projecting a far start loses digits (x = y − τ·1 with τ ≈ y cancels); projecting
+            # its projection again is the identity in exact arithmetic and restores the set.
+            x, _ = p.set.project(p.set.project(x_init.expand(*batch, n), ones, S)[0], ones, S)
+        self.x = x
+        self.warm = x_init is not None
+        given = float(layer.step_size) if layer.step_size != "auto" else 1.0
+        self.fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
+
+    def track(self, layer):
+        return _Track(layer, self.reference, self.x, self.feasible)
+
+
+def _pgd_solve_fixed(p, layer, values, x_init, sizes, batch):
+    """PGD with a given step α (the spec's or the constructor's step_size)."""
+    start = _Start(p, layer, values, x_init, sizes, batch)
+    x, d, S, ones = start.x, start.fixed, start.S, start.ones
+    track = start.track(layer)
+    for k in range(layer.max_iter):
+        if not bool(track.active.any()):
+            break
+        g = p.gradient(x, *values)
+        x_new, _ = p.set.project(x - d * g, ones, S)
+        if not track.step(x, x_new, None):
+            break
+        track.count()
+        x = torch.where(track.active[..., None], x_new, x)
+        if (k + 1) % _CHECK_EVERY == 0:
+            track.check(x)
+    return _pgd_finish(p, layer, track.finish(x), start, track, d)
+
+
+def _pgd_solve_lipschitz(p, layer, values, x_init, sizes, batch):
+    """Accelerated PGD with α = 1/L, L = λmax(∇²f) estimated on the data (f quadratic);
+    a given step_size overrides α."""
+    start = _Start(p, layer, values, x_init, sizes, batch)
+    x = start.x
+    if layer.step_size == "auto":
+        lipschitz = _lipschitz(p, x, values)
+        usable = torch.isfinite(lipschitz) & (lipschitz > 0)
+        d = torch.where(usable, 1 / torch.where(usable, lipschitz, 1), 1.0)[..., None]  # (..., 1)
+    else:
+        d = start.fixed
+    track = start.track(layer)
+    x = _accelerated(p, layer, x, d, start.S, values, track)
+    return _pgd_finish(p, layer, x, start, track, d)
+
+
+def _pgd_solve_scaled(p, layer, values, x_init, sizes, batch):
+    """PGD with the Newton-like diagonal step D = β diag(1/h) and backtracking on β; the
+    backward folds with D = diag(1/h(x*)) (any D > 0 has the same fixed points)."""
+    start = _Start(p, layer, values, x_init, sizes, batch)
+    line_search = layer.step_size == "auto"
+    x, f, g = _warm_point(p, start, values)
+    d = _scaled_step(p, x, values) if line_search else start.fixed
+
+    def rescale(x, d):
+        return _scaled_step(p, x, values)
+
+    x, track, _ = _descend(p, layer, values, start, x, f, g, d, line_search, rescale, None)
+    d = _scaled_step(p, x, values) if line_search else start.fixed
+    return _pgd_finish(p, layer, x, start, track, d)
+
+
+def _pgd_solve_bb(p, layer, values, x_init, sizes, batch):
+    """PGD with Barzilai–Borwein steps safeguarded by backtracking (α₀ = 1/‖∇f(x₀)‖∞); the
+    backward folds with the last accepted step."""
+    start = _Start(p, layer, values, x_init, sizes, batch)
+    line_search = layer.step_size == "auto"
+    x, f, g = _warm_point(p, start, values)
+    if line_search:
+        scale = g.abs().amax(-1, keepdim=True)
+        d = torch.where(scale > 0, 1 / scale, 1.0)
+    else:
+        d = start.fixed
+    x, track, taken = _descend(p, layer, values, start, x, f, g, d, line_search, None, _bb_step)
+    return _pgd_finish(p, layer, x, start, track, taken if line_search else start.fixed)
+
+
+def _warm_point(p, start, values):
+    """x, f(x), ∇f(x) at the start; a warm start outside f's domain (an entropy at 0) cannot
+    take a step, so those elements start from the spec's init instead."""
+    x = start.x
+    f = p.objective(x, *values)
+    g = p.gradient(x, *values)
+    if start.warm:
+        outside = ~(torch.isfinite(f) & torch.isfinite(g).all(-1))
+        x = torch.where(outside[..., None], start.default, x)
+        f = torch.where(outside, p.objective(x, *values), f)
+        g = torch.where(outside[..., None], p.gradient(x, *values), g)
+    return x, f, g
+
+
+def _descend(p, layer, values, start, x, f, g, d, line_search, rescale, next_step):
+    """The backtracking loop of the scaled and BB modes: ``rescale(x, d)`` gives the step
+    before each search (scaled), ``next_step(s, r, step)`` the next one after it (BB).
+    Returns x, the track and the last accepted step."""
+    S, ones = start.S, start.ones
+    taken = d
+    track = start.track(layer)
+    for k in range(layer.max_iter):
+        if not bool(track.active.any()):
+            break
+        active = track.active
+        if line_search:
+            if rescale is not None:
+                d = rescale(x, d)
+            x_new, f_new, g_new, step, found = _line_search(p, x, f, g, d, S, values, active)
+            taken = torch.where(active[..., None], step, taken)
+            if next_step is not None:
+                d = torch.where(active[..., None], next_step(x_new - x, g_new - g, step), d)
+        else:
+            x_new, _ = p.set.project(x - d * g, ones, S)
+            f_new, g_new, found = f, p.gradient(x_new, *values), None
+        if not track.step(x, x_new, found):
+            break
+        track.count()
+        move = track.active[..., None]
+        x = torch.where(move, x_new, x)
+        f = torch.where(track.active, f_new, f)
+        g = torch.where(move, g_new, g)
+        if (k + 1) % _CHECK_EVERY == 0:
+            track.check(x)
+    return track.finish(x), track, taken
+
+
+def _pgd_finish(p, layer, x, start, track, d):
+    """Record ``layer.info`` and report; returns x and the backward's state (D, S).
+
+    Converged: the relative test was met, the point satisfies the constraints, and it lies
+    within the data's reach (a far warm start that rounding froze in place does not count).
+    """
+    batch, S = start.batch, start.S
+    tol_feasible = _feasibility_tol(layer.tol, x.dtype)
+    within = x.abs().amax(-1) <= _runaway(layer.tol) * start.reference
+    satisfied = p.set.violation(x, S) <= tol_feasible
+    diverged = track.diverged()
+    feasible = start.feasible
+    converged = feasible & track.met() & ~diverged & satisfied & within
+    feasible = feasible & ~diverged
+    d = d.expand(*batch, d.shape[-1])
+    layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
+    worst = float(torch.where(feasible, track.residual, 0).max()) if x.numel() else 0.0
+    detail = (
+        f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
+        f"{layer.max_iter} iterations, or a point that violates the constraints"
+    )
+    _report(layer, "the forward solve", converged | ~feasible, detail)
+    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    _report(layer, "the forward solve", ~diverged, detail)
+    empty = "the constraints admit no point"
+    _report(layer, "the forward solve", feasible | diverged, empty)
+    return x, (d, S)
+
+
+def _lipschitz(p, x, values, iterations=50):
+    """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element."""
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)  # (..., n)
+    u = u / _norm(u)[..., None]
+    estimate = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    for _ in range(iterations):
+        h = p.hvp(x, u, *values)
+        estimate = _norm(h)
+        u = h / estimate.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
+    return estimate
+
+
+def _accelerated(p, layer, x, d, S, values, track):
+    """Accelerated projected gradient (FISTA with gradient-mapping restarts), in place of
+    plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
+
+    Each iteration tests the plain map's residual ‖P(x − α∇f(x)) − x‖ at the current x (the
+    stopping rule of every rule), then takes the momentum step. f is quadratic, so ∇f is
+    affine and ∇f at the extrapolated point is the same extrapolation of the gradients: one
+    gradient evaluation per iteration. ``track`` records residuals and divergence.
+    """
+    ones = torch.ones_like(x)
+    g = p.gradient(x, *values)
+    x_prev, g_prev = x, g
+    t = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    for k in range(layer.max_iter):
+        plain, _ = p.set.project(x - d * g, ones, S)
+        if not track.step(x, plain):
+            break
+        track.count()
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = ((t - 1) / t_next)[..., None]
+        y = x + beta * (x - x_prev)
+        gy = g + beta * (g - g_prev)
+        fast, _ = p.set.project(y - d * gy, ones, S)
+        restart = ((y - fast) * (fast - x)).sum(-1) > 0  # momentum points uphill
+        x_new = torch.where(restart[..., None], plain, fast)
+        t = torch.where(restart, 1.0, t_next)
+        move = track.active[..., None]
+        x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
+        x = torch.where(move, x_new, x)
+        g = torch.where(move, p.gradient(x, *values), g)
+        if (k + 1) % _CHECK_EVERY == 0:
+            track.check(x)
+    return track.finish(x)
+
+
+def _line_search(p, x, f, g, d, S, values, todo):
+    """Backtracking (Armijo along the projection arc) from the step D = d, per element.
+
+    A trial point is accepted where f and ∇f are finite there (entropy-like terms have a
+    domain) and f decreases enough; other elements halve their step. Returns the new point,
+    f and ∇f there, the accepted step, and which elements found a step.
+    """
+    scale = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    x_new, f_new, g_new = x, f, g
+    found = torch.zeros_like(todo)
+    slack = 10 * torch.finfo(x.dtype).eps * f.abs()
+    for _ in range(60):
+        step = scale[..., None] * d
+        trial, _ = p.set.project(x - step * g, d, S)
+        f_trial = p.objective(trial, *values)
+        g_trial = p.gradient(trial, *values)
+        decrease = (g * (trial - x)).sum(-1)
+        ok = torch.isfinite(f_trial) & torch.isfinite(g_trial).all(-1)
+        ok = ok & (f_trial <= f + 1e-4 * decrease + slack) & todo & ~found
+        x_new = torch.where(ok[..., None], trial, x_new)
+        f_new = torch.where(ok, f_trial, f_new)
+        g_new = torch.where(ok[..., None], g_trial, g_new)
+        found = found | ok
+        if bool((found | ~todo).all()):
+            break
+        scale = torch.where(found, scale, scale / 2)
+    return x_new, f_new, g_new, scale[..., None] * d, found
+
+
+def _bb_step(s, r, previous):
+    """Barzilai–Borwein α = sᵀs / sᵀr in [1e-10, 1e10]; twice the last step where sᵀr ≤ 0."""
+    ss = (s * s).sum(-1, keepdim=True)
+    sr = (s * r).sum(-1, keepdim=True)
+    alpha = torch.where(sr > 0, ss / torch.where(sr > 0, sr, 1.0), 2 * previous)
+    return alpha.clamp(1e-10, 1e10)
+
+
+def _scaled_step(p, x, values):
+    """D = diag(1/h), h the Hessian diagonal; where h ≤ 0 (nonconvex directions) the
+    typical curvature median|h| stands in, and backtracking keeps the step safe."""
+    h = p.hessian_diagonal(x, *values)  # (..., n)
+    typical = h.abs().median(-1, keepdim=True).values
+    typical = torch.where(typical > 0, typical, 1.0)
+    return 1 / torch.where(h > 0, h, typical)
+
+
+def _pgd_phi_t(p, x, d, S, values):
+    """v ↦ Φᵀv with Φ = J_P (I − D∇²f) at x (D frozen); also returns y = x − D∇f."""
+    y = x - d * p.gradient(x, *values)
+
+    def phi_t(v):
+        w, _ = p.set.project_vjp(v, x, y, d, S)
+        return w - p.hvp(x, d * w, *values)
+
+    return phi_t, y
+
+
+def _pgd_backward(p, layer, x, values, state, grad_x):
+    """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = ∂L/∂x, Φ and Ψ at x* with the frozen step."""
+    d, S = state
+    batch = torch.broadcast_shapes(grad_x.shape[:-1], d.shape[:-1])
+    phi_t, y = _pgd_phi_t(p, x, d, S, values)
+
+    def dense_phi_t():
+        lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+        S_lifted = tuple(_lift(t, r) for t, r in zip(S, p.set.ranks))
+        return _pgd_phi_t(p, _lift(x, 1), _lift(d, 1), S_lifted, lifted)[0]
+
+    v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]))
+    # Ψᵀv: through ∇f (scaled by −D) and through the set data.
+    w, set_bars = p.set.project_vjp(v, x, y, d, S)
+    grads = [None] * len(values)
+    if p.objective_grad_indices:
+        objective_grads = p.gradient_vjp(x, d * w, *values)
+        for index, bar in zip(p.objective_grad_indices, _as_tuple(objective_grads)):
+            grads[index] = -bar
+    if p.set_grad_indices:
+        set_grads = p.set_data_vjp(x, *p.set.unprepare_bars(set_bars), *values)
+        for index, bar in zip(p.set_grad_indices, _as_tuple(set_grads)):
+            grads[index] = bar if grads[index] is None else grads[index] + bar
+    return grads

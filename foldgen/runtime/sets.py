@@ -1,0 +1,244 @@
+"""PGD's feasible sets: each closed-form projection behind one interface.
+
+A set is a `_FeasibleSet` record of functions over its data S (the tensors ``_set_data``
+derives, after ``prepare``): ``project(y, d, S) -> (x, nonempty)`` in the metric diag(d)⁻¹ of
+the step, ``project_vjp(v, x, y, d, S) -> (ȳ, S̄)``, ``violation(x, S)`` (the relative
+constraint violation at x), ``unprepare_bars`` (S̄ back to the derived data's shapes) and
+``ranks`` (the core ranks of S, for the dense backward's extra batch axis). The rule's plan
+picks one record; the projections themselves are in `foldgen.runtime.projections`.
+"""
+
+import dataclasses
+
+import torch
+
+from foldgen.runtime.core import _mv, _norm
+from foldgen.runtime.projections import (
+    _affine_factor,
+    _proj_affine,
+    _proj_affine_vjp,
+    _proj_ball,
+    _proj_ball_vjp,
+    _proj_box,
+    _proj_box_sum,
+    _proj_box_sum_vjp,
+    _proj_box_vjp,
+    _proj_halfspace,
+    _proj_halfspace_vjp,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FeasibleSet:
+    """One feasible-set family: its projection, the projection's VJP and its violation."""
+
+    ranks: tuple
+    prepare: object
+    project: object
+    project_vjp: object
+    unprepare_bars: object
+    violation: object
+
+
+def _same(data):
+    return data
+
+
+def _magnitude(*parts):
+    """The largest finite |entry| among the parts, per element (at least the smallest normal)."""
+    out = None
+    for part in parts:
+        m = torch.where(torch.isfinite(part), part.abs(), 0).amax(-1)
+        out = m if out is None else torch.maximum(out, m)
+    return out.clamp_min(torch.finfo(out.dtype).tiny)
+
+
+# All of space (no constraint): the set has no data.
+
+
+def _no_set_data(x, *values):
+    return ()
+
+
+def _space_project(y, d, S):
+    return y, torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device)
+
+
+def _space_project_vjp(v, x, y, d, S):
+    return v, ()
+
+
+def _space_violation(x, S):
+    return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+
+
+_SPACE = _FeasibleSet((), _same, _space_project, _space_project_vjp, _same, _space_violation)
+
+
+# The box lo ≤ x ≤ hi (clamp; any metric gives the same projection).
+
+
+def _box_project(y, d, S):
+    lo, hi = S
+    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
+
+
+def _box_project_vjp(v, x, y, d, S):
+    lo, hi = S
+    y_bar, lo_bar, hi_bar = _proj_box_vjp(v, y, lo, hi)
+    return y_bar, (lo_bar, hi_bar)
+
+
+def _box_violation(x, S):
+    """max(lo − x, x − hi, 0) relative to the magnitudes of x and the finite bounds."""
+    lo, hi = S
+    excess = torch.maximum(lo - x, x - hi).clamp_min(0).amax(-1)
+    return excess / _magnitude(x, lo, hi)
+
+
+_BOX = _FeasibleSet((1, 1), _same, _box_project, _box_project_vjp, _same, _box_violation)
+
+
+# lo ≤ x ≤ hi with Σx = k, projected in the metric diag(d)⁻¹ of the step.
+
+
+def _box_sum_project(y, d, S):
+    lo, hi, k = S
+    return _proj_box_sum(y, lo, hi, k, d)
+
+
+def _box_sum_project_vjp(v, x, y, d, S):
+    lo, hi, k = S
+    y_bar, lo_bar, hi_bar, k_bar = _proj_box_sum_vjp(v, x, lo, hi, d)
+    return y_bar, (lo_bar, hi_bar, k_bar)
+
+
+def _box_sum_violation(x, S):
+    """The bounds' and |Σx − k|'s violation, relative to the magnitudes of x, k and the bounds."""
+    lo, hi, k = S
+    excess = torch.maximum(lo - x, x - hi).clamp_min(0).amax(-1)
+    scale = torch.maximum(_magnitude(x, lo, hi), torch.maximum(x.abs().sum(-1), k.abs()))
+    return torch.maximum(excess, (x.sum(-1) - k).abs()) / scale
+
+
+_BOX_SUM = _FeasibleSet(
+    (1, 1, 0), _same, _box_sum_project, _box_sum_project_vjp, _same, _box_sum_violation
+)
+
+
+# The affine set A x = b (one Cholesky factor of A Aᵀ per solve); a single row a·x = b is
+# lifted to a 1 × n system.
+
+
+def _affine_prepare(data):
+    A, b = data
+    return A, b, _affine_factor(A)
+
+
+def _affine_row_prepare(data):
+    a, b = data
+    return _affine_prepare((a[..., None, :], b[..., None]))
+
+
+def _affine_project(y, d, S):
+    """The projection, and where A has full row rank; elsewhere y itself (finite, reported)."""
+    A, b, L = S
+    ok = torch.isfinite(L).all(-1).all(-1)
+    x = torch.where(ok[..., None], _proj_affine(y, A, b, L), y)
+    return x, ok
+
+
+def _affine_project_vjp(v, x, y, d, S):
+    A, b, L = S
+    ok = torch.isfinite(L).all(-1).all(-1)
+    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, L)
+    y_bar = torch.where(ok[..., None], y_bar, 0)  # no projection there: nothing to fold
+    A_bar = torch.where(ok[..., None, None], A_bar, 0)
+    return y_bar, (A_bar, torch.where(ok[..., None], b_bar, 0))
+
+
+def _affine_violation(x, S):
+    """‖Ax − b‖∞ relative to the magnitudes of Σⱼ|Aᵢⱼxⱼ| and b."""
+    A, b, _ = S
+    terms = (A.abs() @ x.abs()[..., None])[..., 0]  # (..., m)
+    scale = torch.maximum(terms.amax(-1), b.abs().amax(-1)).clamp_min(torch.finfo(x.dtype).tiny)
+    return (_mv(A, x) - b).abs().amax(-1) / scale
+
+
+def _affine_row_unprepare(bars):
+    A_bar, b_bar = bars
+    return A_bar[..., 0, :], b_bar[..., 0]
+
+
+_AFFINE = _FeasibleSet(
+    (2, 1, 2), _affine_prepare, _affine_project, _affine_project_vjp, _same, _affine_violation
+)
+_AFFINE_ROW = _FeasibleSet(
+    (2, 1, 2),
+    _affine_row_prepare,
+    _affine_project,
+    _affine_project_vjp,
+    _affine_row_unprepare,
+    _affine_violation,
+)
+
+
+# The half-space a·x ≤ b.
+
+
+def _halfspace_project(y, d, S):
+    a, b = S
+    return _proj_halfspace(y, a, b), ((a * a).sum(-1) > 0) | (b >= 0)
+
+
+def _halfspace_project_vjp(v, x, y, d, S):
+    a, b = S
+    y_bar, a_bar, b_bar = _proj_halfspace_vjp(v, y, a, b)
+    return y_bar, (a_bar, b_bar)
+
+
+def _halfspace_violation(x, S):
+    """max(a·x − b, 0) relative to Σ|aᵢxᵢ| and |b|."""
+    a, b = S
+    scale = torch.maximum((a * x).abs().sum(-1), b.abs()).clamp_min(torch.finfo(x.dtype).tiny)
+    return ((a * x).sum(-1) - b).clamp_min(0) / scale
+
+
+_HALFSPACE = _FeasibleSet(
+    (1, 0), _same, _halfspace_project, _halfspace_project_vjp, _same, _halfspace_violation
+)
+
+
+# The Euclidean ball ‖x − c‖ ≤ r.
+
+
+def _ball_project(y, d, S):
+    c, r = S
+    return _proj_ball(y, c, r), r >= 0
+
+
+def _ball_project_vjp(v, x, y, d, S):
+    c, r = S
+    y_bar, c_bar, r_bar = _proj_ball_vjp(v, y, c, r)
+    return y_bar, (c_bar, r_bar)
+
+
+def _ball_violation(x, S):
+    """max(‖x − c‖ − r, 0) relative to r, ‖x‖ and ‖c‖."""
+    c, r = S
+    scale = torch.maximum(torch.maximum(_norm(x), _norm(c)), r)
+    return (_norm(x - c) - r).clamp_min(0) / scale.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+_BALL = _FeasibleSet((1, 0), _same, _ball_project, _ball_project_vjp, _same, _ball_violation)
+
+#: The set record for each of the rule's projection kinds (foldgen.rules.pgd picks one).
+SETS = {
+    "none": "_SPACE",
+    "box": "_BOX",
+    "box_sum": "_BOX_SUM",
+    "affine": "_AFFINE",
+    "affine_row": "_AFFINE_ROW",
+    "halfspace": "_HALFSPACE",
+    "ball": "_BALL",
+}
