@@ -71,15 +71,11 @@ class Unrolled:
 
     def __init__(self, case, weight, **settings):
         self.case, self.weight = case, weight
-        self.m = case.generated
         self.layer = make_layer(case, None, **settings)
         self.inputs = leaves(case)
 
     def forward(self):
-        m = self.m
-        values, sizes, batch = m._validate(m._gather(self.layer, [], self.inputs), None)
-        x, _ = m._solve(self.layer, values, None, sizes, batch)
-        return x
+        return self.layer.unrolled(**self.inputs)
 
     backward = Foldgen.backward
 
@@ -97,10 +93,10 @@ class AutogradFold:
         self.rule = rule_of(self.m)
 
     def forward(self):
-        m = self.m
+        m, p = self.m, self.m._PROBLEM
         with torch.no_grad():
-            values, sizes, batch = m._validate(m._gather(self.layer, [], self.inputs), None)
-            x, state = m._solve(self.layer, values, None, sizes, batch)
+            values, sizes, batch = m._validate(p, m._gather(p, self.layer, [], self.inputs), None)
+            x, state = p.solve(p, self.layer, values, None, sizes, batch)
         return x, state, sizes
 
     def _step(self, x, state, sizes, values):
@@ -109,9 +105,11 @@ class AutogradFold:
         if self.rule == "pgd":
             d = state[0]
 
+            p = m._PROBLEM
+
             def step(s):
-                S = m._prepare_set(m._set_data(s, *values))
-                return m._project(s - d * m._gradient(s, *values), d, S)[0], s
+                S = p.set.prepare(p.set_data(s, *values))
+                return p.set.project(s - d * p.gradient(s, *values), d, S)[0], s
 
             return x, step
         if self.rule == "admm":
@@ -138,9 +136,9 @@ class AutogradFold:
         return torch.cat([x, lam, nu], dim=-1), step
 
     def backward(self, handle):
-        m = self.m
+        m, p = self.m, self.m._PROBLEM
         x, state, sizes = handle
-        values, _, _ = m._validate(m._gather(self.layer, [], self.inputs), None)
+        values, _, _ = m._validate(p, m._gather(p, self.layer, [], self.inputs), None)
         s_star, step = self._step(x, state, sizes, values)
         s = s_star.detach().requires_grad_()
         u, x_s = step(s)
@@ -175,10 +173,8 @@ class AutogradFold:
 
 
 def rule_of(m):
-    """The update rule a generated module was built with, from the functions it defines."""
-    if hasattr(m, "_sqp_subproblem"):
-        return "sqp"
-    return "admm" if hasattr(m, "_block_data") else "pgd"
+    """The update rule a generated module was built with (its problem record says)."""
+    return m._PROBLEM.rule
 
 
 def _sum_to(t, like):

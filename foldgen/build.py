@@ -17,14 +17,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from foldgen.emit import render
+from foldgen.emit import RuntimeMode, render
 from foldgen.errors import SpecError
 from foldgen.ir import lower
 from foldgen.limits import DEFAULT_LIMITS, Limits
+from foldgen.link import SHARED_RUNTIME, shared_runtime_source
 from foldgen.rules import plan_for
 from foldgen.spec import LoadedSpec, load_spec, load_spec_text
 
-__all__ = ["Built", "build", "build_loaded", "build_text", "project_root", "recorded_path"]
+__all__ = [
+    "Built",
+    "build",
+    "build_loaded",
+    "build_text",
+    "project_root",
+    "recorded_path",
+    "shared_runtime",
+]
 
 # Files that mark the top of a project: a module records its spec relative to that top.
 _PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -46,25 +55,32 @@ def build(
     spec_path: str | os.PathLike[str],
     limits: Limits = DEFAULT_LIMITS,
     output_dir: str | os.PathLike[str] | None = None,
+    runtime: RuntimeMode = "inline",
 ) -> Built:
     """Compile one spec file into the source of its generated module.
 
     ``output_dir`` (default: ``generated``) is where the module is meant to go; the header
     records the spec's path relative to that directory's project (see `project_root`), so
-    the same checkout builds the same bytes from any working directory.
+    the same checkout builds the same bytes from any working directory. ``runtime``:
+    ``inline`` copies the runtime definitions the module uses into it (one self-contained
+    file); ``shared`` imports them from ``_foldgen_runtime.py`` beside it (`shared_runtime`).
     """
     with _deadline(limits, os.fspath(spec_path)):
         loaded = load_spec(spec_path, limits)
         out = Path(output_dir if output_dir is not None else "generated")
-        return build_loaded(loaded, recorded_path(spec_path, project_root(out)))
+        return build_loaded(loaded, recorded_path(spec_path, project_root(out)), runtime)
 
 
-def build_loaded(loaded: LoadedSpec, recorded: str) -> Built:
+def build_loaded(loaded: LoadedSpec, recorded: str, runtime: RuntimeMode = "inline") -> Built:
     """Compile a spec already read and validated; ``recorded`` is the path the header names."""
     problem = lower(loaded)
     plan = plan_for(problem)
-    source = render(problem, plan, recorded)  # type: ignore[arg-type]
-    return Built(problem.name, source)
+    return Built(problem.name, render(problem, plan, recorded, runtime))
+
+
+def shared_runtime() -> Built:
+    """The ``_foldgen_runtime.py`` that modules built with ``runtime="shared"`` import."""
+    return Built(SHARED_RUNTIME, shared_runtime_source())
 
 
 def build_text(

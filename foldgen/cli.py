@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from foldgen._version import __version__
-from foldgen.build import Built, build
+from foldgen.build import Built, build, shared_runtime
+from foldgen.emit import RuntimeMode
 from foldgen.errors import SpecError, one_line
 from foldgen.limits import DEFAULT_LIMITS, Limits, parse_limit
 
@@ -37,6 +38,7 @@ examples:
   foldgen build specs/box_qp.yaml             writes generated/box_qp.py
   foldgen build specs/*.yaml -o mypkg/layers  writes one module per spec into mypkg/layers
   foldgen check specs/*.yaml                  exit 1 if generated/ is stale (for CI)
+  foldgen build --runtime shared specs/*.yaml the runtime once, in generated/_foldgen_runtime.py
 
 {EXIT_STATUS}
 """
@@ -80,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
             help="output directory (default: generated/)",
         )
         cmd.add_argument(
+            "--runtime",
+            choices=("inline", "shared"),
+            default="inline",
+            help="inline (default): each module holds the runtime code it uses (one "
+            "self-contained file); shared: the runtime is written once to "
+            "DIR/_foldgen_runtime.py and the modules import it",
+        )
+        cmd.add_argument(
             "--limit",
             metavar="NAME=VALUE",
             action="append",
@@ -94,13 +104,16 @@ def _error(text: str) -> None:
     print(f"error: {one_line(text)}", file=sys.stderr)
 
 
-def _compile_all(paths: list[str], limits: Limits, out: Path) -> list[Built] | None:
-    """Every spec compiled, or None after printing each bad spec's message."""
+def _compile_all(
+    paths: list[str], limits: Limits, out: Path, runtime: RuntimeMode
+) -> list[Built] | None:
+    """Every spec compiled (and the shared runtime, if asked for), or None after printing
+    each bad spec's message."""
     built: list[Built] = []
     failed = False
     for path in paths:
         try:
-            built.append(build(path, limits, out))
+            built.append(build(path, limits, out, runtime))
         except SpecError as err:
             print(f"error: {err}", file=sys.stderr)
             failed = True
@@ -113,7 +126,9 @@ def _compile_all(paths: list[str], limits: Limits, out: Path) -> list[Built] | N
             )
             failed = True
         names[b.name] = path
-    return None if failed else built
+    if failed:
+        return None
+    return [*built, shared_runtime()] if runtime == "shared" else built
 
 
 def _usable_dir(out: Path, *, create: bool) -> None:
@@ -185,8 +200,8 @@ def _read_regular(path: Path) -> bytes | str:
         return f"cannot be read: {err.strerror or err}"
 
 
-def _cmd_build(paths: list[str], out: Path, limits: Limits) -> int:
-    built = _compile_all(paths, limits, out)
+def _cmd_build(paths: list[str], out: Path, limits: Limits, runtime: RuntimeMode) -> int:
+    built = _compile_all(paths, limits, out, runtime)
     if built is None:
         return 2
     _usable_dir(out, create=True)
@@ -197,8 +212,8 @@ def _cmd_build(paths: list[str], out: Path, limits: Limits) -> int:
     return 0
 
 
-def _cmd_check(paths: list[str], out: Path, limits: Limits) -> int:
-    built = _compile_all(paths, limits, out)
+def _cmd_check(paths: list[str], out: Path, limits: Limits, runtime: RuntimeMode) -> int:
+    built = _compile_all(paths, limits, out, runtime)
     if built is None:
         return 2
     _usable_dir(out, create=False)
@@ -224,7 +239,8 @@ def _cmd_check(paths: list[str], out: Path, limits: Limits) -> int:
         print("stale generated files:", file=sys.stderr)
         for line in stale:
             print(f"  {one_line(line)}", file=sys.stderr)
-        print(one_line(f"run: foldgen build {' '.join(paths)} -o {out}"), file=sys.stderr)
+        mode = " --runtime shared" if runtime == "shared" else ""
+        print(one_line(f"run: foldgen build{mode} {' '.join(paths)} -o {out}"), file=sys.stderr)
         return 1
     print(one_line(f"{len(built)} generated file(s) up to date in {out}"))
     return 0
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         limits = parse_limit(text, limits)
     command = _cmd_build if args.command == "build" else _cmd_check
     try:
-        return command(args.specs, out, limits)
+        return command(args.specs, out, limits, args.runtime)
     except _OutputError as err:
         _error(str(err))
         return 2

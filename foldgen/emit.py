@@ -150,7 +150,8 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
         )
     emission = plan.emission(problem)
     var = plan.var
-    record = [*COMMON_RECORD, *((name, _value(v)) for name, v in emission.record)]
+    record = [("rule", string_literal(plan.rule)), *COMMON_RECORD]
+    record += [(name, _value(v)) for name, v in emission.record]
     checks = {s.name: s.check.name for s in emission.settings}
     record.append(
         ("setting_checks", "{" + ", ".join(f'"{k}": {v}' for k, v in checks.items()) + "}")

@@ -153,11 +153,21 @@ class Expr(metaclass=_Interned):
     even a very deep expression is never walked recursively.
     """
 
-    if TYPE_CHECKING:  # set by __post_init__, not dataclass fields
-        children: tuple[Expr, ...]  # the operands, in order
-        leaves: frozenset[Leaf]  # every leaf this expression depends on
-        shape: Shape
-        _hash: int
+    if TYPE_CHECKING:  # set by __post_init__; declared as properties, not dataclass fields
+
+        @property
+        def children(self) -> tuple[Expr, ...]:
+            """The operands, in order."""
+
+        @property
+        def leaves(self) -> frozenset[Leaf]:
+            """Every leaf this expression depends on."""
+
+        @property
+        def shape(self) -> Shape: ...
+
+        @property
+        def _hash(self) -> int: ...
 
     def __post_init__(self) -> None:
         cls = type(self)

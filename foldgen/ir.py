@@ -17,6 +17,7 @@ and ``-b >= -(a @ x)`` are the same half-space. The objective is stored in minim
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -193,11 +194,15 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
     families: list[Constraint] = []
     for i, text in enumerate(spec.constraints):
         path = ("constraints", i)
-        relations = _located(loaded, path, lambda t=text: parse_constraint(t, full_scope))
+        relations = _located(loaded, path, functools.partial(parse_constraint, text, full_scope))
         for rel in relations:
-            expressions.append((path, _located(loaded, path, lambda r=rel: E.sub(r.lhs, r.rhs))))
+            expressions.append(
+                (path, _located(loaded, path, functools.partial(E.sub, rel.lhs, rel.rhs)))
+            )
             found = _located(
-                loaded, path, lambda r=rel: _classify(loaded, i, r, list(var_leaves.values()))
+                loaded,
+                path,
+                functools.partial(_classify, loaded, i, rel, list(var_leaves.values())),
             )
             if isinstance(found, tuple):
                 kind, var, value = found

@@ -65,4 +65,4 @@ def parse_limit(text: str, limits: Limits = DEFAULT_LIMITS) -> Limits:
         if not number.is_integer():
             raise ValueError(f"{name}: expected a whole number, got {value!r}")
         number = int(number)
-    return dataclasses.replace(limits, **{name: number})
+    return dataclasses.replace(limits, **{name: number})  # type: ignore[arg-type]  # int or float per field, checked above

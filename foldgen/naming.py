@@ -45,7 +45,7 @@ _GENERATED_CODE_NAMES = frozenset({"torch", "math", "self", "ctx"})
 #: The public top-level names of every generated module (its imports, tables and classes).
 MODULE_GLOBALS = frozenset(
     {
-        "dataclasses", "math", "sys", "torch", "warnings", "PARAMETERS",
+        "dataclasses", "math", "sys", "torch", "types", "warnings", "PARAMETERS",
         "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "SolveInfo", "BackwardInfo",
         "ConvergenceWarning", "ConvergenceError",
     }
@@ -65,7 +65,7 @@ LAYER_SETTINGS = frozenset(
 #: step with the torch installed and with the generated modules.
 LAYER_ATTRIBUTES = frozenset(
     {
-        "bound", "info", "backward_info", "multipliers",
+        "bound", "info", "backward_info", "multipliers", "unrolled", "update_map",
         "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init",
         "children", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr",
         "float", "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule",

@@ -108,7 +108,7 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., Expr]]] = {
 SIZE_FUNCTIONS = ("ones", "eye")
 ALL_FUNCTIONS = tuple(FUNCTIONS) + SIZE_FUNCTIONS
 
-_BINOPS = {
+_BINOPS: dict[type[ast.operator], tuple[str, Callable[[Expr, Expr], Expr]]] = {
     ast.Add: ("+", E.add),
     ast.Sub: ("-", E.sub),
     ast.Mult: ("*", E.mul),

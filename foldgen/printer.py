@@ -213,12 +213,12 @@ class TorchPrinter:
                 axes = "-1" if a.rank == 1 else "(-2, -1)"
                 return Printed(f"{self._wrap(self._as_tensor(a), ATOM)}.sum({axes})", ATOM)
             case Broadcast(a=a, shape_=shape):
-                p = self._get(a)
-                if p.number:
+                operand = self._get(a)
+                if operand.number:
                     return Printed(
-                        f"{self.ref}.new_full({self._shape_tuple(shape)}, {p.text})", ATOM
+                        f"{self.ref}.new_full({self._shape_tuple(shape)}, {operand.text})", ATOM
                     )
-                return Printed(f"_expand({p.text}, {self._shape_tuple(shape)})", ATOM)
+                return Printed(f"_expand({operand.text}, {self._shape_tuple(shape)})", ATOM)
             case Func(name=name, a=a):
                 return Printed(f"{ELEMENTWISE[name].torch}({self._as_tensor(a).text})", ATOM)
             case Diag(a=a):

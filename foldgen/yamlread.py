@@ -294,14 +294,17 @@ def _yaml_error(err: yaml.YAMLError, text: str, file: str, path: Path | None) ->
     """A located `SpecError` for text that is not YAML (or not one YAML document)."""
     key = naming.key_path(path) or None if path else None
     if isinstance(err, yaml.reader.ReaderError):
-        line = text.count("\n", 0, err.position) + 1
-        col = err.position - text.rfind("\n", 0, err.position)
-        return SpecError(f"invalid YAML: {err.reason}", file=file, line=line, col=col, key=key)
+        at = text.count("\n", 0, err.position) + 1
+        column = err.position - text.rfind("\n", 0, err.position)
+        return SpecError(f"invalid YAML: {err.reason}", file=file, line=at, col=column, key=key)
     if isinstance(err, yaml.MarkedYAMLError):
         problem = err.problem or ""
         if err.context and (not problem or problem.startswith("but")):
             problem = f"{err.context}, {problem}" if problem else err.context
         mark = err.problem_mark or err.context_mark
-        line, col = position(mark) if mark is not None else (None, None)
+        line: int | None = None
+        col: int | None = None
+        if mark is not None:
+            line, col = position(mark)
         return SpecError(f"invalid YAML: {problem}", file=file, line=line, col=col, key=key)
     return SpecError(f"invalid YAML: {err}", file=file, key=key)  # pragma: no cover

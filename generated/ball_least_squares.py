@@ -34,6 +34,7 @@ the linear solver.
 import dataclasses
 import math
 import sys
+import types
 import warnings
 
 import torch
@@ -46,47 +47,158 @@ __all__ = [
     "ConvergenceError",
 ]
 
+
+class BallLeastSquares(torch.nn.Module):
+    """Regularised least squares in a Euclidean ball (a trust region), differentiable in the
+    data matrix, target, centre and radius.
+
+    Call: layer(A, b, center, radius, lam) -> x; shapes A (..., m, n); b (..., m); center
+    (..., n); radius (...); lam (...).
+    Leading batch dimensions broadcast. Inputs given to the constructor are bound
+    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,
+    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
+    """
+
+    def __init__(
+        self,
+        *,
+        A=None,
+        b=None,
+        center=None,
+        radius=None,
+        lam=None,
+        max_iter=20000,
+        tol=1e-11,
+        step_size="auto",
+        backward_method="gmres",
+        backward_max_iter=300,
+        backward_tol=1e-12,
+        on_nonconvergence="warn",
+        fold_unconverged=False,
+    ):
+        super().__init__()
+        _init_layer(
+            self,
+            _PROBLEM,
+            {
+                "A": A,
+                "b": b,
+                "center": center,
+                "radius": radius,
+                "lam": lam,
+            },
+            {
+                "max_iter": max_iter,
+                "tol": tol,
+                "step_size": step_size,
+                "backward_method": backward_method,
+                "backward_max_iter": backward_max_iter,
+                "backward_tol": backward_tol,
+                "on_nonconvergence": on_nonconvergence,
+                "fold_unconverged": fold_unconverged,
+            },
+        )
+
+    def forward(
+        self,
+        *_positional,
+        A=None,
+        b=None,
+        center=None,
+        radius=None,
+        lam=None,
+        x_init=None,
+    ):
+        """Solve for each batch element; returns x of shape (..., n).
+
+        Inputs by name, or positionally in the order A, b, center, radius, lam (the ones not bound in
+        the constructor); a bound input given by name overrides its bound value for this call.
+        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
+        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
+        so does n = 0. An element whose solve fails is flagged in ``info`` and
+        reported; its gradient is zero and flagged in ``backward_info``.
+        """
+        return _forward(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "A": A,
+                "b": b,
+                "center": center,
+                "radius": radius,
+                "lam": lam,
+            },
+            x_init,
+        )
+
+    def unrolled(
+        self,
+        *_positional,
+        A=None,
+        b=None,
+        center=None,
+        radius=None,
+        lam=None,
+        x_init=None,
+    ):
+        """The same forward solve, run under autograd and returning x: its gradient
+        differentiates every iteration (unrolling; the reference folding is compared with).
+        Inputs as for ``forward``; ``info`` is recorded, nothing is folded.
+        """
+        return _unrolled(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "A": A,
+                "b": b,
+                "center": center,
+                "radius": radius,
+                "lam": lam,
+            },
+            x_init,
+        )
+
+    def update_map(
+        self,
+        *_positional,
+        A=None,
+        b=None,
+        center=None,
+        radius=None,
+        lam=None,
+        x_init=None,
+    ):
+        """``(s, U, read)`` at this call's solution, for unrolling and fixed-point checks: s the
+        rule's full iterate at the fixed point (detached), U the update map s ↦ U(s) with the
+        step frozen at the forward's and the inputs in autograd's graph, ``read(s)`` the
+        variable x held in a state. The same in every rule; inputs as for ``forward``.
+        """
+        return _update_map(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "A": A,
+                "b": b,
+                "center": center,
+                "radius": radius,
+                "lam": lam,
+            },
+            x_init,
+        )
+
+    def extra_repr(self):
+        return _extra_repr(self)
+
+
 # Core shapes of the inputs (batch dimensions lead and broadcast), in call order.
 PARAMETERS = {"A": ("m", "n"), "b": ("m",), "center": ("n",), "radius": (), "lam": ()}
 GRAD_PARAMETERS = ("A", "b", "center", "radius")
 DEFAULTS = {"lam": 0.1}
 DEFAULT_DIMS = {"m": 30, "n": 20}
 VARIABLE = ("x", ("n",))
-
-
-class ConvergenceWarning(RuntimeWarning):
-    """A batch element's forward or backward solve stopped before its tolerance."""
-
-
-class ConvergenceError(RuntimeError):
-    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SolveInfo:
-    """What the forward did, per batch element (tensors of the batch shape)."""
-
-    iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
-    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
-    feasible: torch.Tensor  # bool: False where the constraints admit no point
-    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackwardInfo:
-    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
-
-    Where ``converged`` is False the element's gradient is zero: its forward did not converge
-    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
-    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
-    """
-
-    method: str
-    iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
-    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
-    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,23 +244,15 @@ def _set_data_vjp(x, _c_bar, _r_bar, A, b, center, radius, lam):
     return _c_bar, _r_bar
 
 
-# ---------------------------------------------------------------------------------------------
-# Runtime helpers.
+# =============================================================================================
+# foldgen 0.1.0 runtime (sha256 0b27b7db0b58553c): the definitions this module uses,
+# copied from foldgen/runtime/. Regenerate, never edit.
+# =============================================================================================
 
 
 def _mv(A, x):
     """Batched matrix–vector product: (..., m, n) @ (..., n) -> (..., m)."""
     return (A @ x[..., None])[..., 0]
-
-
-def _dot(a, b):
-    """Batched dot product over the last axis."""
-    return (a * b).sum(-1)
-
-
-def _expand(s, core):
-    """A batch of scalars (...) repeated to (..., *core)."""
-    return s[(...,) + (None,) * len(core)].expand(*s.shape, *core)
 
 
 def _lift(t, rank):
@@ -158,6 +262,15 @@ def _lift(t, rank):
 
 def _norm(v):
     return torch.linalg.vector_norm(v, dim=-1)
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _per_element(mask, core):
+    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
+    return mask[(...,) + (None,) * len(core)]
 
 
 def _solve_lfpi(phi_t, g, max_iter, tol):
@@ -372,7 +485,7 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     """
     eye = torch.eye(n, dtype=dtype, device=device)
     unit = eye.expand(tuple(batch_shape) + (n, n))  # (..., n, n), row j = e_j
-    return phi_t(unit).mT
+    return phi_t(unit).mT  # (..., n, n)
 
 
 def _proj_ball(y, c, r):
@@ -386,7 +499,7 @@ def _proj_ball(y, c, r):
     dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
     outside = dist > r
     ratio = torch.where(outside, r / torch.where(outside, dist, 1), 1)  # (...)
-    return torch.where(outside[..., None], c + ratio[..., None] * delta, y)
+    return torch.where(outside[..., None], c + ratio[..., None] * delta, y)  # (..., n)
 
 
 def _proj_ball_vjp(v, y, c, r):
@@ -411,13 +524,54 @@ def _proj_ball_vjp(v, y, c, r):
     return y_bar.expand(shape), c_bar.expand(shape), r_bar.expand(shape[:-1])
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs.
+_BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 
 
-def _gather(layer, args, kwargs):
-    """The parameter values in call order: positional, keyword, bound, then defaults."""
-    free = [name for name in PARAMETERS if name not in layer.bound]
+_NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A batch element's forward or backward solve stopped before its tolerance."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveInfo:
+    """What the forward did, per batch element (tensors of the batch shape)."""
+
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
+    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
+    feasible: torch.Tensor  # bool: False where the constraints admit no point
+    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardInfo:
+    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
+
+    Where ``converged`` is False the element's gradient is zero: its forward did not converge
+    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
+    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
+    """
+
+    method: str
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
+    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
+    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
+
+
+def _gather(p, layer, args, kwargs):
+    """The parameter values in call order: positional, keyword, bound, then defaults.
+
+    ``args`` fill the inputs not bound in the constructor, in call order; ``kwargs`` name
+    any input, a bound one included (it overrides the bound value for this call).
+    """
+    free = [name for name in p.parameters if name not in layer.bound]
     if len(args) > len(free):
         raise TypeError(
             f"{layer.__class__.__name__} takes {len(free)} positional inputs "
@@ -425,32 +579,32 @@ def _gather(layer, args, kwargs):
         )
     given = dict(zip(free, args))
     for name, value in kwargs.items():
-        if name not in PARAMETERS:
-            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(PARAMETERS)}")
-        if name in given or name in layer.bound:
+        if name not in p.parameters:
+            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(p.parameters)}")
+        if name in given:
             raise TypeError(f"input '{name}' given twice")
         given[name] = value
     values = []
-    for name in PARAMETERS:
+    for name in p.parameters:
         if name in given:
             values.append(given[name])
         elif name in layer.bound:
             values.append(getattr(layer, name))
-        elif name in DEFAULTS:
-            values.append(DEFAULTS[name])
+        elif name in p.defaults:
+            values.append(p.defaults[name])
         else:
             raise TypeError(f"missing input '{name}'")
     return values
 
 
-def _validate(values, x_init):
+def _validate(p, values, x_init):
     """Tensors of one supported dtype and one device, with consistent sizes; else ValueError
     naming the odd input (the one that disagrees with the majority; of two, the later).
 
     Returns the tensors, the sizes of the dims, and the broadcast batch shape.
     """
     given = []  # (name, core, tensor) of the inputs given as tensors
-    for (name, core), value in zip(PARAMETERS.items(), values):
+    for (name, core), value in zip(p.parameters.items(), values):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
         if not isinstance(value, torch.Tensor) and not number:
             raise ValueError(
@@ -473,7 +627,7 @@ def _validate(values, x_init):
             if value.device != device:
                 raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
     tensors = []
-    for (name, core), value in zip(PARAMETERS.items(), values):
+    for (name, core), value in zip(p.parameters.items(), values):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=dtype, device=device)
         if value.dim() < len(core):
@@ -482,25 +636,25 @@ def _validate(values, x_init):
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        if value.requires_grad and name not in GRAD_PARAMETERS:
+        if value.requires_grad and name not in p.grad_parameters:
             raise ValueError(
                 f"{name}: requires grad, but the spec declares it grad: false "
                 "(detach it, or declare grad: true)"
             )
         tensors.append(value)
-    shapes = [(name, t.shape, core) for (name, core), t in zip(PARAMETERS.items(), tensors)]
+    shapes = [(name, t.shape, core) for (name, core), t in zip(p.parameters.items(), tensors)]
     if x_init is not None:
-        name = f"{VARIABLE[0]}_init"
+        name = f"{p.variable[0]}_init"
         if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
             raise ValueError(f"{name}: expected a {dtype} tensor")
         if x_init.device != device:
             raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
         if x_init.dim() < 1:
-            raise ValueError(f"{name}: expected shape (..., {VARIABLE[1][0]}), got ()")
+            raise ValueError(f"{name}: expected shape (..., {p.variable[1][0]}), got ()")
         if not bool(torch.isfinite(x_init).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        shapes.append((name, x_init.shape, VARIABLE[1]))
-    sizes = _dim_sizes(shapes)
+        shapes.append((name, x_init.shape, p.variable[1]))
+    sizes = _dim_sizes(p, shapes)
     batch = _batch_shape(shapes)
     return tensors, sizes, batch
 
@@ -527,7 +681,7 @@ def _majority(pairs):
     return value, name
 
 
-def _dim_sizes(shapes):
+def _dim_sizes(p, shapes):
     """The size of each named dim, by majority over the inputs that carry it; ValueError
     naming the input whose size differs, or the one that gives the variable's dim size 0."""
     seen = {}  # dim -> [(name, size)]
@@ -550,11 +704,11 @@ def _dim_sizes(shapes):
                     f"{name}: axis {axis} has size {other}, but {dim} = {size} from {holder}"
                 )
         sizes[dim] = size
-    dim = VARIABLE[1][0]
+    dim = p.variable[1][0]
     if dim in seen and sizes[dim] == 0:
         name, axis, _ = seen[dim][0]
         raise ValueError(
-            f"{name}: axis {axis} has size 0, but {dim}, the size of {VARIABLE[0]}, "
+            f"{name}: axis {axis} has size 0, but {dim}, the size of {p.variable[0]}, "
             "must be at least 1"
         )
     return sizes
@@ -602,66 +756,234 @@ def _report(layer, what, converged, detail):
     message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
-    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level())
+    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
 
 
-def _caller_level():
-    """The warning's stack level of the first frame outside this module and torch."""
+def _caller_level(layer):
+    """The warning's stack level of the first frame outside foldgen's code (the runtime, the
+    layer's own module) and torch."""
     frame, level = sys._getframe(1), 1
+    own = type(layer).__module__
     while frame is not None and (
-        frame.f_globals is globals() or frame.f_globals.get("__name__", "").startswith("torch")
+        frame.f_globals is globals()
+        or frame.f_globals.get("__name__", "") == own
+        or frame.f_globals.get("__name__", "").startswith("torch")
     ):
         frame, level = frame.f_back, level + 1
     return level
 
 
-# ---------------------------------------------------------------------------------------------
-# Projected gradient descent and its folded backward.
+def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
+    """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
+
+    ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
+    finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
+    reporting and the zeroing of its gradients are ``_Fold.backward``'s.
+    """
+    n = g.shape[-1]
+    batch = g.shape[:-1]
+    ok = torch.isfinite(g).all(-1)
+    if usable is not None:
+        ok = ok & usable.expand(batch)
+    g = torch.where(ok[..., None], g, 0)
+    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
+    if method == "auto":
+        # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
+        method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
+    if method == "direct":
+        dense = _dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device)
+        v, iterations, residual = _solve_direct(dense, g)
+    elif method == "lfpi":
+        v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
+    elif method == "cg":
+        v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
+    else:
+        restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
+        v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
+    residual = torch.where(ok, residual, math.inf)
+    converged = ok & (residual <= tol)
+    # The forward's flags are _Fold.backward's to fill in.
+    unknown = torch.ones_like(ok)
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
+    return torch.where(converged[..., None], v, 0)
 
 
-# The feasible set: the Euclidean ball ‖x − c‖ ≤ r.
-_SET_RANKS = (1, 0)
+class _Fold(torch.autograd.Function):
+    """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
+
+    The backward never lets a wrong gradient out: an element whose forward did not converge
+    or was infeasible, whose adjoint solve missed its tolerance, or whose gradient is not
+    finite contributes zero (to a parameter shared across the batch: the sum over the other
+    elements) and is reported in ``backward_info.converged``.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, p, x_init, sizes, batch, *values):
+        x, state = p.solve(p, layer, values, x_init, sizes, batch)
+        ctx.layer = layer
+        ctx.problem = p
+        ctx.state = state
+        ctx.batch = batch
+        vouched = layer.info.converged
+        if layer.fold_unconverged:  # a truncated forward: fold at x_T wherever x_T is finite
+            vouched = torch.isfinite(x).all(-1)
+        ctx.solved = (vouched & layer.info.feasible).expand(batch)
+        ctx.save_for_backward(x, *values)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x):
+        x, *values = ctx.saved_tensors
+        layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
+        grad_x = torch.where(solved[..., None], grad_x, 0)
+        p = ctx.problem
+        grads = p.pullback(p, layer, x, values, ctx.state, grad_x)
+        info = layer.backward_info
+        ok = solved & info.converged
+        needs = ctx.needs_input_grad[5:]
+        full = []
+        for grad, need, value, core in zip(grads, needs, values, p.parameters.values()):
+            if grad is None or not need:
+                full.append(None)
+                continue
+            grad = grad.expand((*batch, *value.shape[value.dim() - len(core) :]))
+            finite = torch.isfinite(grad)
+            ok = ok & (finite.all(tuple(range(-len(core), 0))) if core else finite)
+            full.append(grad)
+        out = [
+            None
+            if grad is None
+            else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
+            for grad, value, core in zip(full, values, p.parameters.values())
+        ]
+        residual = torch.where(solved, info.residual, math.inf)
+        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
+        failed = solved & ~ok
+        worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
+        detail = (
+            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
+            "system or a non-finite gradient; those elements get a zero gradient"
+        )
+        _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
+        return (None, None, None, None, None, *out)
 
 
-def _prepare_set(data):
+def _init_layer(layer, p, inputs, settings):
+    """The constructor's body: check and store the settings, bind the given inputs.
+
+    ``settings`` are the keyword settings by name; ``p.setting_checks`` maps each of the
+    rule's own settings to its validator. A bound input becomes a buffer, an ``nn.Parameter`` a parameter, and a
+    plain number stays a number (it takes each call's dtype and device).
+    """
+    method = settings["backward_method"]
+    if method not in _BACKWARD_METHODS:
+        raise ValueError(f"backward_method: unknown method {method!r}")
+    policy = settings["on_nonconvergence"]
+    if policy not in _NONCONVERGENCE_POLICIES:
+        expected = "'warn', 'raise' or 'ignore'"
+        raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
+    layer.max_iter = int(settings["max_iter"])
+    layer.tol = float(settings["tol"])
+    for name, check in p.setting_checks.items():
+        setattr(layer, name, check(settings[name]))
+    layer.backward_method = method
+    layer.backward_max_iter = int(settings["backward_max_iter"])
+    layer.backward_tol = float(settings["backward_tol"])
+    layer.on_nonconvergence = policy
+    layer.fold_unconverged = bool(settings["fold_unconverged"])
+    layer.bound = []
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        layer.bound.append(name)
+        if isinstance(value, torch.nn.Parameter):
+            layer.register_parameter(name, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(layer, name, value)
+        else:
+            layer.register_buffer(name, torch.as_tensor(value))
+    layer.info = None
+    layer.backward_info = None
+
+
+def _forward(layer, p, args, named, x_init):
+    """The layer's call: gather and validate the inputs, then the folded solve."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+
+
+def _unrolled(layer, p, args, named, x_init):
+    """The forward solve under autograd (no folding): its backward unrolls the iterations."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    x, _ = p.solve(p, layer, values, x_init, sizes, batch)
+    return x
+
+
+def _update_map(layer, p, args, named, x_init):
+    """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    with torch.no_grad():
+        x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
+    return p.update_map(p, layer, x, state, values)
+
+
+def _extra_repr(layer):
+    bound = f", bound={layer.bound}" if layer.bound else ""
+    method = f"backward_method={layer.backward_method!r}"
+    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _FeasibleSet:
+    """One feasible-set family: its projection, the projection's VJP and its violation."""
+
+    ranks: tuple
+    prepare: object
+    project: object
+    project_vjp: object
+    unprepare_bars: object
+    violation: object
+
+
+def _same(data):
     return data
 
 
-def _project(y, d, S):
+def _ball_project(y, d, S):
     c, r = S
     return _proj_ball(y, c, r), r >= 0
 
 
-def _project_vjp(v, x, y, d, S):
+def _ball_project_vjp(v, x, y, d, S):
     c, r = S
     y_bar, c_bar, r_bar = _proj_ball_vjp(v, y, c, r)
     return y_bar, (c_bar, r_bar)
 
 
-def _unprepare_bars(bars):
-    return bars
-
-
-def _violation(x, S):
+def _ball_violation(x, S):
     """max(‖x − c‖ − r, 0) relative to r, ‖x‖ and ‖c‖."""
     c, r = S
     scale = torch.maximum(torch.maximum(_norm(x), _norm(c)), r)
     return (_norm(x - c) - r).clamp_min(0) / scale.clamp_min(torch.finfo(x.dtype).tiny)
 
 
-# Stopping is relative (see _Track): ‖U(x) − x‖ ≤ tol · σ. An iterate with ‖x‖∞ beyond
-# _RUNAWAY / tol times the data's scale has left every bounded solution behind (the relative
-# test could no longer see a step of the data's own size): the element is stopped and
-# reported as diverged. Feasibility of the returned point is checked to _feasibility_tol.
+_BALL = _FeasibleSet((1, 0), _same, _ball_project, _ball_project_vjp, _same, _ball_violation)
+
+
 _RUNAWAY = 0.5
+
+
+_CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
 
 
 def _runaway(tol):
     """_RUNAWAY / tol; with tol = 0 (a run of exactly max_iter iterations) nothing runs away."""
     return _RUNAWAY / tol if tol > 0 else math.inf
-
-
-_CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
 
 
 def _feasibility_tol(tol, dtype):
@@ -670,7 +992,13 @@ def _feasibility_tol(tol, dtype):
     return max(tol, math.sqrt(torch.finfo(dtype).eps))
 
 
-def _reference_scale(x, values):
+def _check_step_size(step_size):
+    if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
+        raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
+    return step_size
+
+
+def _reference_scale(p, x, values):
     """σ₀ = max(‖x‖∞, α‖∇f(x)‖∞), α = ‖∇f‖ / ‖∇²f ∇f‖, at the projected default start x.
 
     The data's own scale in the units of x (α∇f is a Newton-like step), computed from the
@@ -678,96 +1006,13 @@ def _reference_scale(x, values):
     the stopping test with it, and a far warm start cannot loosen it. Non-finite or
     curvature-free (linear f) pieces count as 0.
     """
-    g = _gradient(x, *values)
-    curvature = _norm(_hvp(x, g, *values))
+    g = p.gradient(x, *values)
+    curvature = _norm(p.hvp(x, g, *values))
     usable = torch.isfinite(curvature) & (curvature > 0)
     alpha = torch.where(usable, _norm(g) / torch.where(usable, curvature, 1), 0)
     step = alpha * g.abs().amax(-1)
     step = torch.where(torch.isfinite(step), step, 0)
     return torch.maximum(x.abs().amax(-1), step)
-
-
-def _lipschitz(x, values, iterations=50):
-    """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element."""
-    generator = torch.Generator(device=x.device).manual_seed(0)
-    u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)  # (..., n)
-    u = u / _norm(u)[..., None]
-    estimate = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
-    for _ in range(iterations):
-        h = _hvp(x, u, *values)
-        estimate = _norm(h)
-        u = h / estimate.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
-    return estimate
-
-
-def _line_search(x, f, g, d, S, values, todo):
-    """Backtracking (Armijo along the projection arc) from the step D = d, per element.
-
-    A trial point is accepted where f and ∇f are finite there (entropy-like terms have a
-    domain) and f decreases enough; other elements halve their step. Returns the new point,
-    f and ∇f there, the accepted step, and which elements found a step.
-    """
-    scale = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
-    x_new, f_new, g_new = x, f, g
-    found = torch.zeros_like(todo)
-    slack = 10 * torch.finfo(x.dtype).eps * f.abs()
-    for _ in range(60):
-        step = scale[..., None] * d
-        trial, _ = _project(x - step * g, d, S)
-        f_trial = _objective(trial, *values)
-        g_trial = _gradient(trial, *values)
-        decrease = (g * (trial - x)).sum(-1)
-        ok = torch.isfinite(f_trial) & torch.isfinite(g_trial).all(-1)
-        ok = ok & (f_trial <= f + 1e-4 * decrease + slack) & todo & ~found
-        x_new = torch.where(ok[..., None], trial, x_new)
-        f_new = torch.where(ok, f_trial, f_new)
-        g_new = torch.where(ok[..., None], g_trial, g_new)
-        found = found | ok
-        if bool((found | ~todo).all()):
-            break
-        scale = torch.where(found, scale, scale / 2)
-    return x_new, f_new, g_new, scale[..., None] * d, found
-
-
-def _accelerated(layer, x, d, S, values, track):
-    """Accelerated projected gradient (FISTA with gradient-mapping restarts), in place of
-    plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
-
-    Each iteration tests the plain map's residual ‖P(x − α∇f(x)) − x‖ at the current x (the
-    stopping rule of every rule), then takes the momentum step. f is quadratic, so ∇f is
-    affine and ∇f at the extrapolated point is the same extrapolation of the gradients: one
-    gradient evaluation per iteration. ``track`` records residuals and divergence.
-    """
-    ones = torch.ones_like(x)
-    g = _gradient(x, *values)
-    x_prev, g_prev = x, g
-    t = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
-    for k in range(layer.max_iter):
-        plain, _ = _project(x - d * g, ones, S)
-        if not track.step(x, plain):
-            break
-        track.count()
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        beta = ((t - 1) / t_next)[..., None]
-        y = x + beta * (x - x_prev)
-        gy = g + beta * (g - g_prev)
-        fast, _ = _project(y - d * gy, ones, S)
-        restart = ((y - fast) * (fast - x)).sum(-1) > 0  # momentum points uphill
-        x_new = torch.where(restart[..., None], plain, fast)
-        t = torch.where(restart, 1.0, t_next)
-        move = track.active[..., None]
-        x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
-        x = torch.where(move, x_new, x)
-        g = torch.where(move, _gradient(x, *values), g)
-        if (k + 1) % _CHECK_EVERY == 0:
-            track.check(x)
-    return track.finish(x)
-
-
-def _check_step_size(step_size):
-    if step_size != "auto" and not (isinstance(step_size, (int, float)) and step_size > 0):
-        raise ValueError(f"step_size: expected 'auto' or a positive number, got {step_size!r}")
-    return step_size
 
 
 class _Track:
@@ -827,43 +1072,67 @@ class _Track:
         return self.started & (self.runaway | ~torch.isfinite(self.bound))
 
 
-def _solve(layer, values, x_init, sizes, batch):
-    """PGD from the init (or warm start), per batch element; returns x and what the backward
-    folds with (the step D and the set data)."""
-    n = sizes.get("n", DEFAULT_DIMS.get("n"))
-    default = _init(*values).to(values[0]).expand(*batch, n)  # (..., n)
-    S = _prepare_set(_set_data(default, *values))
-    ones = torch.ones_like(default)
-    default, feasible = _project(default, ones, S)
-    feasible = feasible.expand(batch)
-    reference = _reference_scale(default, values)
-    x = default
-    if x_init is not None:
-        # Projecting a far start loses digits (x = y − τ·1 with τ ≈ y cancels); projecting
-        # its projection again is the identity in exact arithmetic and restores the set.
-        x, _ = _project(_project(x_init.expand(*batch, n), ones, S)[0], ones, S)
-    given = float(layer.step_size) if layer.step_size != "auto" else 1.0
-    fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
+class _Start:
+    """The forward's common start: the projected default point, the set, the data's scale."""
+
+    def __init__(self, p, layer, values, x_init, sizes, batch):
+        dim = p.variable[1][0]
+        n = sizes.get(dim, p.dims.get(dim))
+        default = p.init(*values).to(values[0]).expand(*batch, n)  # (..., n)
+        S = p.set.prepare(p.set_data(default, *values))
+        ones = torch.ones_like(default)
+        default, feasible = p.set.project(default, ones, S)
+        self.batch, self.S, self.ones, self.default = batch, S, ones, default
+        self.feasible = feasible.expand(batch)
+        self.reference = _reference_scale(p, default, values)
+        x = default
+        if x_init is not None:
+            # Projecting a far start loses digits (x = y − τ·1 with τ ≈ y cancels); projecting
+            # its projection again is the identity in exact arithmetic and restores the set.
+            x, _ = p.set.project(p.set.project(x_init.expand(*batch, n), ones, S)[0], ones, S)
+        self.x = x
+        self.warm = x_init is not None
+        given = float(layer.step_size) if layer.step_size != "auto" else 1.0
+        self.fixed = torch.full((*batch, 1), given, dtype=x.dtype, device=x.device)
+
+    def track(self, layer):
+        return _Track(layer, self.reference, self.x, self.feasible)
+
+
+def _pgd_solve_lipschitz(p, layer, values, x_init, sizes, batch):
+    """Accelerated PGD with α = 1/L, L = λmax(∇²f) estimated on the data (f quadratic);
+    a given step_size overrides α."""
+    start = _Start(p, layer, values, x_init, sizes, batch)
+    x = start.x
     if layer.step_size == "auto":
-        # f is quadratic: α = 1/L with L = λmax(∇²f) estimated on the data.
-        lipschitz = _lipschitz(x, values)
+        lipschitz = _lipschitz(p, x, values)
         usable = torch.isfinite(lipschitz) & (lipschitz > 0)
         d = torch.where(usable, 1 / torch.where(usable, lipschitz, 1), 1.0)[..., None]  # (..., 1)
     else:
-        d = fixed
-    track = _Track(layer, reference, x, feasible)
-    x = _accelerated(layer, x, d, S, values, track)
-    # Converged: the relative test was met, the point satisfies the constraints, and it lies
-    # within the data's reach (a far warm start that rounding froze in place does not count).
+        d = start.fixed
+    track = start.track(layer)
+    x = _accelerated(p, layer, x, d, start.S, values, track)
+    return _pgd_finish(p, layer, x, start, track, d)
+
+
+def _pgd_finish(p, layer, x, start, track, d):
+    """Record ``layer.info`` and report; returns x and the backward's state (D, S).
+
+    Converged: the relative test was met, the point satisfies the constraints, and it lies
+    within the data's reach (a far warm start that rounding froze in place does not count).
+    """
+    batch, S = start.batch, start.S
     tol_feasible = _feasibility_tol(layer.tol, x.dtype)
-    within = x.abs().amax(-1) <= _runaway(layer.tol) * reference
-    satisfied = _violation(x, S) <= tol_feasible
+    within = x.abs().amax(-1) <= _runaway(layer.tol) * start.reference
+    satisfied = p.set.violation(x, S) <= tol_feasible
     diverged = track.diverged()
+    feasible = start.feasible
     converged = feasible & track.met() & ~diverged & satisfied & within
     feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
     layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
-    worst = float(torch.where(feasible, track.residual, 0).max()) if x.numel() else 0.0
+    residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
+    worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (
         f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
         f"{layer.max_iter} iterations, or a point that violates the constraints"
@@ -876,225 +1145,131 @@ def _solve(layer, values, x_init, sizes, batch):
     return x, (d, S)
 
 
-def _phi_t(x, d, S, values):
+def _lipschitz(p, x, values, iterations=50):
+    """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element."""
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)  # (..., n)
+    u = u / _norm(u)[..., None]
+    estimate = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    for _ in range(iterations):
+        h = p.hvp(x, u, *values)
+        estimate = _norm(h)
+        u = h / estimate.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
+    return estimate
+
+
+def _accelerated(p, layer, x, d, S, values, track):
+    """Accelerated projected gradient (FISTA with gradient-mapping restarts), in place of
+    plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
+
+    Each iteration tests the plain map's residual ‖P(x − α∇f(x)) − x‖ at the current x (the
+    stopping rule of every rule), then takes the momentum step. f is quadratic, so ∇f is
+    affine and ∇f at the extrapolated point is the same extrapolation of the gradients: one
+    gradient evaluation per iteration. ``track`` records residuals and divergence.
+    """
+    ones = torch.ones_like(x)
+    g = p.gradient(x, *values)
+    x_prev, g_prev = x, g
+    t = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    for k in range(layer.max_iter):
+        plain, _ = p.set.project(x - d * g, ones, S)
+        if not track.step(x, plain):
+            break
+        track.count()
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = ((t - 1) / t_next)[..., None]
+        y = x + beta * (x - x_prev)
+        gy = g + beta * (g - g_prev)
+        fast, _ = p.set.project(y - d * gy, ones, S)
+        restart = ((y - fast) * (fast - x)).sum(-1) > 0  # momentum points uphill
+        x_new = torch.where(restart[..., None], plain, fast)
+        t = torch.where(restart, 1.0, t_next)
+        move = track.active[..., None]
+        x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
+        x = torch.where(move, x_new, x)
+        g = torch.where(move, p.gradient(x, *values), g)
+        if (k + 1) % _CHECK_EVERY == 0:
+            track.check(x)
+    return track.finish(x)
+
+
+def _pgd_update_map(p, layer, x, state, values):
+    """(x*, U, read) with U(s) = P_C(s − D∇f(s)), D frozen, the set data from ``values``."""
+    d, _ = state
+    S = p.set.prepare(p.set_data(x, *values))
+
+    def update(s):
+        return p.set.project(s - d * p.gradient(s, *values), d, S)[0]
+
+    def read(s):
+        return s
+
+    return x, update, read
+
+
+def _pgd_phi_t(p, x, d, S, values):
     """v ↦ Φᵀv with Φ = J_P (I − D∇²f) at x (D frozen); also returns y = x − D∇f."""
-    y = x - d * _gradient(x, *values)
+    y = x - d * p.gradient(x, *values)
 
     def phi_t(v):
-        w, _ = _project_vjp(v, x, y, d, S)
-        return w - _hvp(x, d * w, *values)
+        w, _ = p.set.project_vjp(v, x, y, d, S)
+        return w - p.hvp(x, d * w, *values)
 
     return phi_t, y
 
 
-def _backward(layer, x, values, state, grad_x):
+def _pgd_pullback(p, layer, x, values, state, grad_x):
     """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = ∂L/∂x, Φ and Ψ at x* with the frozen step."""
     d, S = state
     batch = torch.broadcast_shapes(grad_x.shape[:-1], d.shape[:-1])
-    phi_t, y = _phi_t(x, d, S, values)
+    phi_t, y = _pgd_phi_t(p, x, d, S, values)
 
     def dense_phi_t():
-        lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
-        S_lifted = tuple(_lift(t, r) for t, r in zip(S, _SET_RANKS))
-        return _phi_t(_lift(x, 1), _lift(d, 1), S_lifted, lifted)[0]
+        lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+        S_lifted = tuple(_lift(t, r) for t, r in zip(S, p.set.ranks))
+        return _pgd_phi_t(p, _lift(x, 1), _lift(d, 1), S_lifted, lifted)[0]
 
     v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]))
     # Ψᵀv: through ∇f (scaled by −D) and through the set data.
-    w, set_bars = _project_vjp(v, x, y, d, S)
+    w, set_bars = p.set.project_vjp(v, x, y, d, S)
     grads = [None] * len(values)
-    objective_grads = _gradient_vjp(x, d * w, *values)
-    for index, bar in zip((0, 1), _as_tuple(objective_grads)):
-        grads[index] = -bar
-    set_grads = _set_data_vjp(x, *_unprepare_bars(set_bars), *values)
-    for index, bar in zip((2, 3), _as_tuple(set_grads)):
-        grads[index] = bar if grads[index] is None else grads[index] + bar
+    if p.objective_grad_indices:
+        objective_grads = p.gradient_vjp(x, d * w, *values)
+        for index, bar in zip(p.objective_grad_indices, _as_tuple(objective_grads)):
+            grads[index] = -bar
+    if p.set_grad_indices:
+        set_grads = p.set_data_vjp(x, *p.set.unprepare_bars(set_bars), *values)
+        for index, bar in zip(p.set_grad_indices, _as_tuple(set_grads)):
+            grads[index] = bar if grads[index] is None else grads[index] + bar
     return grads
 
 
-# ---------------------------------------------------------------------------------------------
-# The layer.
+# =============================================================================================
+# end of the foldgen runtime
+# =============================================================================================
 
 
-def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
-    """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
-
-    ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
-    An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
-    finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
-    reporting and the zeroing of its gradients are ``_Fold.backward``'s.
-    """
-    n = g.shape[-1]
-    batch = g.shape[:-1]
-    ok = torch.isfinite(g).all(-1)
-    if usable is not None:
-        ok = ok & usable.expand(batch)
-    g = torch.where(ok[..., None], g, 0)
-    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
-    if method == "auto":
-        # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
-        method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
-    if method == "direct":
-        dense = _dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device)
-        v, iterations, residual = _solve_direct(dense, g)
-    elif method == "lfpi":
-        v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
-    elif method == "cg":
-        v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
-    else:
-        restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
-        v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
-    residual = torch.where(ok, residual, math.inf)
-    converged = ok & (residual <= tol)
-    # The forward's flags are _Fold.backward's to fill in.
-    unknown = torch.ones_like(ok)
-    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
-    return torch.where(converged[..., None], v, 0)
-
-
-def _as_tuple(t):
-    return t if isinstance(t, tuple) else (t,)
-
-
-def _per_element(mask, core):
-    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
-    return mask[(...,) + (None,) * len(core)]
-
-
-class _Fold(torch.autograd.Function):
-    """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
-
-    The backward never lets a wrong gradient out: an element whose forward did not converge
-    or was infeasible, whose adjoint solve missed its tolerance, or whose gradient is not
-    finite contributes zero (to a parameter shared across the batch: the sum over the other
-    elements) and is reported in ``backward_info.converged``.
-    """
-
-    @staticmethod
-    def forward(ctx, layer, x_init, sizes, batch, *values):
-        x, state = _solve(layer, values, x_init, sizes, batch)
-        ctx.layer = layer
-        ctx.state = state
-        ctx.batch = batch
-        vouched = layer.info.converged
-        if layer.fold_unconverged:  # a truncated forward: fold at x_T wherever x_T is finite
-            vouched = torch.isfinite(x).all(-1)
-        ctx.solved = (vouched & layer.info.feasible).expand(batch)
-        ctx.save_for_backward(x, *values)
-        return x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_x):
-        x, *values = ctx.saved_tensors
-        layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
-        grad_x = torch.where(solved[..., None], grad_x, 0)
-        grads = _backward(layer, x, values, ctx.state, grad_x)
-        info = layer.backward_info
-        ok = solved & info.converged
-        needs = ctx.needs_input_grad[4:]
-        full = []
-        for grad, need, value, core in zip(grads, needs, values, PARAMETERS.values()):
-            if grad is None or not need:
-                full.append(None)
-                continue
-            grad = grad.expand((*batch, *value.shape[value.dim() - len(core) :]))
-            finite = torch.isfinite(grad)
-            ok = ok & (finite.all(tuple(range(-len(core), 0))) if core else finite)
-            full.append(grad)
-        out = [
-            None
-            if grad is None
-            else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
-            for grad, value, core in zip(full, values, PARAMETERS.values())
-        ]
-        residual = torch.where(solved, info.residual, math.inf)
-        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
-        failed = solved & ~ok
-        worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
-        detail = (
-            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
-            "system or a non-finite gradient; those elements get a zero gradient"
-        )
-        _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
-        return (None, None, None, None, *out)
-
-
-class BallLeastSquares(torch.nn.Module):
-    """Regularised least squares in a Euclidean ball (a trust region), differentiable in the
-    data matrix, target, centre and radius.
-
-    Call: layer(A, b, center, radius, lam) -> x; shapes A (..., m, n); b (..., m); center
-    (..., n); radius (...); lam (...).
-    Leading batch dimensions broadcast. Inputs given to the constructor are bound
-    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,
-    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
-    """
-
-    def __init__(
-        self,
-        *,
-        A=None,
-        b=None,
-        center=None,
-        radius=None,
-        lam=None,
-        max_iter=20000,
-        tol=1e-11,
-        step_size="auto",
-        backward_method="gmres",
-        backward_max_iter=300,
-        backward_tol=1e-12,
-        on_nonconvergence="warn",
-        fold_unconverged=False,
-    ):
-        super().__init__()
-        if backward_method not in ("auto", "lfpi", "gmres", "cg", "direct"):
-            raise ValueError(f"backward_method: unknown method {backward_method!r}")
-        if on_nonconvergence not in ("warn", "raise", "ignore"):
-            expected = "'warn', 'raise' or 'ignore'"
-            raise ValueError(f"on_nonconvergence: expected {expected}, got {on_nonconvergence!r}")
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.step_size = _check_step_size(step_size)
-        self.backward_method = backward_method
-        self.backward_max_iter = int(backward_max_iter)
-        self.backward_tol = float(backward_tol)
-        self.on_nonconvergence = on_nonconvergence
-        self.fold_unconverged = bool(fold_unconverged)
-        self.bound = []
-        inputs = {
-            "A": A,
-            "b": b,
-            "center": center,
-            "radius": radius,
-            "lam": lam,
-        }
-        for name, value in inputs.items():
-            if value is None:
-                continue
-            self.bound.append(name)
-            if isinstance(value, torch.nn.Parameter):
-                self.register_parameter(name, value)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                # A plain number takes the dtype and device of each call's tensors.
-                setattr(self, name, value)
-            else:
-                self.register_buffer(name, torch.as_tensor(value))
-        self.info = None
-        self.backward_info = None
-
-    def forward(self, *args, x_init=None, **kwargs):
-        """Solve for each batch element; returns x of shape (..., n).
-
-        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
-        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
-        so does n = 0. An element whose solve fails is flagged in ``info`` and
-        reported; its gradient is zero and flagged in ``backward_info``.
-        """
-        values, sizes, batch = _validate(_gather(self, args, kwargs), x_init)
-        return _Fold.apply(self, x_init, sizes, batch, *values)
-
-    def extra_repr(self):
-        bound = f", bound={self.bound}" if self.bound else ""
-        method = f"backward_method={self.backward_method!r}"
-        return f"max_iter={self.max_iter}, tol={self.tol}, {method}{bound}"
+# The problem as the runtime sees it: the tables above, the derived functions and the rule's
+# choices (foldgen.runtime.contract lists what each rule reads).
+_PROBLEM = types.SimpleNamespace(
+    rule="pgd",
+    parameters=PARAMETERS,
+    grad_parameters=GRAD_PARAMETERS,
+    defaults=DEFAULTS,
+    dims=DEFAULT_DIMS,
+    variable=VARIABLE,
+    solve=_pgd_solve_lipschitz,
+    pullback=_pgd_pullback,
+    update_map=_pgd_update_map,
+    set=_BALL,
+    set_data=_set_data,
+    objective_grad_indices=(0, 1),
+    set_grad_indices=(2, 3),
+    objective=_objective,
+    gradient=_gradient,
+    hvp=_hvp,
+    init=_init,
+    gradient_vjp=_gradient_vjp,
+    set_data_vjp=_set_data_vjp,
+    setting_checks={"step_size": _check_step_size},
+)

@@ -13,6 +13,8 @@ import pytest
 import torch
 from cases import CASES, SPECS, load_module
 
+from foldgen.runtime.pgd import _lipschitz
+
 F64 = torch.float64
 
 
@@ -58,11 +60,12 @@ def test_gradcheck(spec):
 def _unroll_step(module, x_star, values):
     """A step D for the unrolled reference: the forward's own scaled step where it has one,
     else 1/λmax(∇²f(x*)) — any D > 0 gives the same fixed point and derivative."""
-    if hasattr(module, "_hessian_diagonal"):
-        h = module._hessian_diagonal(x_star, *values)
+    p = module._PROBLEM
+    if hasattr(p, "hessian_diagonal"):
+        h = p.hessian_diagonal(x_star, *values)
         d = 1 / h
         return d, d
-    d = (1 / module._lipschitz(x_star, values, iterations=200))[..., None]
+    d = (1 / _lipschitz(p, x_star, values, iterations=200))[..., None]
     return d, torch.ones_like(x_star)
 
 
@@ -74,10 +77,11 @@ def unrolled_gradient(module, layer, values, weight, iterations):
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
     ordered = [inputs[n] for n in module.PARAMETERS]
     d, metric = _unroll_step(module, x_star, [v.detach() for v in ordered])
-    S = module._prepare_set(module._set_data(x_star, *ordered))
+    p = module._PROBLEM
+    S = p.set.prepare(p.set_data(x_star, *ordered))
     x = x_star
     for _ in range(iterations):
-        x, _ = module._project(x - d * module._gradient(x, *ordered), metric, S)
+        x, _ = p.set.project(x - d * p.gradient(x, *ordered), metric, S)
     assert torch.allclose(x, x_star, atol=1e-9), "x* is not a fixed point of the unrolled map"
     grads = torch.autograd.grad((x * weight).sum(), [inputs[n] for n in names])
     return dict(zip(names, grads))

@@ -263,3 +263,61 @@ def test_nonfinite_incoming_gradient_stays_in_its_element(name):
     torch.testing.assert_close(poisoned[0], clean[0], atol=1e-12, rtol=0)
     assert layer.backward_info.converged.tolist() == [True, False]
     assert layer.backward_info.forward_converged.tolist() == [True, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# The public call surface: named inputs, overrides, unrolled and update_map
+
+
+def _box_qp_data(seed=0, batch=2):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(6, 6, generator=gen, dtype=F64)
+    Q = a @ a.T + torch.eye(6, dtype=F64)
+    c = torch.randn(batch, 6, generator=gen, dtype=F64)
+    return Q, c
+
+
+def test_forward_signature_names_the_inputs():
+    import inspect
+
+    module, layer = layer_for("box_qp")
+    parameters = inspect.signature(layer.forward).parameters
+    assert [n for n in parameters if not n.startswith("_")] == ["Q", "c", "x_init"]
+    assert all(parameters[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("Q", "c"))
+
+
+def test_positional_inputs_fill_the_unbound_ones_and_a_name_overrides_a_bound_one():
+    Q, c = _box_qp_data()
+    _, free = layer_for("box_qp")
+    _, bound = layer_for("box_qp", Q=2 * Q)
+    expected = free(Q, c)
+    torch.testing.assert_close(bound(c, Q=Q), expected, atol=0, rtol=0)  # the override
+    torch.testing.assert_close(bound(c), free(2 * Q, c), atol=0, rtol=0)  # the bound value
+    torch.testing.assert_close(bound.Q, 2 * Q)  # overriding does not rebind
+    with pytest.raises(TypeError, match="given twice"):
+        free(Q, c, c=c)
+
+
+def test_update_map_reproduces_the_folded_gradient_by_unrolling_from_the_fixed_point():
+    Q, c = _box_qp_data(seed=3)
+    module, layer = layer_for("box_qp", tol=1e-12)
+    weight = torch.randn(c.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
+    c = c.clone().requires_grad_()
+    (folded,) = torch.autograd.grad((layer(Q, c) * weight).sum(), c)
+    s, update, read = layer.update_map(Q, c)
+    torch.testing.assert_close(update(s), s, atol=1e-10, rtol=0)  # a fixed point
+    for _ in range(2000):
+        s = update(s)
+    (unrolled,) = torch.autograd.grad((read(s) * weight).sum(), c)
+    torch.testing.assert_close(unrolled, folded, atol=1e-10, rtol=0)
+
+
+def test_unrolled_differentiates_the_iterations_and_agrees_at_convergence():
+    Q, c = _box_qp_data(seed=5)
+    module, layer = layer_for("box_qp", tol=1e-13)
+    c = c.clone().requires_grad_()
+    x = layer.unrolled(Q, c)
+    assert x.grad_fn is not None and "Fold" not in type(x.grad_fn).__name__
+    (unrolled,) = torch.autograd.grad(x.sum(), c)
+    (folded,) = torch.autograd.grad(layer(Q, c).sum(), c)
+    torch.testing.assert_close(unrolled, folded, atol=1e-8, rtol=0)

@@ -1,4 +1,5 @@
-"""The project's own source stays lint-clean and formatted (ruff, configured in pyproject)."""
+"""The project's own source stays lint-clean, formatted and type-checked (ruff and mypy,
+configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["foldgen", "tests", "examples", "benchmarks", "templates/runtime"]
+SOURCES = ["foldgen", "tests", "examples", "benchmarks"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:
@@ -23,4 +24,13 @@ def test_ruff_check():
 
 def test_ruff_format():
     result = _ruff("format", "--check", "--diff")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy():
+    """mypy over foldgen/, the runtime package included (the files and settings are
+    pyproject.toml's [tool.mypy])."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

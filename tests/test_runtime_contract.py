@@ -262,12 +262,13 @@ def test_one_projection_of_a_far_start_loses_the_constraint_and_two_restore_it()
     module = load_module("entropic_knapsack")
     values = [draw("entropic_knapsack", batch=(1,))[k] for k in module.PARAMETERS]
     y = torch.full((1, 10), 1e20, dtype=F64)
-    S = module._prepare_set(module._set_data(y, *values))
-    once, _ = module._project(y, torch.ones_like(y), S)
-    assert float(once.sum()) == 0.0 and float(module._violation(once, S)) == 1.0
-    twice, _ = module._project(once, torch.ones_like(y), S)
+    p = module._PROBLEM
+    S = p.set.prepare(p.set_data(y, *values))
+    once, _ = p.set.project(y, torch.ones_like(y), S)
+    assert float(once.sum()) == 0.0 and float(p.set.violation(once, S)) == 1.0
+    twice, _ = p.set.project(once, torch.ones_like(y), S)
     torch.testing.assert_close(twice, torch.full_like(y, 0.3), atol=1e-15, rtol=0)
-    assert float(module._violation(twice, S)) <= 1e-15
+    assert float(p.set.violation(twice, S)) <= 1e-15
 
 
 @pytest.mark.parametrize(
@@ -284,8 +285,9 @@ def test_violation_is_relative_to_the_data(name, point, expected):
     module = load_module(name)
     values = [draw(name, batch=(1,))[k] for k in module.PARAMETERS]
     x = torch.tensor([point], dtype=F64)
-    S = module._prepare_set(module._set_data(x, *values))
-    torch.testing.assert_close(module._violation(x, S), torch.tensor([expected], dtype=F64))
+    p = module._PROBLEM
+    S = p.set.prepare(p.set_data(x, *values))
+    torch.testing.assert_close(p.set.violation(x, S), torch.tensor([expected], dtype=F64))
 
 
 def test_affine_violation_and_far_start():
@@ -293,14 +295,15 @@ def test_affine_violation_and_far_start():
     values = draw("equality_qp", batch=(2,))
     ordered = [values[k] for k in module.PARAMETERS]
     x = layer(**values)
-    S = module._prepare_set(module._set_data(x, *ordered))
-    assert float(module._violation(x, S).max()) <= 1e-13
+    p = module._PROBLEM
+    S = p.set.prepare(p.set_data(x, *ordered))
+    assert float(p.set.violation(x, S).max()) <= 1e-13
     shifted = x + 0.1 * values["A"][:, 0]  # moves a·x off b by 0.1‖a‖²
     A, b = values["A"], values["b"]
     terms = (A.abs() @ shifted.abs()[..., None])[..., 0]
     expected = ((A @ shifted[..., None])[..., 0] - b).abs().amax(-1)
     expected = expected / torch.maximum(terms.amax(-1), b.abs().amax(-1))
-    torch.testing.assert_close(module._violation(shifted, S), expected)
+    torch.testing.assert_close(p.set.violation(shifted, S), expected)
     far = layer(**values, x_init=torch.full_like(x, 1e20))
     assert bool(layer.info.converged.all())
     torch.testing.assert_close(far, x, atol=1e-7, rtol=0)

@@ -160,4 +160,12 @@ def single_vector_variable(problem: Problem) -> Variable:
             ("variables", var.name, "shape"), f"rule '{rule}' needs a vector variable (shape [n])"
         )
     return var
-SOLVERS = ("_solve_lfpi", "_solve_gmres", "_solve_cg", "_solve_direct", "_dense_from_matvec")  # TEMP
+
+
+SOLVERS = (
+    "_solve_lfpi",
+    "_solve_gmres",
+    "_solve_cg",
+    "_solve_direct",
+    "_dense_from_matvec",
+)  # TEMP

@@ -102,7 +102,8 @@ class PgdPlan:
         has = {fn.name for fn in self.functions}
         record: list[tuple[str, Value]] = [
             ("solve", Ref(f"_pgd_solve_{self.step_mode}")),
-            ("backward", Ref("_pgd_backward")),
+            ("pullback", Ref("_pgd_pullback")),
+            ("update_map", Ref("_pgd_update_map")),
             ("set", Ref(SETS[kind])),
             ("set_data", Ref("_set_data" if "_set_data" in has else "_no_set_data")),
             ("objective_grad_indices", grad_indices(problem, self.objective_grad_params)),
@@ -253,8 +254,8 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
         items = (*_bound_items(b, x), SetItem("k", c.k, 0))
         text = (_bound_text(b, x) + ", " if bound else "") + f"Σ{x.name} = {math_str(c.k)}"
         if bound is None:  # a hyperplane alone is an affine set
-            row = SetItem("A", E.const(1.0, n), 1)
-            return Projection("affine", (row, SetItem("b", c.k, 0)), True, text, False)
+            ones = SetItem("A", E.const(1.0, n), 1)
+            return Projection("affine", (ones, SetItem("b", c.k, 0)), True, text, False)
         return Projection("box_sum", items, False, text, True)
     if isinstance(c, AffineEq):
         row = c.A.rank == 1

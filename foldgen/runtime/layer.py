@@ -3,7 +3,7 @@ gathering and validation, the adjoint solve and the folded ``autograd.Function``
 
 Everything the problem contributes arrives as ``p``, the generated module's problem record
 (see `foldgen.runtime.contract`): its parameters' shapes, its defaults, its derived functions
-and the rule's ``solve``/``backward``. Nothing here depends on a spec, so the same code serves
+and the rule's ``solve``/``pullback``. Nothing here depends on a spec, so the same code serves
 every module, copied into it or imported from a shared runtime file.
 """
 
@@ -23,8 +23,8 @@ from foldgen.runtime.linsolve import (
     _solve_lfpi,
 )
 
-BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
-NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+_BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
+_NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -336,7 +336,7 @@ class _Fold(torch.autograd.Function):
         layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
         grad_x = torch.where(solved[..., None], grad_x, 0)
         p = ctx.problem
-        grads = p.backward(p, layer, x, values, ctx.state, grad_x)
+        grads = p.pullback(p, layer, x, values, ctx.state, grad_x)
         info = layer.backward_info
         ok = solved & info.converged
         needs = ctx.needs_input_grad[5:]
@@ -375,10 +375,10 @@ def _init_layer(layer, p, inputs, settings):
     plain number stays a number (it takes each call's dtype and device).
     """
     method = settings["backward_method"]
-    if method not in BACKWARD_METHODS:
+    if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
     policy = settings["on_nonconvergence"]
-    if policy not in NONCONVERGENCE_POLICIES:
+    if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
         raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
     layer.max_iter = int(settings["max_iter"])
@@ -410,6 +410,23 @@ def _forward(layer, p, args, named, x_init):
     kwargs = {name: value for name, value in named.items() if value is not None}
     values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
     return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+
+
+def _unrolled(layer, p, args, named, x_init):
+    """The forward solve under autograd (no folding): its backward unrolls the iterations."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    x, _ = p.solve(p, layer, values, x_init, sizes, batch)
+    return x
+
+
+def _update_map(layer, p, args, named, x_init):
+    """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    with torch.no_grad():
+        x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
+    return p.update_map(p, layer, x, state, values)
 
 
 def _extra_repr(layer):

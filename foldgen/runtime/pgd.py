@@ -4,7 +4,7 @@ One solve function per step mode (the plan picks one at build time): ``fixed`` (
 ``lipschitz`` (α = 1/L on a quadratic f, accelerated), ``scaled`` (D = diag(1/h) from the
 Hessian diagonal, with backtracking) and ``bb`` (Barzilai–Borwein with backtracking). Each
 takes ``(p, layer, values, x_init, sizes, batch)`` and returns x and what the backward folds
-with, ``(D, S)``; `_pgd_backward` is the same for all. ``p`` is the problem record (its
+with, ``(D, S)``; `_pgd_pullback` is the same for all. ``p`` is the problem record (its
 derived functions, ``p.set`` its `foldgen.runtime.sets._FeasibleSet`).
 
 Stopping is relative (see `_Track`): ‖U(x) − x‖ ≤ tol · σ. An iterate with ‖x‖∞ beyond
@@ -271,7 +271,8 @@ def _pgd_finish(p, layer, x, start, track, d):
     feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
     layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
-    worst = float(torch.where(feasible, track.residual, 0).max()) if x.numel() else 0.0
+    residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
+    worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (
         f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
         f"{layer.max_iter} iterations, or a point that violates the constraints"
@@ -378,6 +379,20 @@ def _scaled_step(p, x, values):
     return 1 / torch.where(h > 0, h, typical)
 
 
+def _pgd_update_map(p, layer, x, state, values):
+    """(x*, U, read) with U(s) = P_C(s − D∇f(s)), D frozen, the set data from ``values``."""
+    d, _ = state
+    S = p.set.prepare(p.set_data(x, *values))
+
+    def update(s):
+        return p.set.project(s - d * p.gradient(s, *values), d, S)[0]
+
+    def read(s):
+        return s
+
+    return x, update, read
+
+
 def _pgd_phi_t(p, x, d, S, values):
     """v ↦ Φᵀv with Φ = J_P (I − D∇²f) at x (D frozen); also returns y = x − D∇f."""
     y = x - d * p.gradient(x, *values)
@@ -389,7 +404,7 @@ def _pgd_phi_t(p, x, d, S, values):
     return phi_t, y
 
 
-def _pgd_backward(p, layer, x, values, state, grad_x):
+def _pgd_pullback(p, layer, x, values, state, grad_x):
     """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = ∂L/∂x, Φ and Ψ at x* with the frozen step."""
     d, S = state
     batch = torch.broadcast_shapes(grad_x.shape[:-1], d.shape[:-1])
