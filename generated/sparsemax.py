@@ -200,7 +200,7 @@ def _set_data(p, z):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 54c77fc72317f85e): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 70445bf15cd04ea9): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -556,13 +556,22 @@ class ConvergenceError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class SolveInfo:
-    """What the forward did, per batch element (tensors of the batch shape)."""
+    """What the forward did, per batch element (tensors of the batch shape).
+
+    The first five fields are every rule's; then each rule fills its own and leaves the
+    others None: PGD ``alpha`` (the step D, (..., 1) or (..., n) for a diagonal D), ADMM
+    ``rho`` (the penalty ρ at the end), SQP ``alpha`` (the last line-search step) and
+    ``multipliers`` ((λ, ν) of the inequality and equality constraints).
+    """
 
     iterations: torch.Tensor  # int64
     residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
     converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
     feasible: torch.Tensor  # bool: False where the constraints admit no point
-    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+    step: torch.Tensor  # the rule's step, one number per element (PGD: mean α; ADMM: ρ; SQP: α)
+    alpha: torch.Tensor | None = None  # PGD, SQP: the step the backward folds with
+    rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
+    multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1158,7 +1167,9 @@ def _pgd_finish(p, layer, x, start, track, d):
     converged = feasible & track.met() & ~diverged & satisfied & within
     feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
-    layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
+    layer.info = SolveInfo(
+        track.iterations, track.residual, converged, feasible, d.mean(-1), alpha=d
+    )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (

@@ -270,7 +270,9 @@ def _pgd_finish(p, layer, x, start, track, d):
     converged = feasible & track.met() & ~diverged & satisfied & within
     feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
-    layer.info = SolveInfo(track.iterations, track.residual, converged, feasible, d.mean(-1))
+    layer.info = SolveInfo(
+        track.iterations, track.residual, converged, feasible, d.mean(-1), alpha=d
+    )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (
