@@ -42,6 +42,7 @@ the linear solver.
 import dataclasses
 import math
 import sys
+import types
 import warnings
 
 import torch
@@ -54,47 +55,88 @@ __all__ = [
     "ConvergenceError",
 ]
 
+
+class ExpBudget(torch.nn.Module):
+    """Euclidean projection onto an exponential budget {x | Σ exp(x) ≤ B}, a nonlinear
+    inequality.
+
+    Call: layer(y, B) -> x; shapes y (..., n); B (...).
+    Leading batch dimensions broadcast. Inputs given to the constructor are bound
+    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,
+    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
+    """
+
+    def __init__(
+        self,
+        *,
+        y=None,
+        B=None,
+        max_iter=100,
+        tol=1e-09,
+        step=1.0,
+        backward_method="auto",
+        backward_max_iter=500,
+        backward_tol=1e-10,
+        on_nonconvergence="warn",
+        fold_unconverged=False,
+    ):
+        super().__init__()
+        _init_layer(
+            self,
+            _PROBLEM,
+            {
+                "y": y,
+                "B": B,
+            },
+            {
+                "max_iter": max_iter,
+                "tol": tol,
+                "step": step,
+                "backward_method": backward_method,
+                "backward_max_iter": backward_max_iter,
+                "backward_tol": backward_tol,
+                "on_nonconvergence": on_nonconvergence,
+                "fold_unconverged": fold_unconverged,
+            },
+        )
+
+    def forward(
+        self,
+        *_positional,
+        y=None,
+        B=None,
+        x_init=None,
+    ):
+        """Solve for each batch element; returns x of shape (..., n).
+
+        Inputs by name, or positionally in the order y, B (the ones not bound in
+        the constructor); a bound input given by name overrides its bound value for this call.
+        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
+        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
+        so does n = 0. An element whose solve fails is flagged in ``info`` and
+        reported; its gradient is zero and flagged in ``backward_info``.
+        """
+        return _forward(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "y": y,
+                "B": B,
+            },
+            x_init,
+        )
+
+    def extra_repr(self):
+        return _extra_repr(self)
+
+
 # Core shapes of the inputs (batch dimensions lead and broadcast), in call order.
 PARAMETERS = {"y": ("n",), "B": ()}
 GRAD_PARAMETERS = ("y", "B")
 DEFAULTS = {}
 DEFAULT_DIMS = {"n": 20}
 VARIABLE = ("x", ("n",))
-
-
-class ConvergenceWarning(RuntimeWarning):
-    """A batch element's forward or backward solve stopped before its tolerance."""
-
-
-class ConvergenceError(RuntimeError):
-    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SolveInfo:
-    """What the forward did, per batch element (tensors of the batch shape)."""
-
-    iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
-    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
-    feasible: torch.Tensor  # bool: False where the constraints admit no point
-    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackwardInfo:
-    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
-
-    Where ``converged`` is False the element's gradient is zero: its forward did not converge
-    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
-    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
-    """
-
-    method: str
-    iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
-    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
-    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,23 +184,15 @@ def _kkt_vjp(x, _lam0, _u, _wg0, y, B):
     return -_u, -_wg0
 
 
-# ---------------------------------------------------------------------------------------------
-# Runtime helpers.
+# =============================================================================================
+# foldgen 0.1.0 runtime (sha256 fa3de3b67ce420bc): the definitions this module uses,
+# copied from foldgen/runtime/. Regenerate, never edit.
+# =============================================================================================
 
 
 def _mv(A, x):
     """Batched matrix–vector product: (..., m, n) @ (..., n) -> (..., m)."""
     return (A @ x[..., None])[..., 0]
-
-
-def _dot(a, b):
-    """Batched dot product over the last axis."""
-    return (a * b).sum(-1)
-
-
-def _expand(s, core):
-    """A batch of scalars (...) repeated to (..., *core)."""
-    return s[(...,) + (None,) * len(core)].expand(*s.shape, *core)
 
 
 def _lift(t, rank):
@@ -168,6 +202,15 @@ def _lift(t, rank):
 
 def _norm(v):
     return torch.linalg.vector_norm(v, dim=-1)
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _per_element(mask, core):
+    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
+    return mask[(...,) + (None,) * len(core)]
 
 
 def _solve_lfpi(phi_t, g, max_iter, tol):
@@ -382,7 +425,7 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     """
     eye = torch.eye(n, dtype=dtype, device=device)
     unit = eye.expand(tuple(batch_shape) + (n, n))  # (..., n, n), row j = e_j
-    return phi_t(unit).mT
+    return phi_t(unit).mT  # (..., n, n)
 
 
 def _qp_newton(K_lu, pivots, H_ok, r_d, r_e, r_i, r_c, s, lam, G):
@@ -532,13 +575,54 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     return d, lam, nu, solved
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs.
+BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 
 
-def _gather(layer, args, kwargs):
-    """The parameter values in call order: positional, keyword, bound, then defaults."""
-    free = [name for name in PARAMETERS if name not in layer.bound]
+NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A batch element's forward or backward solve stopped before its tolerance."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveInfo:
+    """What the forward did, per batch element (tensors of the batch shape)."""
+
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
+    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
+    feasible: torch.Tensor  # bool: False where the constraints admit no point
+    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardInfo:
+    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
+
+    Where ``converged`` is False the element's gradient is zero: its forward did not converge
+    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
+    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
+    """
+
+    method: str
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
+    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
+    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
+
+
+def _gather(p, layer, args, kwargs):
+    """The parameter values in call order: positional, keyword, bound, then defaults.
+
+    ``args`` fill the inputs not bound in the constructor, in call order; ``kwargs`` name
+    any input, a bound one included (it overrides the bound value for this call).
+    """
+    free = [name for name in p.parameters if name not in layer.bound]
     if len(args) > len(free):
         raise TypeError(
             f"{layer.__class__.__name__} takes {len(free)} positional inputs "
@@ -546,32 +630,32 @@ def _gather(layer, args, kwargs):
         )
     given = dict(zip(free, args))
     for name, value in kwargs.items():
-        if name not in PARAMETERS:
-            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(PARAMETERS)}")
-        if name in given or name in layer.bound:
+        if name not in p.parameters:
+            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(p.parameters)}")
+        if name in given:
             raise TypeError(f"input '{name}' given twice")
         given[name] = value
     values = []
-    for name in PARAMETERS:
+    for name in p.parameters:
         if name in given:
             values.append(given[name])
         elif name in layer.bound:
             values.append(getattr(layer, name))
-        elif name in DEFAULTS:
-            values.append(DEFAULTS[name])
+        elif name in p.defaults:
+            values.append(p.defaults[name])
         else:
             raise TypeError(f"missing input '{name}'")
     return values
 
 
-def _validate(values, x_init):
+def _validate(p, values, x_init):
     """Tensors of one supported dtype and one device, with consistent sizes; else ValueError
     naming the odd input (the one that disagrees with the majority; of two, the later).
 
     Returns the tensors, the sizes of the dims, and the broadcast batch shape.
     """
     given = []  # (name, core, tensor) of the inputs given as tensors
-    for (name, core), value in zip(PARAMETERS.items(), values):
+    for (name, core), value in zip(p.parameters.items(), values):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
         if not isinstance(value, torch.Tensor) and not number:
             raise ValueError(
@@ -594,7 +678,7 @@ def _validate(values, x_init):
             if value.device != device:
                 raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
     tensors = []
-    for (name, core), value in zip(PARAMETERS.items(), values):
+    for (name, core), value in zip(p.parameters.items(), values):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=dtype, device=device)
         if value.dim() < len(core):
@@ -603,25 +687,25 @@ def _validate(values, x_init):
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        if value.requires_grad and name not in GRAD_PARAMETERS:
+        if value.requires_grad and name not in p.grad_parameters:
             raise ValueError(
                 f"{name}: requires grad, but the spec declares it grad: false "
                 "(detach it, or declare grad: true)"
             )
         tensors.append(value)
-    shapes = [(name, t.shape, core) for (name, core), t in zip(PARAMETERS.items(), tensors)]
+    shapes = [(name, t.shape, core) for (name, core), t in zip(p.parameters.items(), tensors)]
     if x_init is not None:
-        name = f"{VARIABLE[0]}_init"
+        name = f"{p.variable[0]}_init"
         if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
             raise ValueError(f"{name}: expected a {dtype} tensor")
         if x_init.device != device:
             raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
         if x_init.dim() < 1:
-            raise ValueError(f"{name}: expected shape (..., {VARIABLE[1][0]}), got ()")
+            raise ValueError(f"{name}: expected shape (..., {p.variable[1][0]}), got ()")
         if not bool(torch.isfinite(x_init).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        shapes.append((name, x_init.shape, VARIABLE[1]))
-    sizes = _dim_sizes(shapes)
+        shapes.append((name, x_init.shape, p.variable[1]))
+    sizes = _dim_sizes(p, shapes)
     batch = _batch_shape(shapes)
     return tensors, sizes, batch
 
@@ -648,7 +732,7 @@ def _majority(pairs):
     return value, name
 
 
-def _dim_sizes(shapes):
+def _dim_sizes(p, shapes):
     """The size of each named dim, by majority over the inputs that carry it; ValueError
     naming the input whose size differs, or the one that gives the variable's dim size 0."""
     seen = {}  # dim -> [(name, size)]
@@ -671,11 +755,11 @@ def _dim_sizes(shapes):
                     f"{name}: axis {axis} has size {other}, but {dim} = {size} from {holder}"
                 )
         sizes[dim] = size
-    dim = VARIABLE[1][0]
+    dim = p.variable[1][0]
     if dim in seen and sizes[dim] == 0:
         name, axis, _ = seen[dim][0]
         raise ValueError(
-            f"{name}: axis {axis} has size 0, but {dim}, the size of {VARIABLE[0]}, "
+            f"{name}: axis {axis} has size 0, but {dim}, the size of {p.variable[0]}, "
             "must be at least 1"
         )
     return sizes
@@ -723,445 +807,21 @@ def _report(layer, what, converged, detail):
     message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
-    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level())
+    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
 
 
-def _caller_level():
-    """The warning's stack level of the first frame outside this module and torch."""
+def _caller_level(layer):
+    """The warning's stack level of the first frame outside foldgen's code (the runtime, the
+    layer's own module) and torch."""
     frame, level = sys._getframe(1), 1
+    own = type(layer).__module__
     while frame is not None and (
-        frame.f_globals is globals() or frame.f_globals.get("__name__", "").startswith("torch")
+        frame.f_globals is globals()
+        or frame.f_globals.get("__name__", "") == own
+        or frame.f_globals.get("__name__", "").startswith("torch")
     ):
         frame, level = frame.f_back, level + 1
     return level
-
-
-# ---------------------------------------------------------------------------------------------
-# Sequential quadratic programming and its folded backward.
-
-# Core rank of each constraint block (0: a scalar constraint, 1: a vector of constraints).
-_INEQ_RANKS = (0,)
-_EQ_RANKS = ()
-
-
-def _check_step(step):
-    if isinstance(step, bool) or not (isinstance(step, (int, float)) and 0 < step <= 1):
-        raise ValueError(f"step: expected a number in (0, 1], got {step!r}")
-    return float(step)
-
-
-def _concat(blocks, ranks, batch):
-    """Constraint blocks as one (..., m) vector (a scalar block is one entry)."""
-    parts = [b[..., None] if r == 0 else b for b, r in zip(blocks, ranks)]
-    return torch.cat([b.expand(*batch, b.shape[-1]) for b in parts], dim=-1)
-
-
-def _split(t, sizes, ranks):
-    """A (..., m) vector back into its blocks (a scalar block drops its axis)."""
-    out, start = [], 0
-    for size, rank in zip(sizes, ranks):
-        part = t[..., start : start + size]
-        out.append(part[..., 0] if rank == 0 else part)
-        start += size
-    return out
-
-
-def _lifted(values):
-    """The parameters with one extra batch axis before their core axes."""
-    return [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
-
-
-def _lift_blocks(blocks, ranks):
-    return [_lift(b, r) for b, r in zip(blocks, ranks)]
-
-
-def _constraints(x, values):
-    """g(x) (..., p) and h(x) (..., q), the blocks concatenated, and the blocks' sizes."""
-    batch = x.shape[:-1]
-    blocks = _as_tuple(_inequalities(x, *values))
-    g = _concat(blocks, _INEQ_RANKS, batch)
-    g_sizes = tuple(b.shape[-1] if r else 1 for b, r in zip(blocks, _INEQ_RANKS))
-    h, h_sizes = x.new_zeros(*batch, 0), ()
-    return g, h, (g_sizes, h_sizes)
-
-
-def _jacobians(x, values, sizes):
-    """J_g (..., p, n) and J_h (..., q, n), row i = ∇gᵢ: the symbolic Jᵀw on the unit vectors
-    w = eᵢ, which ride on one extra batch axis."""
-    batch, n = x.shape[:-1], x.shape[-1]
-    x1, lifted = _lift(x, 1), _lifted(values)
-    jacobians = []
-    for present, vjp, block_sizes, ranks in (
-        (True, _inequalities_vjp, sizes[0], _INEQ_RANKS),
-        (False, None, sizes[1], _EQ_RANKS),
-    ):
-        m = sum(block_sizes)
-        if not present:
-            jacobians.append(x.new_zeros(*batch, 0, n))
-            continue
-        unit = torch.eye(m, dtype=x.dtype, device=x.device).expand(*batch, m, m)
-        jacobians.append(vjp(x1, *_split(unit, block_sizes, ranks), *lifted).expand(*batch, m, n))
-    return jacobians
-
-
-def _multiplier_blocks(lam, nu, sizes):
-    return [*_split(lam, sizes[0], _INEQ_RANKS), *_split(nu, sizes[1], _EQ_RANKS)]
-
-
-def _hessian(x, lam, nu, values, sizes):
-    """∇²ₓₓL(x, λ, ν) (..., n, n) from the symbolic ∇²ₓₓL u on the unit vectors."""
-    batch, n = x.shape[:-1], x.shape[-1]
-    multipliers = _lift_blocks(_multiplier_blocks(lam, nu, sizes), _INEQ_RANKS + _EQ_RANKS)
-    unit = torch.eye(n, dtype=x.dtype, device=x.device).expand(*batch, n, n)
-    H = _lagrangian_hvp(_lift(x, 1), *multipliers, unit, *_lifted(values)).expand(*batch, n, n)
-    return (H + H.mT) / 2
-
-
-def _linearization(x, lam, nu, values, sizes):
-    """∇f, g, h, J_g, J_h and ∇²ₓₓL at (x, λ, ν), and ``finite``: False where any of them is
-    not finite (entropy at 0, log at a bound). There they are replaced by harmless values
-    (zeros, H = I), so that batched linear algebra runs; the caller flags those elements."""
-    n = x.shape[-1]
-    grad = _gradient(x, *values).expand_as(x)
-    g, h, _ = _constraints(x, values)
-    J_g, J_h = _jacobians(x, values, sizes)
-    H = _hessian(x, lam, nu, values, sizes)
-    finite = torch.isfinite(H).all((-2, -1)) & torch.isfinite(grad).all(-1)
-    for t in (g, h):
-        finite = finite & torch.isfinite(t).all(-1)
-    for t in (J_g, J_h):
-        finite = finite & torch.isfinite(t).all((-2, -1))
-    vector, matrix = finite[..., None], finite[..., None, None]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    grad, g, h = (torch.where(vector, t, 0) for t in (grad, g, h))
-    J_g, J_h = (torch.where(matrix, t, 0) for t in (J_g, J_h))
-    return grad, g, h, J_g, J_h, torch.where(matrix, H, eye), finite
-
-
-def _each(function, A, shape):
-    """``function(A)`` over the batch; where LAPACK fails to converge on some element (torch
-    then raises for the whole batch), element by element, NaN (of core ``shape``) for those
-    that fail: one hard matrix must not abort the batch."""
-    try:
-        return function(A)
-    except torch.linalg.LinAlgError:
-        out = []
-        for a in A.reshape(-1, *A.shape[-2:]):
-            try:
-                out.append(function(a))
-            except torch.linalg.LinAlgError:
-                out.append(a.new_full(shape, math.nan))
-        return torch.stack(out).reshape(*A.shape[:-2], *shape)
-
-
-def _regularization(H, J_g, J_h, active):
-    """δ ≥ 0 so that H + δI is positive definite on the null space N of the equality and the
-    estimated active inequality constraints (margin √eps · scale): the eigenvalues of
-    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere.
-    Also ``ok``: False where δ could not be computed (non-finite data, or an eigen or
-    singular value decomposition that failed); there δ = 0."""
-    n = H.shape[-1]
-    eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    M = torch.cat([J_h, J_g * active[..., None].to(H.dtype)], dim=-2)  # (..., q + p, n)
-    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(M).all((-2, -1))
-    H = torch.where(ok[..., None, None], H, eye)
-    M = torch.where(ok[..., None, None], M, 0)
-    scale = 1 + H.abs().amax((-2, -1))  # (...)
-    P = eye - _each(torch.linalg.pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
-    R = P @ H @ P + scale[..., None, None] * (eye - P)
-    ok = ok & torch.isfinite(R).all((-2, -1))
-    R = torch.where(ok[..., None, None], R, eye)
-    lowest = _each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
-    ok = ok & torch.isfinite(lowest)
-    margin = torch.finfo(H.dtype).eps ** 0.5 * scale
-    return torch.where(ok, (margin - lowest).clamp_min(0), 0), ok
-
-
-def _kkt_residual(x, lam, nu, g, h, values, sizes):
-    """max(‖∇ₓL‖∞, ‖h‖∞, ‖g₊‖∞, ‖λ₋‖∞, max|λᵢ gᵢ|): how far (x, λ, ν) is from a KKT point."""
-    stationarity = _lagrangian_gradient(x, *_multiplier_blocks(lam, nu, sizes), *values)
-    parts = [stationarity.expand_as(x), h, g.clamp_min(0), lam.clamp_max(0), lam * g]
-    return torch.cat(parts, dim=-1).abs().amax(-1)
-
-
-def _merit_step(x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
-    """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
-    against the Maratos effect) or where d is below rounding (x stays put; only the
-    multipliers move, and φ's change is noise), else Armijo backtracking on
-    φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
-    rejected. Returns t (0 where no step was found) and which elements found one."""
-    f = _objective(x, *values)
-    g, h, _ = _constraints(x, values)
-    violation = h.abs().sum(-1) + g.clamp_min(0).sum(-1)
-    phi = f + penalty * violation
-    slope = (_gradient(x, *values) * d).sum(-1) - penalty * violation  # D φ(x; d) bound
-    slope = slope.clamp_max(0)
-    kkt = _kkt_residual(x, lam_qp, nu_qp, g, h, values, sizes)
-    t = torch.full_like(f, step).expand(todo.shape).clone()
-    found = torch.zeros_like(todo)
-    slack = 10 * torch.finfo(x.dtype).eps * phi.abs()
-    for trial_index in range(60):
-        trial = x + t[..., None] * d
-        f_t = _objective(trial, *values)
-        g_t, h_t, _ = _constraints(trial, values)
-        finite = torch.isfinite(f_t) & torch.isfinite(_gradient(trial, *values)).all(-1)
-        finite = finite & torch.isfinite(g_t).all(-1) & torch.isfinite(h_t).all(-1)
-        phi_t = f_t + penalty * (h_t.abs().sum(-1) + g_t.clamp_min(0).sum(-1))
-        ok = phi_t <= phi + 1e-4 * t * slope + slack
-        if trial_index == 0:
-            kkt_t = _kkt_residual(trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
-            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
-            ok = ok | (kkt_t <= 0.5 * kkt) | negligible
-        ok = ok & finite & todo & ~found
-        found = found | ok
-        if bool((found | ~todo).all()):
-            break
-        t = torch.where(found, t, t / 2)
-    return torch.where(found, t, 0), found
-
-
-def _start(x, values, sizes):
-    """The start, moved into the domain where it lies on its boundary: x itself where f and
-    every derivative SQP uses are finite there, else the first of x ± s (1 + ‖x‖∞),
-    s = 10⁻³, 10⁻², 10⁻¹, 1, where they are (entropy at x = 0 starts at 10⁻³). Returns it
-    and ``found`` (False: no such point was found)."""
-    x = torch.where(torch.isfinite(x), x, 0)
-    lam_nu = [x.new_zeros(*x.shape[:-1], sum(block)) for block in sizes]
-
-    def usable(point):
-        finite = _linearization(point, *lam_nu, values, sizes)[-1]
-        return finite & torch.isfinite(_objective(point, *values))
-
-    found = usable(x)
-    scale = 1 + x.abs().amax(-1, keepdim=True)
-    for shift in (1e-3, -1e-3, 1e-2, -1e-2, 1e-1, -1e-1, 1.0, -1.0):
-        if bool(found.all()):
-            break
-        trial = x + shift * scale
-        moved = ~found & usable(trial)
-        x = torch.where(moved[..., None], trial, x)
-        found = found | moved
-    return x, found
-
-
-def _violation(x, values):
-    """max(‖h(x)‖∞, ‖g(x)₊‖∞): how far x is from satisfying the constraints."""
-    g, h, _ = _constraints(x, values)
-    parts = torch.cat([h.abs(), g.clamp_min(0)], dim=-1)
-    return parts.amax(-1) if parts.shape[-1] else x.new_zeros(x.shape[:-1])
-
-
-def _solve(layer, values, x_init, sizes, batch):
-    """SQP from the init (or warm start), per batch element; returns x and the state the
-    backward folds with (multipliers, the last step, block sizes, usable elements).
-
-    An element converges when its step ‖U(s) − s‖ is at most tol and x satisfies the
-    constraints to max(tol, √eps)(1 + ‖x‖∞). One stops, not converged, where a derivative
-    stops being finite (``_linearization``) and is infeasible where a linearised QP has no
-    solution or the iterates run away; the others are solved as if alone.
-    """
-    n = sizes.get("n", DEFAULT_DIMS.get("n"))
-    start = _init(*values) if x_init is None else x_init
-    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
-    g, h, block_sizes = _constraints(x, values)
-    x, started = _start(x, values, block_sizes)
-    lam = x.new_zeros(*batch, g.shape[-1])  # (..., p)
-    nu = x.new_zeros(*batch, h.shape[-1])  # (..., q)
-    step = torch.full(batch, layer.step, dtype=x.dtype, device=x.device)  # (...)
-    penalty = torch.zeros(batch, dtype=x.dtype, device=x.device)
-    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
-    feasible = torch.ones(batch, dtype=torch.bool, device=x.device)
-    bounded = torch.ones_like(feasible)
-    broken = ~started  # a derivative is not finite: stopped, not converged
-    # Unboundedness: with r = 1 + ‖x₀‖∞, a step longer than 1e6 r three times in a row (the QP
-    # is bounded only by δ along a direction of nonpositive curvature), or ‖x‖∞ past 1e12 r.
-    reference = 1 + x.abs().amax(-1)
-    huge_steps = torch.zeros_like(iterations)
-    active = started.clone()
-    for _ in range(layer.max_iter):
-        if not bool(active.any()):
-            break
-        d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
-            x, lam, nu, values, block_sizes, active
-        )
-        broken = broken | (active & ~sane)
-        feasible = feasible & (solved | ~active | ~sane)
-        active = active & solved
-        change = torch.cat([d, lam_qp - lam, nu_qp - nu], dim=-1)
-        norm = layer.step * _norm(change)
-        residual = torch.where(active, norm, residual)
-        largest = torch.cat([lam_qp, nu_qp], dim=-1).abs()
-        largest = largest.amax(-1) if largest.shape[-1] else torch.zeros_like(penalty)
-        penalty = torch.where(active, torch.maximum(penalty, 2 * largest), penalty)
-        t, found = _merit_step(
-            x, d, lam_qp, nu_qp, values, block_sizes, layer.step, penalty, active
-        )
-        lam = torch.where(active[..., None], lam + t[..., None] * (lam_qp - lam), lam)
-        nu = torch.where(active[..., None], nu + t[..., None] * (nu_qp - nu), nu)
-        step = torch.where(active & found, t, step)
-        iterations = iterations + active.to(torch.int64)
-        huge = d.abs().amax(-1) > 1e6 * reference
-        huge_steps = torch.where(active & huge, huge_steps + 1, 0)
-        x = torch.where(active[..., None], x + t[..., None] * d, x)
-        far = ~(x.abs().amax(-1) <= 1e12 * reference)  # also where x is not finite
-        bounded = bounded & ~(active & far) & (huge_steps < 3)
-        active = active & found & bounded & (norm > layer.tol)
-    feasible = feasible & bounded
-    x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
-    violation = _violation(x, values)
-    allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
-    satisfied = violation <= allowed
-    converged = feasible & ~broken & satisfied & (residual <= layer.tol)
-    layer.info = SolveInfo(iterations, residual, converged, feasible, step)
-    layer.multipliers = (lam, nu)
-    late = feasible & ~converged
-    detail = _why(layer, residual, violation, satisfied, broken, late)
-    _report(layer, "the forward solve", ~late, detail)
-    reason = "infeasible (a linearised QP has no point) or unbounded"
-    _report(layer, "the forward solve", feasible, reason)
-    return x, (lam, nu, step, block_sizes, feasible & ~broken)
-
-
-def _why(layer, residual, violation, satisfied, broken, late):
-    """What kept the ``late`` elements (feasible, not converged) from converging."""
-    reasons = []
-    slow = late & ~broken & (residual > layer.tol)
-    if bool(slow.any()):
-        worst = float(torch.where(slow, residual, 0).max())
-        reasons.append(
-            f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
-        )
-    unmet = late & ~broken & ~satisfied
-    if bool(unmet.any()):
-        worst = float(torch.where(unmet, violation, 0).max())
-        reasons.append(f"constraint violation up to {worst:.3g}")
-    if bool((late & broken).any()):
-        reasons.append("f, ∇f, the constraints or ∇²ₓₓL not finite at an iterate")
-    return "; ".join(reasons)
-
-
-def _sqp_subproblem(x, lam, nu, values, sizes, todo):
-    """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ, sane), ``sane``
-    False (and no step) where a derivative is not finite or δ could not be computed."""
-    grad, g, h, J_g, J_h, H, sane = _linearization(x, lam, nu, values, sizes)
-    n = x.shape[-1]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    delta, regular = _regularization(H, J_g, J_h, lam > -g)
-    sane = sane & regular
-    todo = todo & sane
-    H_qp = H + delta[..., None, None] * eye
-    d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo)
-    # The QP may be nonconvex off the estimated active set: there the interior point can fail,
-    # or return a point of negative curvature dᵀ(H + δI)d (no descent for the merit). Then
-    # convexify on the equality constraints' null space alone and solve again.
-    curvature = (d * _mv(H_qp, d)).sum(-1)
-    margin = torch.finfo(x.dtype).eps ** 0.5 * (1 + H.abs().amax((-2, -1)))
-    retry = todo & (~solved | (curvature < margin * (d * d).sum(-1)))
-    if bool(retry.any()):
-        delta_eq, regular = _regularization(H, J_g, J_h, torch.zeros_like(g, dtype=torch.bool))
-        retry = retry & regular
-        H_eq = H + delta_eq[..., None, None] * eye
-        again = _qp_solve(H_eq, grad, J_g, -g, J_h, -h, retry)
-        d, lam_qp, nu_qp, solved = (
-            torch.where(retry[..., None] if t.dim() > retry.dim() else retry, t_new, t)
-            for t, t_new in zip((d, lam_qp, nu_qp, solved), again)
-        )
-        delta = torch.where(retry, delta_eq, delta)
-    return d, lam_qp, nu_qp, solved & sane, delta, sane
-
-
-def _update(x, lam, nu, values, sizes, active, step):
-    """U(s) with the QP solved on a given active set from its KKT system (the QP's solution
-    near a nondegenerate fixed point), in plain torch operations: a reference that tests
-    unroll with autograd. The solver itself never calls it."""
-    grad = _gradient(x, *values).expand_as(x)
-    g, h, _ = _constraints(x, values)
-    J_g, J_h = _jacobians(x, values, sizes)
-    H = _hessian(x, lam, nu, values, sizes)
-    d, lam_qp, nu_qp, _ = _qp_polish(H, grad, J_g, -g, J_h, -h, active, math.inf)
-    return x + step * d, lam + step * (lam_qp - lam), nu + step * (nu_qp - nu)
-
-
-def _lu_apply(factors, v):
-    """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes.
-
-    Where K has a unit axis that v fills (the dense backward's unit vectors), those vectors
-    become the columns of one solve, instead of repeating K once per vector.
-    """
-    lu, pivots = factors
-    size = v.shape[-1]
-    if lu.dim() > 2 and v.dim() > 1 and lu.shape[-3] == 1 and v.shape[-2] > 1:
-        lu, pivots = lu.squeeze(-3), pivots.squeeze(-2)
-        batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-2])
-        columns = v.expand(*batch, *v.shape[-2:]).mT  # (..., N, k)
-        lu, pivots = lu.expand(*batch, size, size), pivots.expand(*batch, size)
-        return torch.linalg.lu_solve(lu, pivots, columns).mT
-    batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-1])
-    lu = lu.expand(*batch, size, size)
-    pivots = pivots.expand(*batch, size)
-    return torch.linalg.lu_solve(lu, pivots, v.expand(*batch, size)[..., None])[..., 0]
-
-
-def _phi_t(pieces, step):
-    """v ↦ Φᵀv = v − α(0, v_λ, v_ν) − α(∇²ₓₓL w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν, 0, 0),
-    w = K⁻¹v, for v = (v_x, v_λ, v_ν) of size n + p + q."""
-    H, J_g, J_h, mask, factors = pieces
-    n, p = H.shape[-1], J_g.shape[-2]
-    alpha = step[..., None]
-
-    def phi_t(v):
-        w = _lu_apply(factors, v)
-        w_x, w_g, w_h = w[..., :n], mask * w[..., n : n + p], w[..., n + p :]
-        top = _mv(H, w_x) + _mv(J_g.mT, w_g) + _mv(J_h.mT, w_h)
-        out = v - alpha * torch.cat([top, v[..., n:]], dim=-1)
-        return out
-
-    return phi_t
-
-
-def _backward(layer, x, values, state, grad_x):
-    """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = (∂L/∂x, 0, 0), Φ and Ψ at the fixed point s*."""
-    lam, nu, step, sizes, usable = state
-    batch = torch.broadcast_shapes(grad_x.shape[:-1], x.shape[:-1])
-    n = x.shape[-1]
-    _, g, h, J_g, J_h, H, finite = _linearization(x, lam, nu, values, sizes)
-    active = lam > -g  # the active set: multiplier larger than slack
-    delta, regular = _regularization(H, J_g, J_h, active)
-    usable = usable & finite & regular
-    H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
-    K = _kkt_matrix(H_qp, J_g, J_h, active)
-    lu, pivots, info = torch.linalg.lu_factor_ex(K)
-    usable = usable & (info == 0) & torch.isfinite(lu).all(-1).all(-1)
-    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-    lu = torch.where(usable[..., None, None], lu, eye)
-    pivots = torch.where(usable[..., None], pivots, torch.arange(1, K.shape[-1] + 1).to(pivots))
-    mask = active.to(x.dtype)
-    pieces = (H, J_g, J_h, mask, (lu, pivots))
-    phi_t = _phi_t(pieces, step)
-
-    def dense_phi_t():
-        lifted = tuple(_lift(t, 2) for t in (H, J_g, J_h)) + (_lift(mask, 1),)
-        return _phi_t((*lifted, (_lift(lu, 2), _lift(pivots, 1))), _lift(step, 0))
-
-    size = K.shape[-1]
-    rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
-    v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable)  # v = 0 where not usable
-    grads = [None] * len(values)
-    # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.
-    w = _lu_apply((lu, pivots), v) * -step[..., None]
-    p = J_g.shape[-2]
-    w_x, w_g, w_h = w[..., :n], mask * w[..., n : n + p], w[..., n + p :]
-    multipliers = _multiplier_blocks(lam, nu, sizes)
-    cotangents = [*_split(w_g, sizes[0], _INEQ_RANKS), *_split(w_h, sizes[1], _EQ_RANKS)]
-    found = _kkt_vjp(x, *multipliers, w_x, *cotangents, *values)
-    for index, bar in zip((0, 1), _as_tuple(found)):
-        grads[index] = bar
-    return grads
-
-
-# ---------------------------------------------------------------------------------------------
-# The layer.
 
 
 def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
@@ -1200,15 +860,6 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     return torch.where(converged[..., None], v, 0)
 
 
-def _as_tuple(t):
-    return t if isinstance(t, tuple) else (t,)
-
-
-def _per_element(mask, core):
-    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
-    return mask[(...,) + (None,) * len(core)]
-
-
 class _Fold(torch.autograd.Function):
     """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
 
@@ -1219,9 +870,10 @@ class _Fold(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, layer, x_init, sizes, batch, *values):
-        x, state = _solve(layer, values, x_init, sizes, batch)
+    def forward(ctx, layer, p, x_init, sizes, batch, *values):
+        x, state = p.solve(p, layer, values, x_init, sizes, batch)
         ctx.layer = layer
+        ctx.problem = p
         ctx.state = state
         ctx.batch = batch
         vouched = layer.info.converged
@@ -1237,12 +889,13 @@ class _Fold(torch.autograd.Function):
         x, *values = ctx.saved_tensors
         layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
         grad_x = torch.where(solved[..., None], grad_x, 0)
-        grads = _backward(layer, x, values, ctx.state, grad_x)
+        p = ctx.problem
+        grads = p.backward(p, layer, x, values, ctx.state, grad_x)
         info = layer.backward_info
         ok = solved & info.converged
-        needs = ctx.needs_input_grad[4:]
+        needs = ctx.needs_input_grad[5:]
         full = []
-        for grad, need, value, core in zip(grads, needs, values, PARAMETERS.values()):
+        for grad, need, value, core in zip(grads, needs, values, p.parameters.values()):
             if grad is None or not need:
                 full.append(None)
                 continue
@@ -1254,7 +907,7 @@ class _Fold(torch.autograd.Function):
             None
             if grad is None
             else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
-            for grad, value, core in zip(full, values, PARAMETERS.values())
+            for grad, value, core in zip(full, values, p.parameters.values())
         ]
         residual = torch.where(solved, info.residual, math.inf)
         layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
@@ -1265,78 +918,526 @@ class _Fold(torch.autograd.Function):
             "system or a non-finite gradient; those elements get a zero gradient"
         )
         _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
-        return (None, None, None, None, *out)
+        return (None, None, None, None, None, *out)
 
 
-class ExpBudget(torch.nn.Module):
-    """Euclidean projection onto an exponential budget {x | Σ exp(x) ≤ B}, a nonlinear
-    inequality.
+def _init_layer(layer, p, inputs, settings):
+    """The constructor's body: check and store the settings, bind the given inputs.
 
-    Call: layer(y, B) -> x; shapes y (..., n); B (...).
-    Leading batch dimensions broadcast. Inputs given to the constructor are bound
-    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,
-    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
+    ``settings`` are the keyword settings by name; ``p.setting_checks`` maps each of the
+    rule's own settings to its validator. A bound input becomes a buffer, an ``nn.Parameter`` a parameter, and a
+    plain number stays a number (it takes each call's dtype and device).
     """
+    method = settings["backward_method"]
+    if method not in BACKWARD_METHODS:
+        raise ValueError(f"backward_method: unknown method {method!r}")
+    policy = settings["on_nonconvergence"]
+    if policy not in NONCONVERGENCE_POLICIES:
+        expected = "'warn', 'raise' or 'ignore'"
+        raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
+    layer.max_iter = int(settings["max_iter"])
+    layer.tol = float(settings["tol"])
+    for name, check in p.setting_checks.items():
+        setattr(layer, name, check(settings[name]))
+    layer.backward_method = method
+    layer.backward_max_iter = int(settings["backward_max_iter"])
+    layer.backward_tol = float(settings["backward_tol"])
+    layer.on_nonconvergence = policy
+    layer.fold_unconverged = bool(settings["fold_unconverged"])
+    layer.bound = []
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        layer.bound.append(name)
+        if isinstance(value, torch.nn.Parameter):
+            layer.register_parameter(name, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(layer, name, value)
+        else:
+            layer.register_buffer(name, torch.as_tensor(value))
+    layer.info = None
+    layer.backward_info = None
 
-    def __init__(
-        self,
-        *,
-        y=None,
-        B=None,
-        max_iter=100,
-        tol=1e-09,
-        step=1.0,
-        backward_method="auto",
-        backward_max_iter=500,
-        backward_tol=1e-10,
-        on_nonconvergence="warn",
-        fold_unconverged=False,
-    ):
-        super().__init__()
-        if backward_method not in ("auto", "lfpi", "gmres", "cg", "direct"):
-            raise ValueError(f"backward_method: unknown method {backward_method!r}")
-        if on_nonconvergence not in ("warn", "raise", "ignore"):
-            expected = "'warn', 'raise' or 'ignore'"
-            raise ValueError(f"on_nonconvergence: expected {expected}, got {on_nonconvergence!r}")
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.step = _check_step(step)
-        self.backward_method = backward_method
-        self.backward_max_iter = int(backward_max_iter)
-        self.backward_tol = float(backward_tol)
-        self.on_nonconvergence = on_nonconvergence
-        self.fold_unconverged = bool(fold_unconverged)
-        self.bound = []
-        inputs = {
-            "y": y,
-            "B": B,
-        }
-        for name, value in inputs.items():
-            if value is None:
-                continue
-            self.bound.append(name)
-            if isinstance(value, torch.nn.Parameter):
-                self.register_parameter(name, value)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                # A plain number takes the dtype and device of each call's tensors.
-                setattr(self, name, value)
-            else:
-                self.register_buffer(name, torch.as_tensor(value))
-        self.info = None
-        self.backward_info = None
 
-    def forward(self, *args, x_init=None, **kwargs):
-        """Solve for each batch element; returns x of shape (..., n).
+def _forward(layer, p, args, named, x_init):
+    """The layer's call: gather and validate the inputs, then the folded solve."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    return _Fold.apply(layer, p, x_init, sizes, batch, *values)
 
-        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
-        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
-        so does n = 0. An element whose solve fails is flagged in ``info`` and
-        reported; its gradient is zero and flagged in ``backward_info``.
-        """
-        values, sizes, batch = _validate(_gather(self, args, kwargs), x_init)
-        return _Fold.apply(self, x_init, sizes, batch, *values)
 
-    def extra_repr(self):
-        bound = f", bound={self.bound}" if self.bound else ""
-        method = f"backward_method={self.backward_method!r}"
-        return f"max_iter={self.max_iter}, tol={self.tol}, {method}{bound}"
+def _extra_repr(layer):
+    bound = f", bound={layer.bound}" if layer.bound else ""
+    method = f"backward_method={layer.backward_method!r}"
+    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
+
+
+def _check_step(step):
+    if isinstance(step, bool) or not (isinstance(step, (int, float)) and 0 < step <= 1):
+        raise ValueError(f"step: expected a number in (0, 1], got {step!r}")
+    return float(step)
+
+
+def _sqp_concat(blocks, ranks, batch):
+    """Constraint blocks as one (..., m) vector (a scalar block is one entry)."""
+    parts = [b[..., None] if r == 0 else b for b, r in zip(blocks, ranks)]
+    return torch.cat([b.expand(*batch, b.shape[-1]) for b in parts], dim=-1)
+
+
+def _sqp_split(t, sizes, ranks):
+    """A (..., m) vector back into its blocks (a scalar block drops its axis)."""
+    out, start = [], 0
+    for size, rank in zip(sizes, ranks):
+        part = t[..., start : start + size]
+        out.append(part[..., 0] if rank == 0 else part)
+        start += size
+    return out
+
+
+def _sqp_lifted(p, values):
+    """The parameters with one extra batch axis before their core axes."""
+    return [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+
+
+def _sqp_lift_blocks(blocks, ranks):
+    return [_lift(b, r) for b, r in zip(blocks, ranks)]
+
+
+def _sqp_stack(function, ranks, x, values):
+    """The blocks ``function(x, *values)`` as one (..., m) vector, and the blocks' sizes."""
+    blocks = _as_tuple(function(x, *values))
+    stacked = _sqp_concat(blocks, ranks, x.shape[:-1])
+    return stacked, tuple(b.shape[-1] if r else 1 for b, r in zip(blocks, ranks))
+
+
+def _sqp_inequalities(p, x, values):
+    """g(x) (..., p) and its blocks' sizes."""
+    return _sqp_stack(p.inequalities, p.ineq_ranks, x, values)
+
+
+def _sqp_no_constraints(p, x, values):
+    """No constraint of this kind: an empty (..., 0) vector of no blocks."""
+    return x.new_zeros(*x.shape[:-1], 0), ()
+
+
+def _sqp_constraints(p, x, values):
+    """g(x) (..., p) and h(x) (..., q), the blocks concatenated, and the blocks' sizes."""
+    g, g_sizes = p.ineq_values(p, x, values)
+    h, h_sizes = p.eq_values(p, x, values)
+    return g, h, (g_sizes, h_sizes)
+
+
+def _sqp_block_jacobian(vjp, ranks, x, lifted, block_sizes):
+    """The (..., m, n) Jacobian of one kind's blocks, row i = ∇ of entry i: the symbolic Jᵀw
+    on the unit vectors w = eᵢ, which ride on one extra batch axis."""
+    batch, n = x.shape[:-1], x.shape[-1]
+    m = sum(block_sizes)
+    unit = torch.eye(m, dtype=x.dtype, device=x.device).expand(*batch, m, m)
+    x1 = _lift(x, 1)
+    return vjp(x1, *_sqp_split(unit, block_sizes, ranks), *lifted).expand(*batch, m, n)
+
+
+def _sqp_inequality_jacobian(p, x, lifted, block_sizes):
+    return _sqp_block_jacobian(p.inequalities_vjp, p.ineq_ranks, x, lifted, block_sizes)
+
+
+def _sqp_no_jacobian(p, x, lifted, block_sizes):
+    """No constraint of this kind: a (..., 0, n) Jacobian."""
+    return x.new_zeros(*x.shape[:-1], 0, x.shape[-1])
+
+
+def _sqp_jacobians(p, x, values, sizes):
+    """J_g (..., p, n) and J_h (..., q, n), row i = ∇gᵢ (∇hᵢ)."""
+    lifted = _sqp_lifted(p, values)
+    return [
+        p.ineq_jacobian(p, x, lifted, sizes[0]),
+        p.eq_jacobian(p, x, lifted, sizes[1]),
+    ]
+
+
+def _sqp_multiplier_blocks(p, lam, nu, sizes):
+    return [*_sqp_split(lam, sizes[0], p.ineq_ranks), *_sqp_split(nu, sizes[1], p.eq_ranks)]
+
+
+def _sqp_hessian(p, x, lam, nu, values, sizes):
+    """∇²ₓₓL(x, λ, ν) (..., n, n) from the symbolic ∇²ₓₓL u on the unit vectors."""
+    batch, n = x.shape[:-1], x.shape[-1]
+    blocks = _sqp_multiplier_blocks(p, lam, nu, sizes)
+    multipliers = _sqp_lift_blocks(blocks, p.ineq_ranks + p.eq_ranks)
+    unit = torch.eye(n, dtype=x.dtype, device=x.device).expand(*batch, n, n)
+    lifted = _sqp_lifted(p, values)
+    H = p.lagrangian_hvp(_lift(x, 1), *multipliers, unit, *lifted).expand(*batch, n, n)
+    return (H + H.mT) / 2
+
+
+def _sqp_linearization(p, x, lam, nu, values, sizes):
+    """∇f, g, h, J_g, J_h and ∇²ₓₓL at (x, λ, ν), and ``finite``: False where any of them is
+    not finite (entropy at 0, log at a bound). There they are replaced by harmless values
+    (zeros, H = I), so that batched linear algebra runs; the caller flags those elements."""
+    n = x.shape[-1]
+    grad = p.gradient(x, *values).expand_as(x)
+    g, h, _ = _sqp_constraints(p, x, values)
+    J_g, J_h = _sqp_jacobians(p, x, values, sizes)
+    H = _sqp_hessian(p, x, lam, nu, values, sizes)
+    finite = torch.isfinite(H).all((-2, -1)) & torch.isfinite(grad).all(-1)
+    for t in (g, h):
+        finite = finite & torch.isfinite(t).all(-1)
+    for t in (J_g, J_h):
+        finite = finite & torch.isfinite(t).all((-2, -1))
+    vector, matrix = finite[..., None], finite[..., None, None]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    grad, g, h = (torch.where(vector, t, 0) for t in (grad, g, h))
+    J_g, J_h = (torch.where(matrix, t, 0) for t in (J_g, J_h))
+    return grad, g, h, J_g, J_h, torch.where(matrix, H, eye), finite
+
+
+def _sqp_each(function, A, shape):
+    """``function(A)`` over the batch; where LAPACK fails to converge on some element (torch
+    then raises for the whole batch), element by element, NaN (of core ``shape``) for those
+    that fail: one hard matrix must not abort the batch."""
+    try:
+        return function(A)
+    except torch.linalg.LinAlgError:
+        out = []
+        for a in A.reshape(-1, *A.shape[-2:]):
+            try:
+                out.append(function(a))
+            except torch.linalg.LinAlgError:
+                out.append(a.new_full(shape, math.nan))
+        return torch.stack(out).reshape(*A.shape[:-2], *shape)
+
+
+def _sqp_regularization(H, J_g, J_h, active):
+    """δ ≥ 0 so that H + δI is positive definite on the null space N of the equality and the
+    estimated active inequality constraints (margin √eps · scale): the eigenvalues of
+    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere.
+    Also ``ok``: False where δ could not be computed (non-finite data, or an eigen or
+    singular value decomposition that failed); there δ = 0."""
+    n = H.shape[-1]
+    eye = torch.eye(n, dtype=H.dtype, device=H.device)
+    M = torch.cat([J_h, J_g * active[..., None].to(H.dtype)], dim=-2)  # (..., q + p, n)
+    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(M).all((-2, -1))
+    H = torch.where(ok[..., None, None], H, eye)
+    M = torch.where(ok[..., None, None], M, 0)
+    scale = 1 + H.abs().amax((-2, -1))  # (...)
+    P = eye - _sqp_each(torch.linalg.pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
+    R = P @ H @ P + scale[..., None, None] * (eye - P)
+    ok = ok & torch.isfinite(R).all((-2, -1))
+    R = torch.where(ok[..., None, None], R, eye)
+    lowest = _sqp_each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
+    ok = ok & torch.isfinite(lowest)
+    margin = torch.finfo(H.dtype).eps ** 0.5 * scale
+    return torch.where(ok, (margin - lowest).clamp_min(0), 0), ok
+
+
+def _sqp_kkt_residual(p, x, lam, nu, g, h, values, sizes):
+    """max(‖∇ₓL‖∞, ‖h‖∞, ‖g₊‖∞, ‖λ₋‖∞, max|λᵢ gᵢ|): how far (x, λ, ν) is from a KKT point."""
+    multipliers = _sqp_multiplier_blocks(p, lam, nu, sizes)
+    stationarity = p.lagrangian_gradient(x, *multipliers, *values)
+    parts = [stationarity.expand_as(x), h, g.clamp_min(0), lam.clamp_max(0), lam * g]
+    return torch.cat(parts, dim=-1).abs().amax(-1)
+
+
+def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
+    """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
+    against the Maratos effect) or where d is below rounding (x stays put; only the
+    multipliers move, and φ's change is noise), else Armijo backtracking on
+    φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
+    rejected. Returns t (0 where no step was found) and which elements found one."""
+    f = p.objective(x, *values)
+    g, h, _ = _sqp_constraints(p, x, values)
+    violation = h.abs().sum(-1) + g.clamp_min(0).sum(-1)
+    phi = f + penalty * violation
+    slope = (p.gradient(x, *values) * d).sum(-1) - penalty * violation  # D φ(x; d) bound
+    slope = slope.clamp_max(0)
+    kkt = _sqp_kkt_residual(p, x, lam_qp, nu_qp, g, h, values, sizes)
+    t = torch.full_like(f, step).expand(todo.shape).clone()
+    found = torch.zeros_like(todo)
+    slack = 10 * torch.finfo(x.dtype).eps * phi.abs()
+    for trial_index in range(60):
+        trial = x + t[..., None] * d
+        f_t = p.objective(trial, *values)
+        g_t, h_t, _ = _sqp_constraints(p, trial, values)
+        finite = torch.isfinite(f_t) & torch.isfinite(p.gradient(trial, *values)).all(-1)
+        finite = finite & torch.isfinite(g_t).all(-1) & torch.isfinite(h_t).all(-1)
+        phi_t = f_t + penalty * (h_t.abs().sum(-1) + g_t.clamp_min(0).sum(-1))
+        ok = phi_t <= phi + 1e-4 * t * slope + slack
+        if trial_index == 0:
+            kkt_t = _sqp_kkt_residual(p, trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
+            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
+            ok = ok | (kkt_t <= 0.5 * kkt) | negligible
+        ok = ok & finite & todo & ~found
+        found = found | ok
+        if bool((found | ~todo).all()):
+            break
+        t = torch.where(found, t, t / 2)
+    return torch.where(found, t, 0), found
+
+
+def _sqp_start(p, x, values, sizes):
+    """The start, moved into the domain where it lies on its boundary: x itself where f and
+    every derivative SQP uses are finite there, else the first of x ± s (1 + ‖x‖∞),
+    s = 10⁻³, 10⁻², 10⁻¹, 1, where they are (entropy at x = 0 starts at 10⁻³). Returns it
+    and ``found`` (False: no such point was found)."""
+    x = torch.where(torch.isfinite(x), x, 0)
+    lam_nu = [x.new_zeros(*x.shape[:-1], sum(block)) for block in sizes]
+
+    def usable(point):
+        finite = _sqp_linearization(p, point, *lam_nu, values, sizes)[-1]
+        return finite & torch.isfinite(p.objective(point, *values))
+
+    found = usable(x)
+    scale = 1 + x.abs().amax(-1, keepdim=True)
+    for shift in (1e-3, -1e-3, 1e-2, -1e-2, 1e-1, -1e-1, 1.0, -1.0):
+        if bool(found.all()):
+            break
+        trial = x + shift * scale
+        moved = ~found & usable(trial)
+        x = torch.where(moved[..., None], trial, x)
+        found = found | moved
+    return x, found
+
+
+def _sqp_violation(p, x, values):
+    """max(‖h(x)‖∞, ‖g(x)₊‖∞): how far x is from satisfying the constraints."""
+    g, h, _ = _sqp_constraints(p, x, values)
+    parts = torch.cat([h.abs(), g.clamp_min(0)], dim=-1)
+    return parts.amax(-1) if parts.shape[-1] else x.new_zeros(x.shape[:-1])
+
+
+def _sqp_solve(p, layer, values, x_init, sizes, batch):
+    """SQP from the init (or warm start), per batch element; returns x and the state the
+    backward folds with (multipliers, the last step, block sizes, usable elements).
+
+    An element converges when its step ‖U(s) − s‖ is at most tol and x satisfies the
+    constraints to max(tol, √eps)(1 + ‖x‖∞). One stops, not converged, where a derivative
+    stops being finite (``_sqp_linearization``) and is infeasible where a linearised QP has
+    no solution or the iterates run away; the others are solved as if alone. Also sets
+    ``layer.multipliers = (λ, ν)``.
+    """
+    dim = p.variable[1][0]
+    n = sizes.get(dim, p.dims.get(dim))
+    start = p.init(*values) if x_init is None else x_init
+    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
+    g, h, block_sizes = _sqp_constraints(p, x, values)
+    x, started = _sqp_start(p, x, values, block_sizes)
+    lam = x.new_zeros(*batch, g.shape[-1])  # (..., p)
+    nu = x.new_zeros(*batch, h.shape[-1])  # (..., q)
+    step = torch.full(batch, layer.step, dtype=x.dtype, device=x.device)  # (...)
+    penalty = torch.zeros(batch, dtype=x.dtype, device=x.device)
+    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
+    feasible = torch.ones(batch, dtype=torch.bool, device=x.device)
+    bounded = torch.ones_like(feasible)
+    broken = ~started  # a derivative is not finite: stopped, not converged
+    # Unboundedness: with r = 1 + ‖x₀‖∞, a step longer than 1e6 r three times in a row (the QP
+    # is bounded only by δ along a direction of nonpositive curvature), or ‖x‖∞ past 1e12 r.
+    reference = 1 + x.abs().amax(-1)
+    huge_steps = torch.zeros_like(iterations)
+    active = started.clone()
+    for _ in range(layer.max_iter):
+        if not bool(active.any()):
+            break
+        d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
+            p, x, lam, nu, values, block_sizes, active
+        )
+        broken = broken | (active & ~sane)
+        feasible = feasible & (solved | ~active | ~sane)
+        active = active & solved
+        change = torch.cat([d, lam_qp - lam, nu_qp - nu], dim=-1)
+        norm = layer.step * _norm(change)
+        residual = torch.where(active, norm, residual)
+        largest = torch.cat([lam_qp, nu_qp], dim=-1).abs()
+        largest = largest.amax(-1) if largest.shape[-1] else torch.zeros_like(penalty)
+        penalty = torch.where(active, torch.maximum(penalty, 2 * largest), penalty)
+        t, found = _sqp_merit_step(
+            p, x, d, lam_qp, nu_qp, values, block_sizes, layer.step, penalty, active
+        )
+        lam = torch.where(active[..., None], lam + t[..., None] * (lam_qp - lam), lam)
+        nu = torch.where(active[..., None], nu + t[..., None] * (nu_qp - nu), nu)
+        step = torch.where(active & found, t, step)
+        iterations = iterations + active.to(torch.int64)
+        huge = d.abs().amax(-1) > 1e6 * reference
+        huge_steps = torch.where(active & huge, huge_steps + 1, 0)
+        x = torch.where(active[..., None], x + t[..., None] * d, x)
+        far = ~(x.abs().amax(-1) <= 1e12 * reference)  # also where x is not finite
+        bounded = bounded & ~(active & far) & (huge_steps < 3)
+        active = active & found & bounded & (norm > layer.tol)
+    feasible = feasible & bounded
+    x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
+    violation = _sqp_violation(p, x, values)
+    allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
+    satisfied = violation <= allowed
+    converged = feasible & ~broken & satisfied & (residual <= layer.tol)
+    layer.info = SolveInfo(iterations, residual, converged, feasible, step)
+    layer.multipliers = (lam, nu)
+    late = feasible & ~converged
+    detail = _sqp_why(layer, residual, violation, satisfied, broken, late)
+    _report(layer, "the forward solve", ~late, detail)
+    reason = "infeasible (a linearised QP has no point) or unbounded"
+    _report(layer, "the forward solve", feasible, reason)
+    return x, (lam, nu, step, block_sizes, feasible & ~broken)
+
+
+def _sqp_why(layer, residual, violation, satisfied, broken, late):
+    """What kept the ``late`` elements (feasible, not converged) from converging."""
+    reasons = []
+    slow = late & ~broken & (residual > layer.tol)
+    if bool(slow.any()):
+        worst = float(torch.where(slow, residual, 0).max())
+        reasons.append(
+            f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+        )
+    unmet = late & ~broken & ~satisfied
+    if bool(unmet.any()):
+        worst = float(torch.where(unmet, violation, 0).max())
+        reasons.append(f"constraint violation up to {worst:.3g}")
+    if bool((late & broken).any()):
+        reasons.append("f, ∇f, the constraints or ∇²ₓₓL not finite at an iterate")
+    return "; ".join(reasons)
+
+
+def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
+    """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ, sane), ``sane``
+    False (and no step) where a derivative is not finite or δ could not be computed."""
+    grad, g, h, J_g, J_h, H, sane = _sqp_linearization(p, x, lam, nu, values, sizes)
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    delta, regular = _sqp_regularization(H, J_g, J_h, lam > -g)
+    sane = sane & regular
+    todo = todo & sane
+    H_qp = H + delta[..., None, None] * eye
+    d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo)
+    # The QP may be nonconvex off the estimated active set: there the interior point can fail,
+    # or return a point of negative curvature dᵀ(H + δI)d (no descent for the merit). Then
+    # convexify on the equality constraints' null space alone and solve again.
+    curvature = (d * _mv(H_qp, d)).sum(-1)
+    margin = torch.finfo(x.dtype).eps ** 0.5 * (1 + H.abs().amax((-2, -1)))
+    retry = todo & (~solved | (curvature < margin * (d * d).sum(-1)))
+    if bool(retry.any()):
+        inactive = torch.zeros_like(g, dtype=torch.bool)
+        delta_eq, regular = _sqp_regularization(H, J_g, J_h, inactive)
+        retry = retry & regular
+        H_eq = H + delta_eq[..., None, None] * eye
+        again = _qp_solve(H_eq, grad, J_g, -g, J_h, -h, retry)
+        d, lam_qp, nu_qp, solved = (
+            torch.where(retry[..., None] if t.dim() > retry.dim() else retry, t_new, t)
+            for t, t_new in zip((d, lam_qp, nu_qp, solved), again)
+        )
+        delta = torch.where(retry, delta_eq, delta)
+    return d, lam_qp, nu_qp, solved & sane, delta, sane
+
+
+def _sqp_lu_apply(factors, v):
+    """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes.
+
+    Where K has a unit axis that v fills (the dense backward's unit vectors), those vectors
+    become the columns of one solve, instead of repeating K once per vector.
+    """
+    lu, pivots = factors
+    size = v.shape[-1]
+    if lu.dim() > 2 and v.dim() > 1 and lu.shape[-3] == 1 and v.shape[-2] > 1:
+        lu, pivots = lu.squeeze(-3), pivots.squeeze(-2)
+        batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-2])
+        columns = v.expand(*batch, *v.shape[-2:]).mT  # (..., N, k)
+        lu, pivots = lu.expand(*batch, size, size), pivots.expand(*batch, size)
+        return torch.linalg.lu_solve(lu, pivots, columns).mT
+    batch = torch.broadcast_shapes(lu.shape[:-2], v.shape[:-1])
+    lu = lu.expand(*batch, size, size)
+    pivots = pivots.expand(*batch, size)
+    return torch.linalg.lu_solve(lu, pivots, v.expand(*batch, size)[..., None])[..., 0]
+
+
+def _sqp_phi_t(pieces, step):
+    """v ↦ Φᵀv = v − α(0, v_λ, v_ν) − α(∇²ₓₓL w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν, 0, 0),
+    w = K⁻¹v, for v = (v_x, v_λ, v_ν) of size n + p + q."""
+    H, J_g, J_h, mask, factors = pieces
+    n, rows = H.shape[-1], J_g.shape[-2]
+    alpha = step[..., None]
+
+    def phi_t(v):
+        w = _sqp_lu_apply(factors, v)
+        w_x, w_g, w_h = w[..., :n], mask * w[..., n : n + rows], w[..., n + rows :]
+        top = _mv(H, w_x) + _mv(J_g.mT, w_g) + _mv(J_h.mT, w_h)
+        out = v - alpha * torch.cat([top, v[..., n:]], dim=-1)
+        return out
+
+    return phi_t
+
+
+def _sqp_backward(p, layer, x, values, state, grad_x):
+    """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = (∂L/∂x, 0, 0), Φ and Ψ at the fixed point s*."""
+    lam, nu, step, sizes, usable = state
+    batch = torch.broadcast_shapes(grad_x.shape[:-1], x.shape[:-1])
+    n = x.shape[-1]
+    _, g, h, J_g, J_h, H, finite = _sqp_linearization(p, x, lam, nu, values, sizes)
+    active = lam > -g  # the active set: multiplier larger than slack
+    delta, regular = _sqp_regularization(H, J_g, J_h, active)
+    usable = usable & finite & regular
+    H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
+    K = _kkt_matrix(H_qp, J_g, J_h, active)
+    lu, pivots, info = torch.linalg.lu_factor_ex(K)
+    usable = usable & (info == 0) & torch.isfinite(lu).all(-1).all(-1)
+    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    lu = torch.where(usable[..., None, None], lu, eye)
+    pivots = torch.where(usable[..., None], pivots, torch.arange(1, K.shape[-1] + 1).to(pivots))
+    mask = active.to(x.dtype)
+    pieces = (H, J_g, J_h, mask, (lu, pivots))
+    phi_t = _sqp_phi_t(pieces, step)
+
+    def dense_phi_t():
+        lifted = tuple(_lift(t, 2) for t in (H, J_g, J_h)) + (_lift(mask, 1),)
+        return _sqp_phi_t((*lifted, (_lift(lu, 2), _lift(pivots, 1))), _lift(step, 0))
+
+    size = K.shape[-1]
+    rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
+    v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable)  # v = 0 where not usable
+    grads = [None] * len(values)
+    if p.kkt_grad_indices:
+        # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.
+        w = _sqp_lu_apply((lu, pivots), v) * -step[..., None]
+        rows = J_g.shape[-2]
+        w_x, w_g, w_h = w[..., :n], mask * w[..., n : n + rows], w[..., n + rows :]
+        multipliers = _sqp_multiplier_blocks(p, lam, nu, sizes)
+        cotangents = [
+            *_sqp_split(w_g, sizes[0], p.ineq_ranks),
+            *_sqp_split(w_h, sizes[1], p.eq_ranks),
+        ]
+        found = p.kkt_vjp(x, *multipliers, w_x, *cotangents, *values)
+        for index, bar in zip(p.kkt_grad_indices, _as_tuple(found)):
+            grads[index] = bar
+    return grads
+
+
+# =============================================================================================
+# end of the foldgen runtime
+# =============================================================================================
+
+
+# The problem as the runtime sees it: the tables above, the derived functions and the rule's
+# choices (foldgen.runtime.contract lists what each rule reads).
+_PROBLEM = types.SimpleNamespace(
+    parameters=PARAMETERS,
+    grad_parameters=GRAD_PARAMETERS,
+    defaults=DEFAULTS,
+    dims=DEFAULT_DIMS,
+    variable=VARIABLE,
+    solve=_sqp_solve,
+    backward=_sqp_backward,
+    ineq_ranks=(0,),
+    eq_ranks=(),
+    ineq_values=_sqp_inequalities,
+    eq_values=_sqp_no_constraints,
+    ineq_jacobian=_sqp_inequality_jacobian,
+    eq_jacobian=_sqp_no_jacobian,
+    kkt_grad_indices=(0, 1),
+    objective=_objective,
+    gradient=_gradient,
+    init=_init,
+    inequalities=_inequalities,
+    inequalities_vjp=_inequalities_vjp,
+    lagrangian_gradient=_lagrangian_gradient,
+    lagrangian_hvp=_lagrangian_hvp,
+    kkt_vjp=_kkt_vjp,
+    setting_checks={"step": _check_step},
+)

@@ -15,6 +15,7 @@ from cases_sqp import nonconvex_qp_data, ordered_values
 
 from foldgen.build import build
 from foldgen.errors import SpecError
+from foldgen.runtime.qp import _qp_solve
 
 F64 = torch.float64
 
@@ -175,7 +176,7 @@ def test_unbounded_element_is_flagged(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The batched QP solver (templates/runtime/qp.py, as copied into a generated module)
+# The batched QP solver (foldgen/runtime/qp.py, which generated modules copy)
 
 
 def random_qp(batch, n, p, q, seed):
@@ -208,9 +209,8 @@ def cvxpy_qp(H, c, G, b, A, e):
 
 @pytest.mark.parametrize("p, q", [(6, 3), (6, 0), (0, 3), (0, 0), (15, 2)])
 def test_qp_solver_matches_cvxpy(p, q):
-    module = load_module("nonconvex_qp")
     H, c, G, b, A, e = random_qp(5, 8, p, q, seed=p + 10 * q)
-    d, lam, nu, solved = module._qp_solve(H, c, G, b, A, e, torch.ones(5, dtype=torch.bool))
+    d, lam, nu, solved = _qp_solve(H, c, G, b, A, e, torch.ones(5, dtype=torch.bool))
     assert bool(solved.all())
     for i in range(5):
         ref, duals = cvxpy_qp(*(t[i].numpy() for t in (H, c, G, b, A, e)))
@@ -222,19 +222,17 @@ def test_qp_solver_matches_cvxpy(p, q):
 
 
 def test_qp_solver_flags_infeasible_elements():
-    module = load_module("nonconvex_qp")
     H, c, G, b, A, e = random_qp(4, 6, 4, 1, seed=0)
     G[2, 1], b[2, 1] = -G[2, 0], -b[2, 0] - 1.0  # G₀·d ≤ b₀ and G₀·d ≥ b₀ + 1
-    d, lam, nu, solved = module._qp_solve(H, c, G, b, A, e, torch.ones(4, dtype=torch.bool))
+    d, lam, nu, solved = _qp_solve(H, c, G, b, A, e, torch.ones(4, dtype=torch.bool))
     assert solved.tolist() == [True, True, False, True]
     assert all(bool(torch.isfinite(t).all()) for t in (d, lam, nu))
 
 
 def test_qp_solver_float32():
-    module = load_module("nonconvex_qp")
     H, c, G, b, A, e = random_qp(3, 6, 4, 2, seed=1)
-    d64, *_ = module._qp_solve(H, c, G, b, A, e, torch.ones(3, dtype=torch.bool))
-    d32, _, _, solved = module._qp_solve(
+    d64, *_ = _qp_solve(H, c, G, b, A, e, torch.ones(3, dtype=torch.bool))
+    d32, _, _, solved = _qp_solve(
         *(t.float() for t in (H, c, G, b, A, e)), torch.ones(3, dtype=torch.bool)
     )
     assert bool(solved.all()) and d32.dtype == torch.float32
@@ -440,7 +438,7 @@ def test_each_falls_back_element_by_element():
             raise torch.linalg.LinAlgError("failed to converge")
         return torch.linalg.eigvalsh(M)
 
-    out = module._each(picky, A, (4,))
+    out = module._sqp_each(picky, A, (4,))
     assert out.shape == (3, 4)
     torch.testing.assert_close(out[[0, 2]], torch.linalg.eigvalsh(A[[0, 2]]))
     assert bool(torch.isnan(out[1]).all())

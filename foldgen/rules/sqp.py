@@ -28,11 +28,38 @@ from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable
-from foldgen.source import literal
+from foldgen.rules.base import (
+    Derived,
+    Emission,
+    Ref,
+    RuleName,
+    Setting,
+    Value,
+    grad_indices,
+    problem_header,
+    single_vector_variable,
+)
 
 # Functions whose derivative is not continuous: SQP needs a twice differentiable problem.
 NONSMOOTH = {"abs": "abs/norm1", "sign": "sign"}
+
+# The derived functions an SQP module may define, as the problem record names them.
+DERIVED_FIELDS = (
+    "objective",
+    "gradient",
+    "init",
+    "inequalities",
+    "inequalities_vjp",
+    "equalities",
+    "equalities_vjp",
+    "lagrangian_gradient",
+    "lagrangian_hvp",
+    "kkt_vjp",
+)
+
+# The runtime stand-ins for a kind of constraint (inequality or equality) the problem lacks.
+NONE = "_sqp_no_constraints"
+NO_JACOBIAN = "_sqp_no_jacobian"
 
 
 @dataclass(frozen=True)
@@ -49,7 +76,7 @@ class Block:
 
 @dataclass(frozen=True)
 class SqpPlan:
-    rule: str
+    rule: RuleName
     var: Leaf
     inequalities: tuple[Block, ...]
     equalities: tuple[Block, ...]
@@ -57,21 +84,25 @@ class SqpPlan:
     grad_params: tuple[str, ...]  # grad parameters the KKT conditions depend on
     math: dict[str, str]
 
-    def runtime_names(self) -> tuple[str, ...]:
-        return SOLVERS + ("_qp_solve", "_kkt_matrix", "_qp_polish")
-
-    def context(self, problem: Problem) -> dict[str, object]:
-
-        names = [p.name for p in problem.parameters]
-        return {
-            "settings": [{"name": "step", "default": literal(float(problem.solver.step or 1.0))}],
-            "ineq_ranks": literal(tuple(b.rank for b in self.inequalities)),
-            "eq_ranks": literal(tuple(b.rank for b in self.equalities)),
-            "has_ineq": bool(self.inequalities),
-            "has_eq": bool(self.equalities),
-            "grad_params": self.grad_params,
-            "grad_indices": literal(tuple(names.index(n) for n in self.grad_params)),
-        }
+    def emission(self, problem: Problem) -> Emission:
+        has = {fn.name for fn in self.functions}
+        record: list[tuple[str, Value]] = [
+            ("solve", Ref("_sqp_solve")),
+            ("backward", Ref("_sqp_backward")),
+            ("ineq_ranks", tuple(b.rank for b in self.inequalities)),
+            ("eq_ranks", tuple(b.rank for b in self.equalities)),
+            ("ineq_values", Ref("_sqp_inequalities" if self.inequalities else NONE)),
+            ("eq_values", Ref("_sqp_equalities" if self.equalities else NONE)),
+            (
+                "ineq_jacobian",
+                Ref("_sqp_inequality_jacobian" if self.inequalities else NO_JACOBIAN),
+            ),
+            ("eq_jacobian", Ref("_sqp_equality_jacobian" if self.equalities else NO_JACOBIAN)),
+            ("kkt_grad_indices", grad_indices(problem, self.grad_params)),
+        ]
+        record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
+        step = float(problem.solver.step or 1.0)
+        return Emission(tuple(record), (Setting("step", step, Ref("_check_step")),))
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name
@@ -120,7 +151,7 @@ class SqpPlan:
 
 
 def plan(problem: Problem) -> SqpPlan:
-    """Everything the templates need to emit an SQP layer; rejects what SQP cannot do."""
+    """Everything emit needs for an SQP layer; rejects what SQP cannot do."""
     var = single_vector_variable(problem)
     x = var.leaf
     _require_smooth(problem, problem.objective, (problem.sense,))
