@@ -131,6 +131,55 @@ class Portfolio(torch.nn.Module):
             x_init,
         )
 
+    def unrolled(
+        self,
+        *_positional,
+        mu=None,
+        Sigma=None,
+        gamma=None,
+        x_init=None,
+    ):
+        """The same forward solve, run under autograd and returning x: its gradient
+        differentiates every iteration (unrolling; the reference folding is compared with).
+        Inputs as for ``forward``; ``info`` is recorded, nothing is folded.
+        """
+        return _unrolled(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "mu": mu,
+                "Sigma": Sigma,
+                "gamma": gamma,
+            },
+            x_init,
+        )
+
+    def update_map(
+        self,
+        *_positional,
+        mu=None,
+        Sigma=None,
+        gamma=None,
+        x_init=None,
+    ):
+        """``(s, U, read)`` at this call's solution, for unrolling and fixed-point checks: s the
+        rule's full iterate at the fixed point (detached), U the update map s ↦ U(s) with the
+        step frozen at the forward's and the inputs in autograd's graph, ``read(s)`` the
+        variable x held in a state. The same in every rule; inputs as for ``forward``.
+        """
+        return _update_map(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "mu": mu,
+                "Sigma": Sigma,
+                "gamma": gamma,
+            },
+            x_init,
+        )
+
     def extra_repr(self):
         return _extra_repr(self)
 
@@ -201,7 +250,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, mu, Sigma, gamma):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 9b698e47e2b9fa16): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 6236645ae5610804): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -601,10 +650,10 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     return d, lam, nu, solved
 
 
-BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
+_BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 
 
-NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+_NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -617,13 +666,22 @@ class ConvergenceError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class SolveInfo:
-    """What the forward did, per batch element (tensors of the batch shape)."""
+    """What the forward did, per batch element (tensors of the batch shape).
+
+    The first five fields are every rule's; then each rule fills its own and leaves the
+    others None: PGD ``alpha`` (the step D, (..., 1) or (..., n) for a diagonal D), ADMM
+    ``rho`` (the penalty ρ at the end), SQP ``alpha`` (the last line-search step) and
+    ``multipliers`` ((λ, ν) of the inequality and equality constraints).
+    """
 
     iterations: torch.Tensor  # int64
     residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
     converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
     feasible: torch.Tensor  # bool: False where the constraints admit no point
-    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+    step: torch.Tensor  # the rule's step, one number per element (PGD: mean α; ADMM: ρ; SQP: α)
+    alpha: torch.Tensor | None = None  # PGD, SQP: the step the backward folds with
+    rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
+    multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -916,7 +974,7 @@ class _Fold(torch.autograd.Function):
         layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
         grad_x = torch.where(solved[..., None], grad_x, 0)
         p = ctx.problem
-        grads = p.backward(p, layer, x, values, ctx.state, grad_x)
+        grads = p.pullback(p, layer, x, values, ctx.state, grad_x)
         info = layer.backward_info
         ok = solved & info.converged
         needs = ctx.needs_input_grad[5:]
@@ -955,10 +1013,10 @@ def _init_layer(layer, p, inputs, settings):
     plain number stays a number (it takes each call's dtype and device).
     """
     method = settings["backward_method"]
-    if method not in BACKWARD_METHODS:
+    if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
     policy = settings["on_nonconvergence"]
-    if policy not in NONCONVERGENCE_POLICIES:
+    if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
         raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
     layer.max_iter = int(settings["max_iter"])
@@ -990,6 +1048,23 @@ def _forward(layer, p, args, named, x_init):
     kwargs = {name: value for name, value in named.items() if value is not None}
     values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
     return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+
+
+def _unrolled(layer, p, args, named, x_init):
+    """The forward solve under autograd (no folding): its backward unrolls the iterations."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    x, _ = p.solve(p, layer, values, x_init, sizes, batch)
+    return x
+
+
+def _update_map(layer, p, args, named, x_init):
+    """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    with torch.no_grad():
+        x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
+    return p.update_map(p, layer, x, state, values)
 
 
 def _extra_repr(layer):
@@ -1294,8 +1369,10 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
     satisfied = violation <= allowed
     converged = feasible & ~broken & satisfied & (residual <= layer.tol)
-    layer.info = SolveInfo(iterations, residual, converged, feasible, step)
-    layer.multipliers = (lam, nu)
+    layer.info = SolveInfo(
+        iterations, residual, converged, feasible, step, alpha=step, multipliers=(lam, nu)
+    )
+    layer.multipliers = (lam, nu)  # also in info.multipliers; kept for existing callers
     late = feasible & ~converged
     detail = _sqp_why(layer, residual, violation, satisfied, broken, late)
     _report(layer, "the forward solve", ~late, detail)
@@ -1353,6 +1430,39 @@ def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
     return d, lam_qp, nu_qp, solved & sane, delta, sane
 
 
+def _sqp_update(p, x, lam, nu, values, sizes, active, step):
+    """U(s) with the QP solved on a given active set from its KKT system (the QP's solution
+    near a nondegenerate fixed point), in plain torch operations: the reference the layer's
+    ``update_map`` unrolls with autograd (the solver itself never calls it)."""
+    grad = p.gradient(x, *values).expand_as(x)
+    g, h, _ = _sqp_constraints(p, x, values)
+    J_g, J_h = _sqp_jacobians(p, x, values, sizes)
+    H = _sqp_hessian(p, x, lam, nu, values, sizes)
+    d, lam_qp, nu_qp, _ = _qp_polish(H, grad, J_g, -g, J_h, -h, active, math.inf)
+    return x + step * d, lam + step * (lam_qp - lam), nu + step * (nu_qp - nu)
+
+
+def _sqp_update_map(p, layer, x, state, values):
+    """(s*, U, read) on the state s = (x, λ, ν) packed as (..., n + p + q): U solves the QP
+    on the active set found at x* with the step frozen; ``read`` takes x out of s."""
+    lam, nu, step, sizes = state[:4]
+    g, _, _ = _sqp_constraints(p, x, values)
+    active = lam > -g
+    n, m = x.shape[-1], lam.shape[-1]
+
+    def update(s):
+        xs, ls, ns = s[..., :n], s[..., n : n + m], s[..., n + m :]
+        out = _sqp_update(p, xs, ls, ns, values, sizes, active, step[..., None])
+        return torch.cat(out, dim=-1)
+
+    def read(s):
+        return s[..., :n]
+
+    batch = torch.broadcast_shapes(x.shape[:-1], lam.shape[:-1], nu.shape[:-1])
+    parts = [t.expand(*batch, t.shape[-1]) for t in (x, lam, nu)]
+    return torch.cat(parts, dim=-1), update, read
+
+
 def _sqp_lu_apply(factors, v):
     """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes.
 
@@ -1390,7 +1500,7 @@ def _sqp_phi_t(pieces, step):
     return phi_t
 
 
-def _sqp_backward(p, layer, x, values, state, grad_x):
+def _sqp_pullback(p, layer, x, values, state, grad_x):
     """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = (∂L/∂x, 0, 0), Φ and Ψ at the fixed point s*."""
     lam, nu, step, sizes, usable = state
     batch = torch.broadcast_shapes(grad_x.shape[:-1], x.shape[:-1])
@@ -1442,13 +1552,15 @@ def _sqp_backward(p, layer, x, values, state, grad_x):
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
 _PROBLEM = types.SimpleNamespace(
+    rule="sqp",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,
     defaults=DEFAULTS,
     dims=DEFAULT_DIMS,
     variable=VARIABLE,
     solve=_sqp_solve,
-    backward=_sqp_backward,
+    pullback=_sqp_pullback,
+    update_map=_sqp_update_map,
     ineq_ranks=(1, 0),
     eq_ranks=(0,),
     ineq_values=_sqp_inequalities,

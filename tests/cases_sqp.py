@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from cases import TIGHT, Case, _knapsack, _knapsack_cvx, _rand, _randn
 
-from foldgen.runtime.sqp import _sqp_constraints, _sqp_update
-
 
 def _portfolio(batch, dtype, gen, n=8, factors=3):
     F = 0.2 * _randn(gen, *batch, n, factors, dtype=dtype)
@@ -76,22 +74,16 @@ def ordered_values(module, values):
 
 
 def unrolled_sqp(module, layer, values, weight, iterations=20):
-    """Autograd through `iterations` applications of U from s* = (x*, λ*, ν*): the runtime's
-    `_sqp_update` (which no generated module copies, the solver never calling it) on the
-    module's problem record, so with the module's own derived functions."""
+    """Autograd through `iterations` applications of U from s* = (x*, λ*, ν*), by the layer's
+    public ``update_map`` (the QP solved on the active set found at x*, step frozen)."""
     names = list(module.GRAD_PARAMETERS)
-    problem = module._PROBLEM
-    with torch.no_grad():
-        x_star = layer(**values)
-    lam, nu = layer.multipliers
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
-    ordered = ordered_values(module, inputs)
-    g, _, sizes = _sqp_constraints(problem, x_star, [v.detach() for v in ordered])
-    active = lam > -g
-    x = x_star
+    s_star, update, read = layer.update_map(**inputs)
+    s = s_star
     for _ in range(iterations):
-        x, lam, nu = _sqp_update(problem, x, lam, nu, ordered, sizes, active, layer.step)
-    assert torch.allclose(x, x_star, atol=1e-9), "x* is not a fixed point of the unrolled map"
+        s = update(s)
+    x = read(s)
+    assert torch.allclose(x, read(s_star), atol=1e-9), "x* is not a fixed point of U"
     grads = torch.autograd.grad((x * weight).sum(), [inputs[n] for n in names])
     return dict(zip(names, grads))
 

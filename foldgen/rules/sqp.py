@@ -88,7 +88,8 @@ class SqpPlan:
         has = {fn.name for fn in self.functions}
         record: list[tuple[str, Value]] = [
             ("solve", Ref("_sqp_solve")),
-            ("backward", Ref("_sqp_backward")),
+            ("pullback", Ref("_sqp_pullback")),
+            ("update_map", Ref("_sqp_update_map")),
             ("ineq_ranks", tuple(b.rank for b in self.inequalities)),
             ("eq_ranks", tuple(b.rank for b in self.equalities)),
             ("ineq_values", Ref("_sqp_inequalities" if self.inequalities else NONE)),

@@ -2,7 +2,7 @@
 
 The state is s = (x, λ, ν): λ the multipliers of the inequality blocks g(x) ≤ 0, ν those of
 the equality blocks h(x) = 0, each kind concatenated into one vector. `_sqp_solve` and
-`_sqp_backward` are the problem record's ``solve`` and ``backward``; ``p`` is the record:
+`_sqp_pullback` are the problem record's ``solve`` and ``backward``; ``p`` is the record:
 its derived functions (``objective``, ``gradient``, ``init``, ``lagrangian_gradient``,
 ``lagrangian_hvp``, ``kkt_vjp``, and ``inequalities``/``equalities`` with their ``_vjp``
 where the problem has constraints of that kind), the core rank of each block
@@ -330,8 +330,10 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
     satisfied = violation <= allowed
     converged = feasible & ~broken & satisfied & (residual <= layer.tol)
-    layer.info = SolveInfo(iterations, residual, converged, feasible, step)
-    layer.multipliers = (lam, nu)
+    layer.info = SolveInfo(
+        iterations, residual, converged, feasible, step, alpha=step, multipliers=(lam, nu)
+    )
+    layer.multipliers = (lam, nu)  # also in info.multipliers; kept for existing callers
     late = feasible & ~converged
     detail = _sqp_why(layer, residual, violation, satisfied, broken, late)
     _report(layer, "the forward solve", ~late, detail)
@@ -391,15 +393,35 @@ def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
 
 def _sqp_update(p, x, lam, nu, values, sizes, active, step):
     """U(s) with the QP solved on a given active set from its KKT system (the QP's solution
-    near a nondegenerate fixed point), in plain torch operations: a reference that tests
-    unroll with autograd. The solver itself never calls it (so no generated module copies
-    it; tests call it from `foldgen.runtime.sqp` with the module's ``_PROBLEM``)."""
+    near a nondegenerate fixed point), in plain torch operations: the reference the layer's
+    ``update_map`` unrolls with autograd (the solver itself never calls it)."""
     grad = p.gradient(x, *values).expand_as(x)
     g, h, _ = _sqp_constraints(p, x, values)
     J_g, J_h = _sqp_jacobians(p, x, values, sizes)
     H = _sqp_hessian(p, x, lam, nu, values, sizes)
     d, lam_qp, nu_qp, _ = _qp_polish(H, grad, J_g, -g, J_h, -h, active, math.inf)
     return x + step * d, lam + step * (lam_qp - lam), nu + step * (nu_qp - nu)
+
+
+def _sqp_update_map(p, layer, x, state, values):
+    """(s*, U, read) on the state s = (x, λ, ν) packed as (..., n + p + q): U solves the QP
+    on the active set found at x* with the step frozen; ``read`` takes x out of s."""
+    lam, nu, step, sizes = state[:4]
+    g, _, _ = _sqp_constraints(p, x, values)
+    active = lam > -g
+    n, m = x.shape[-1], lam.shape[-1]
+
+    def update(s):
+        xs, ls, ns = s[..., :n], s[..., n : n + m], s[..., n + m :]
+        out = _sqp_update(p, xs, ls, ns, values, sizes, active, step[..., None])
+        return torch.cat(out, dim=-1)
+
+    def read(s):
+        return s[..., :n]
+
+    batch = torch.broadcast_shapes(x.shape[:-1], lam.shape[:-1], nu.shape[:-1])
+    parts = [t.expand(*batch, t.shape[-1]) for t in (x, lam, nu)]
+    return torch.cat(parts, dim=-1), update, read
 
 
 def _sqp_lu_apply(factors, v):
@@ -439,7 +461,7 @@ def _sqp_phi_t(pieces, step):
     return phi_t
 
 
-def _sqp_backward(p, layer, x, values, state, grad_x):
+def _sqp_pullback(p, layer, x, values, state, grad_x):
     """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = (∂L/∂x, 0, 0), Φ and Ψ at the fixed point s*."""
     lam, nu, step, sizes, usable = state
     batch = torch.broadcast_shapes(grad_x.shape[:-1], x.shape[:-1])
