@@ -21,6 +21,8 @@ import warnings
 
 import torch
 
+from foldgen.runtime.linsolve import _solve_direct, _solve_gmres, _solve_lfpi
+
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
 
 
@@ -101,17 +103,15 @@ class AutogradFold:
 
     def _step(self, x, state, sizes, values):
         """(s*, s ↦ (U(s), x(s))) for the rule, with the values in the graph."""
-        m = self.m
-        if self.rule == "pgd":
-            d = state[0]
-
-            p = m._PROBLEM
+        m, p = self.m, self.m._PROBLEM
+        if self.rule in ("pgd", "sqp"):
+            # The runtime's update map on the forward's own state (what update_map returns).
+            s_star, update, read = p.update_map(p, self.layer, x, state, values)
 
             def step(s):
-                S = p.set.prepare(p.set_data(s, *values))
-                return p.set.project(s - d * p.gradient(s, *values), d, S)[0], s
+                return update(s), read(s)
 
-            return x, step
+            return s_star, step
         if self.rule == "admm":
             s_star, rho = state[0], state[1]
             tol = self.layer.tol
@@ -123,17 +123,7 @@ class AutogradFold:
                 return u, x_s
 
             return s_star, step
-        lam, nu, alpha, block_sizes = state[:4]
-        g, _, _ = m._constraints(x, values)
-        active = lam > -g
-        n, p = x.shape[-1], lam.shape[-1]
-
-        def step(s):
-            xs, ls, ns = s[..., :n], s[..., n : n + p], s[..., n + p :]
-            u = m._update(xs, ls, ns, values, block_sizes, active, alpha[..., None])
-            return torch.cat(u, dim=-1), xs
-
-        return torch.cat([x, lam, nu], dim=-1), step
+        raise ValueError(f"unknown rule {self.rule!r}")
 
     def backward(self, handle):
         m, p = self.m, self.m._PROBLEM
@@ -157,14 +147,12 @@ class AutogradFold:
             except RuntimeError:  # an operator without a batching rule: one product per column
                 cols = torch.stack([phi_t(e) for e in unit])
             dense = cols.movedim(0, -1)  # [..., i, j] = (Φᵀ e_j)_i
-            v, _, _ = m._solve_direct(dense, g)
+            v, _, _ = _solve_direct(dense, g)
         elif self.method == "lfpi":
-            v, _, _ = m._solve_lfpi(phi_t, g, layer.backward_max_iter, layer.backward_tol)
+            v, _, _ = _solve_lfpi(phi_t, g, layer.backward_max_iter, layer.backward_tol)
         else:
             restart = min(s.shape[-1], 128)
-            v, _, _ = m._solve_gmres(
-                phi_t, g, layer.backward_max_iter, layer.backward_tol, restart
-            )
+            v, _, _ = _solve_gmres(phi_t, g, layer.backward_max_iter, layer.backward_tol, restart)
         names = self.case.grad
         index = {k: i for i, k in enumerate(m.PARAMETERS)}
         targets = [values[index[k]] for k in names]

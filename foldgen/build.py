@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foldgen.emit import RuntimeMode, render
-from foldgen.errors import SpecError
-from foldgen.ir import lower
+from foldgen.errors import RuleError, SpecError
+from foldgen.ir import Problem, lower
 from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.link import SHARED_RUNTIME, shared_runtime_source
 from foldgen.rules import plan_for
+from foldgen.rules.base import Plan
 from foldgen.spec import LoadedSpec, load_spec, load_spec_text
 
 __all__ = [
@@ -74,8 +75,15 @@ def build(
 def build_loaded(loaded: LoadedSpec, recorded: str, runtime: RuntimeMode = "inline") -> Built:
     """Compile a spec already read and validated; ``recorded`` is the path the header names."""
     problem = lower(loaded)
-    plan = plan_for(problem)
-    return Built(problem.name, render(problem, plan, recorded, runtime))
+    return Built(problem.name, render(problem, plan(loaded, problem), recorded, runtime))
+
+
+def plan(loaded: LoadedSpec, problem: Problem) -> Plan:
+    """The rule's plan, a rule's complaint located in the spec it came from."""
+    try:
+        return plan_for(problem)
+    except RuleError as err:
+        raise loaded.error(err.path, err.message) from None
 
 
 def shared_runtime() -> Built:

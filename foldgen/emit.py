@@ -166,7 +166,7 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
         "version": __version__,
         "spec_file": comment(spec_file),
         "rebuild": comment(f"foldgen build {shlex.quote(spec_file)}"),
-        "spec_sha256": problem.loaded.sha256,
+        "spec_sha256": problem.origin.sha256,
         "docstring": docstring(module_docstring(problem, plan)),
         "class_name": identifier(problem.class_name),
         "class_doc": docstring(class_docstring(problem, plan)),

@@ -70,3 +70,14 @@ def shown(value: object, limit: int = ECHO_LIMIT) -> str:
     else:
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RuleError(Exception):
+    """A rule cannot handle the problem: a message and the spec's key path it concerns, but
+    no file position (a rule never sees the YAML); `foldgen.build` locates it as a
+    SpecError."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message

@@ -20,15 +20,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
-from foldgen.errors import SpecError
+from foldgen.errors import RuleError
 from foldgen.expr import ConstantError, Expr, Leaf, NodeBudgetExceeded, ShapeError, shape_str
 from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.parse import ExprError, Relation, Scope, parse_constraint, parse_expression
-from foldgen.spec import BackwardSpec, LoadedSpec, SolverSpec
+from foldgen.spec import LoadedSpec, SolverSpec
 
 _T = TypeVar("_T")
 
@@ -110,6 +110,69 @@ Constraint = AffineEq | SumEq | HalfSpace | Ball | General
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a problem came from: the spec's file (as messages name it) and its sha256."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PgdSettings:
+    """rule: pgd, with its defaults resolved."""
+
+    max_iter: int
+    tol: float
+    step_size: float | Literal["auto"]
+    rule: Literal["pgd"] = "pgd"
+
+
+@dataclass(frozen=True)
+class AdmmSettings:
+    """rule: admm, with its defaults resolved."""
+
+    max_iter: int
+    tol: float
+    rho: float
+    rule: Literal["admm"] = "admm"
+
+
+@dataclass(frozen=True)
+class SqpSettings:
+    """rule: sqp, with its defaults resolved."""
+
+    max_iter: int
+    tol: float
+    step: float
+    rule: Literal["sqp"] = "sqp"
+
+
+SolverSettings = PgdSettings | AdmmSettings | SqpSettings
+
+
+@dataclass(frozen=True)
+class BackwardSettings:
+    """How the backward solves its adjoint system, defaults resolved."""
+
+    method: Literal["lfpi", "gmres", "cg", "direct", "auto"]
+    max_iter: int
+    tol: float
+
+
+def solver_settings(spec: SolverSpec) -> SolverSettings:
+    """The validated ``solver`` block as the rule's own settings (spec.py has resolved each
+    rule's default; nothing downstream re-resolves one)."""
+    if spec.rule == "pgd":
+        assert spec.step_size is not None
+        return PgdSettings(spec.max_iter, spec.tol, spec.step_size)
+    if spec.rule == "admm":
+        assert spec.rho is not None
+        return AdmmSettings(spec.max_iter, spec.tol, float(spec.rho))
+    assert spec.step is not None
+    return SqpSettings(spec.max_iter, spec.tol, float(spec.step))
+
+
+@dataclass(frozen=True)
 class Problem:
     """Everything the rules need, with no reference back to YAML."""
 
@@ -123,9 +186,10 @@ class Problem:
     sense: str  # as written: the layer reports and documents the user's own sense
     bounds: tuple[Bound, ...]
     constraints: tuple[Constraint, ...]
-    solver: SolverSpec
-    backward: BackwardSpec
-    loaded: LoadedSpec
+    solver: SolverSettings
+    backward: BackwardSettings
+    origin: Origin
+    limits: Limits
     expressions: tuple[tuple[tuple, Expr], ...] = ()
     """(key path, expression) of the objective and each relation, to locate a rule's error."""
     budget: E.NodeBudget = field(
@@ -137,8 +201,9 @@ class Problem:
     def grad_parameters(self) -> tuple[Parameter, ...]:
         return tuple(p for p in self.parameters if p.grad)
 
-    def error(self, path: tuple, message: str) -> SpecError:
-        return self.loaded.error(path, message)
+    def error(self, path: tuple, message: str) -> RuleError:
+        """A rule's complaint about the spec at ``path``; `foldgen.build` locates it."""
+        return RuleError(path, message)
 
 
 def lower(loaded: LoadedSpec) -> Problem:
@@ -238,9 +303,10 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
         sense=key,
         bounds=bounds,
         constraints=tuple(families),
-        solver=spec.solver,
-        backward=spec.backward,
-        loaded=loaded,
+        solver=solver_settings(spec.solver),
+        backward=BackwardSettings(spec.backward.method, spec.backward.max_iter, spec.backward.tol),
+        origin=Origin(loaded.file, loaded.sha256),
+        limits=loaded.limits,
         expressions=tuple(expressions),
         budget=budget,
     )
@@ -263,7 +329,7 @@ def too_many_nodes(err: NodeBudgetExceeded, limits: Limits) -> str:
     )
 
 
-def derivation_error(problem: Problem, err: ConstantError) -> SpecError:
+def derivation_error(problem: Problem, err: ConstantError) -> RuleError:
     """Locate a constant-folding failure of a rule's derivation (``x ** 1e300`` is finite,
     the coefficient 1e300 · (1e300 − 1) of its second derivative is not): at the first
     expression whose own first and second derivatives fail, as every rule builds them (∇,
@@ -277,7 +343,7 @@ def derivation_error(problem: Problem, err: ConstantError) -> SpecError:
             continue
         w = Leaf("_w", "aux", e.shape) if e.rank else E.const(1.0)
         try:
-            with E.NodeBudget(problem.loaded.limits.expression_nodes):
+            with E.NodeBudget(problem.limits.expression_nodes):
                 first = vjp([(e, w)], xs)
                 wrt = xs + [p for p in params if e.depends_on(p)]
                 vjp([(first[x], Leaf("_u", "aux", x.shape)) for x in xs], wrt)

@@ -29,5 +29,5 @@ def plan_for(problem: Problem) -> Plan:
         except ConstantError as err:
             raise derivation_error(problem, err) from None
         except NodeBudgetExceeded as err:
-            message = too_many_nodes(err, problem.loaded.limits)
+            message = too_many_nodes(err, problem.limits)
             raise problem.error((problem.sense,), message) from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from foldgen import expr as E
 from foldgen.derive import jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
+from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, PgdSettings, Problem, SumEq
 from foldgen.mathprint import math_str
 from foldgen.rules.base import (
     Derived,
@@ -162,9 +162,11 @@ def plan(problem: Problem) -> PgdPlan:
     d = smooth(problem, x, f)
     g, hvp, obj_params = d.gradient, d.hvp, d.grad_params
 
-    step = problem.solver.step_size
+    settings = problem.solver
+    assert isinstance(settings, PgdSettings)
+    step = settings.step_size
     hess_diag = None
-    if step not in (None, "auto"):
+    if step != "auto":
         mode, value = "fixed", float(step)
     elif d.quadratic:
         mode, value = "lipschitz", None

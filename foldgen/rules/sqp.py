@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SumEq
+from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SqpSettings, SumEq
 from foldgen.mathprint import math_str
 from foldgen.rules.base import (
     Derived,
@@ -102,8 +102,9 @@ class SqpPlan:
             ("kkt_grad_indices", grad_indices(problem, self.grad_params)),
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
-        step = float(problem.solver.step or 1.0)
-        return Emission(tuple(record), (Setting("step", step, Ref("_check_step")),))
+        settings = problem.solver
+        assert isinstance(settings, SqpSettings)
+        return Emission(tuple(record), (Setting("step", settings.step, Ref("_check_step")),))
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name
