@@ -193,7 +193,7 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 c20b280fdd05c88f): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 eb994ca45b5cc66f): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -893,14 +893,15 @@ def _check_adapt_rho(adapt_rho):
 
 @dataclasses.dataclass(frozen=True)
 class _AdmmProx:
-    """One kind of block term gᵢ, over its prox data (two tensors).
+    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box or of a ball), over its
+    prox data (two tensors).
 
     ``prox(w, data, rho)`` is prox_(gᵢ/ρ)(w); ``prox_vjp(v, w, data, rho)`` returns (w̄, the
-    cotangents of the prox data) for the cotangent v. The rest serves the certificates and
-    is None for a term that is not the indicator of a set: ``nonempty(data)`` (where the
-    set has a point), ``support(total, d, data)`` (total plus the support function σ(d)),
-    ``recedes(e, data, eps, reach)`` (where e lies in the set's recession cone, to ε
-    relative to ``reach``), and ``growth(e, data)`` (the term's own growth along e).
+    cotangents of the prox data) for the cotangent v. The rest serves the certificates. The
+    indicator of a set C has ``nonempty(data)`` (where C has a point), ``support(total, d,
+    data)`` (total plus the support function σ_C(d)) and ``recedes(e, data, eps, reach)``
+    (where e lies in C's recession cone, to ε relative to ``reach``), and no ``growth``; any
+    other term has ``growth(e, data)`` (its own growth along e) and None for the others.
     """
 
     prox: object
@@ -932,7 +933,7 @@ _ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l
 def _admm_unpack(p, data):
     """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block."""
     blocks, k = [], 0
-    for _, has_matrix in p.blocks:
+    for has_matrix in p.matrices:
         A = data[k] if has_matrix else None
         k += has_matrix
         blocks.append((A, tuple(data[k : k + 2])))
@@ -1024,9 +1025,9 @@ def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
     z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
     x, ok = p.x_update(p, x, z, u, values, blocks, rho, fixed, tol)
     z_new, u_new = [], []
-    for (kind, _), (A, data), ui in zip(p.blocks, blocks, u):
+    for term, (A, data), ui in zip(p.terms, blocks, u):
         w = _admm_apply(A, x) + ui  # (..., mᵢ)
-        zi = kind.prox(w, data, rho)
+        zi = term.prox(w, data, rho)
         z_new.append(zi)
         u_new.append(w - zi)
     return x, _admm_pack(z_new, u_new), ok
@@ -1035,9 +1036,9 @@ def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
 def _admm_data_feasible(p, blocks, batch):
     """False where a block's own data is empty: a box with lo > hi, a ball with r < 0."""
     ok = torch.ones(batch, dtype=torch.bool, device=blocks[0][1][0].device)
-    for (kind, _), (_, data) in zip(p.blocks, blocks):
-        if kind.nonempty is not None:
-            ok = ok & kind.nonempty(data)
+    for term, (_, data) in zip(p.terms, blocks):
+        if term.nonempty is not None:
+            ok = ok & term.nonempty(data)
     return ok
 
 
@@ -1051,10 +1052,10 @@ def _admm_infeasible(p, blocks, du, eps):
     ‖Σᵢ Aᵢᵀδᵢ‖∞ ≤ ε‖δ‖∞ and Σᵢ σ_Cᵢ(δᵢ) ≤ −ε‖δ‖∞ (the norm over the constraint blocks).
     """
     pulled, support, size = 0, 0, []
-    for (kind, _), (A, data), d in zip(p.blocks, blocks, du):
+    for term, (A, data), d in zip(p.terms, blocks, du):
         pulled = pulled + _admm_apply_t(A, d)
-        if kind.support is not None:  # a constraint block
-            support = kind.support(support, d, data)
+        if term.support is not None:  # a constraint block
+            support = term.support(support, d, data)
             size.append(d.abs().amax(-1))
     if not size:  # no constraint blocks: nothing can be infeasible
         return torch.zeros(pulled.shape[:-1], dtype=torch.bool, device=pulled.device)
@@ -1080,13 +1081,13 @@ def _admm_unbounded(p, x, dx, values, blocks, fixed, curvature, eps):
     flat = p.hvp(x, d, *values).abs().amax(-1) <= eps * curvature
     descent = (q * d).sum(-1)
     inside = flat
-    for (kind, _), (A, data) in zip(p.blocks, blocks):
+    for term, (A, data) in zip(p.terms, blocks):
         e = _admm_apply(A, d)  # (..., mᵢ)
-        if kind.growth is not None:
-            descent = descent + kind.growth(e, data)
-        if kind.recedes is not None:
+        if term.growth is not None:
+            descent = descent + term.growth(e, data)
+        if term.recedes is not None:
             reach = 1.0 if A is None else A.abs().sum(-1).amax(-1)  # ‖Aᵢ‖∞
-            inside = inside & kind.recedes(e, data, eps, reach)
+            inside = inside & term.recedes(e, data, eps, reach)
     return (size > 0) & inside & (descent < 0) & (descent <= -eps * q.abs().sum(-1))
 
 
@@ -1120,10 +1121,7 @@ class _AdmmRun:
         blocks = _admm_unpack(p, p.block_data(x, *values))
         rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
         feasible = _admm_data_feasible(p, blocks, batch)
-        z = [
-            kind.prox(_admm_apply(A, x), data, rho)
-            for (kind, _), (A, data) in zip(p.blocks, blocks)
-        ]
+        z = [term.prox(_admm_apply(A, x), data, rho) for term, (A, data) in zip(p.terms, blocks)]
         s = _admm_pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
         self.p, self.layer, self.values, self.batch = p, layer, values, batch
         self.x, self.s = x, s.expand(*batch, s.shape[-1]).clone()
@@ -1259,9 +1257,9 @@ def _admm_pullback(p, v, x, s, blocks, rho, L, x_bar):
     z_bar, u_bar = _admm_split(v, dims)
     _, u = _admm_split(s, dims)
     w_bars, data_bars = [], []
-    for (kind, _), (A, data), zb, ub, ui in zip(p.blocks, blocks, z_bar, u_bar, u):
+    for term, (A, data), zb, ub, ui in zip(p.terms, blocks, z_bar, u_bar, u):
         w = _admm_apply(A, x) + ui
-        w_bar, data_bar = kind.prox_vjp(zb - ub, w, data, rho)
+        w_bar, data_bar = term.prox_vjp(zb - ub, w, data, rho)
         w_bar = w_bar + ub  # u⁺ = w − z⁺
         w_bars.append(w_bar)
         data_bars.append(data_bar)
@@ -1334,7 +1332,8 @@ _PROBLEM = types.SimpleNamespace(
     backward=_admm_backward,
     prepare=_admm_prepare_quadratic,
     x_update=_admm_x_update_quadratic,
-    blocks=((_ADMM_L1, False),),
+    terms=(_ADMM_L1,),
+    matrices=(False,),
     data_ranks=(1, 0),
     objective_grad_indices=(0, 1),
     block_grad_indices=(2,),
