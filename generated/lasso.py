@@ -46,6 +46,7 @@ the linear solver.
 import dataclasses
 import math
 import sys
+import types
 import warnings
 
 import torch
@@ -58,47 +59,94 @@ __all__ = [
     "ConvergenceError",
 ]
 
+
+class Lasso(torch.nn.Module):
+    """The lasso, differentiable in the design matrix, the targets and the regularisation
+    weight.
+
+    Call: layer(A, b, lam) -> x; shapes A (..., m, n); b (..., m); lam (...).
+    Leading batch dimensions broadcast. Inputs given to the constructor are bound
+    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,
+    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
+    """
+
+    def __init__(
+        self,
+        *,
+        A=None,
+        b=None,
+        lam=None,
+        max_iter=5000,
+        tol=1e-10,
+        rho=10.0,
+        adapt_rho=False,
+        backward_method="auto",
+        backward_max_iter=500,
+        backward_tol=1e-10,
+        on_nonconvergence="warn",
+        fold_unconverged=False,
+    ):
+        super().__init__()
+        _init_layer(
+            self,
+            _PROBLEM,
+            {
+                "A": A,
+                "b": b,
+                "lam": lam,
+            },
+            {
+                "max_iter": max_iter,
+                "tol": tol,
+                "rho": rho,
+                "adapt_rho": adapt_rho,
+                "backward_method": backward_method,
+                "backward_max_iter": backward_max_iter,
+                "backward_tol": backward_tol,
+                "on_nonconvergence": on_nonconvergence,
+                "fold_unconverged": fold_unconverged,
+            },
+        )
+
+    def forward(
+        self,
+        *_positional,
+        A=None,
+        b=None,
+        lam=None,
+        x_init=None,
+    ):
+        """Solve for each batch element; returns x of shape (..., n).
+
+        Inputs by name, or positionally in the order A, b, lam (the ones not bound in
+        the constructor); a bound input given by name overrides its bound value for this call.
+        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
+        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
+        so does n = 0. An element whose solve fails is flagged in ``info`` and
+        reported; its gradient is zero and flagged in ``backward_info``.
+        """
+        return _forward(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "A": A,
+                "b": b,
+                "lam": lam,
+            },
+            x_init,
+        )
+
+    def extra_repr(self):
+        return _extra_repr(self)
+
+
 # Core shapes of the inputs (batch dimensions lead and broadcast), in call order.
 PARAMETERS = {"A": ("m", "n"), "b": ("m",), "lam": ()}
 GRAD_PARAMETERS = ("A", "b", "lam")
 DEFAULTS = {}
 DEFAULT_DIMS = {"m": 40, "n": 20}
 VARIABLE = ("x", ("n",))
-
-
-class ConvergenceWarning(RuntimeWarning):
-    """A batch element's forward or backward solve stopped before its tolerance."""
-
-
-class ConvergenceError(RuntimeError):
-    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SolveInfo:
-    """What the forward did, per batch element (tensors of the batch shape)."""
-
-    iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
-    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
-    feasible: torch.Tensor  # bool: False where the constraints admit no point
-    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackwardInfo:
-    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
-
-    Where ``converged`` is False the element's gradient is zero: its forward did not converge
-    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
-    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
-    """
-
-    method: str
-    iterations: torch.Tensor  # int64
-    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
-    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
-    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,23 +192,15 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
     return _bar1
 
 
-# ---------------------------------------------------------------------------------------------
-# Runtime helpers.
+# =============================================================================================
+# foldgen 0.1.0 runtime (sha256 eb994ca45b5cc66f): the definitions this module uses,
+# copied from foldgen/runtime/. Regenerate, never edit.
+# =============================================================================================
 
 
 def _mv(A, x):
     """Batched matrix–vector product: (..., m, n) @ (..., n) -> (..., m)."""
     return (A @ x[..., None])[..., 0]
-
-
-def _dot(a, b):
-    """Batched dot product over the last axis."""
-    return (a * b).sum(-1)
-
-
-def _expand(s, core):
-    """A batch of scalars (...) repeated to (..., *core)."""
-    return s[(...,) + (None,) * len(core)].expand(*s.shape, *core)
 
 
 def _lift(t, rank):
@@ -170,6 +210,15 @@ def _lift(t, rank):
 
 def _norm(v):
     return torch.linalg.vector_norm(v, dim=-1)
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _per_element(mask, core):
+    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
+    return mask[(...,) + (None,) * len(core)]
 
 
 def _solve_lfpi(phi_t, g, max_iter, tol):
@@ -384,7 +433,7 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     """
     eye = torch.eye(n, dtype=dtype, device=device)
     unit = eye.expand(tuple(batch_shape) + (n, n))  # (..., n, n), row j = e_j
-    return phi_t(unit).mT
+    return phi_t(unit).mT  # (..., n, n)
 
 
 def _prox_l1(w, o, t):
@@ -412,13 +461,54 @@ def _prox_l1_vjp(v, w, o, t):
     return w_bar.expand(shape), o_bar.expand(shape), t_bar.expand(shape[:-1])
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs.
+BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 
 
-def _gather(layer, args, kwargs):
-    """The parameter values in call order: positional, keyword, bound, then defaults."""
-    free = [name for name in PARAMETERS if name not in layer.bound]
+NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A batch element's forward or backward solve stopped before its tolerance."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveInfo:
+    """What the forward did, per batch element (tensors of the batch shape)."""
+
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
+    converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
+    feasible: torch.Tensor  # bool: False where the constraints admit no point
+    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardInfo:
+    """What the backward's adjoint solve (I − Φᵀ) v = ∂L/∂x did, per batch element.
+
+    Where ``converged`` is False the element's gradient is zero: its forward did not converge
+    or was infeasible, or its adjoint solve did not reach the tolerance, or its gradient was
+    not finite; ``forward_converged`` tells the forward's failures apart from the backward's.
+    """
+
+    method: str
+    iterations: torch.Tensor  # int64
+    residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
+    converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
+    forward_converged: torch.Tensor  # bool: the forward converged and was feasible
+
+
+def _gather(p, layer, args, kwargs):
+    """The parameter values in call order: positional, keyword, bound, then defaults.
+
+    ``args`` fill the inputs not bound in the constructor, in call order; ``kwargs`` name
+    any input, a bound one included (it overrides the bound value for this call).
+    """
+    free = [name for name in p.parameters if name not in layer.bound]
     if len(args) > len(free):
         raise TypeError(
             f"{layer.__class__.__name__} takes {len(free)} positional inputs "
@@ -426,32 +516,32 @@ def _gather(layer, args, kwargs):
         )
     given = dict(zip(free, args))
     for name, value in kwargs.items():
-        if name not in PARAMETERS:
-            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(PARAMETERS)}")
-        if name in given or name in layer.bound:
+        if name not in p.parameters:
+            raise TypeError(f"unknown input '{name}'; the inputs are {', '.join(p.parameters)}")
+        if name in given:
             raise TypeError(f"input '{name}' given twice")
         given[name] = value
     values = []
-    for name in PARAMETERS:
+    for name in p.parameters:
         if name in given:
             values.append(given[name])
         elif name in layer.bound:
             values.append(getattr(layer, name))
-        elif name in DEFAULTS:
-            values.append(DEFAULTS[name])
+        elif name in p.defaults:
+            values.append(p.defaults[name])
         else:
             raise TypeError(f"missing input '{name}'")
     return values
 
 
-def _validate(values, x_init):
+def _validate(p, values, x_init):
     """Tensors of one supported dtype and one device, with consistent sizes; else ValueError
     naming the odd input (the one that disagrees with the majority; of two, the later).
 
     Returns the tensors, the sizes of the dims, and the broadcast batch shape.
     """
     given = []  # (name, core, tensor) of the inputs given as tensors
-    for (name, core), value in zip(PARAMETERS.items(), values):
+    for (name, core), value in zip(p.parameters.items(), values):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and not core
         if not isinstance(value, torch.Tensor) and not number:
             raise ValueError(
@@ -474,7 +564,7 @@ def _validate(values, x_init):
             if value.device != device:
                 raise ValueError(f"{name}: device {value.device} differs from {holder}'s {device}")
     tensors = []
-    for (name, core), value in zip(PARAMETERS.items(), values):
+    for (name, core), value in zip(p.parameters.items(), values):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=dtype, device=device)
         if value.dim() < len(core):
@@ -483,25 +573,25 @@ def _validate(values, x_init):
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        if value.requires_grad and name not in GRAD_PARAMETERS:
+        if value.requires_grad and name not in p.grad_parameters:
             raise ValueError(
                 f"{name}: requires grad, but the spec declares it grad: false "
                 "(detach it, or declare grad: true)"
             )
         tensors.append(value)
-    shapes = [(name, t.shape, core) for (name, core), t in zip(PARAMETERS.items(), tensors)]
+    shapes = [(name, t.shape, core) for (name, core), t in zip(p.parameters.items(), tensors)]
     if x_init is not None:
-        name = f"{VARIABLE[0]}_init"
+        name = f"{p.variable[0]}_init"
         if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
             raise ValueError(f"{name}: expected a {dtype} tensor")
         if x_init.device != device:
             raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
         if x_init.dim() < 1:
-            raise ValueError(f"{name}: expected shape (..., {VARIABLE[1][0]}), got ()")
+            raise ValueError(f"{name}: expected shape (..., {p.variable[1][0]}), got ()")
         if not bool(torch.isfinite(x_init).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        shapes.append((name, x_init.shape, VARIABLE[1]))
-    sizes = _dim_sizes(shapes)
+        shapes.append((name, x_init.shape, p.variable[1]))
+    sizes = _dim_sizes(p, shapes)
     batch = _batch_shape(shapes)
     return tensors, sizes, batch
 
@@ -528,7 +618,7 @@ def _majority(pairs):
     return value, name
 
 
-def _dim_sizes(shapes):
+def _dim_sizes(p, shapes):
     """The size of each named dim, by majority over the inputs that carry it; ValueError
     naming the input whose size differs, or the one that gives the variable's dim size 0."""
     seen = {}  # dim -> [(name, size)]
@@ -551,11 +641,11 @@ def _dim_sizes(shapes):
                     f"{name}: axis {axis} has size {other}, but {dim} = {size} from {holder}"
                 )
         sizes[dim] = size
-    dim = VARIABLE[1][0]
+    dim = p.variable[1][0]
     if dim in seen and sizes[dim] == 0:
         name, axis, _ = seen[dim][0]
         raise ValueError(
-            f"{name}: axis {axis} has size 0, but {dim}, the size of {VARIABLE[0]}, "
+            f"{name}: axis {axis} has size 0, but {dim}, the size of {p.variable[0]}, "
             "must be at least 1"
         )
     return sizes
@@ -603,404 +693,21 @@ def _report(layer, what, converged, detail):
     message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
-    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level())
+    warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
 
 
-def _caller_level():
-    """The warning's stack level of the first frame outside this module and torch."""
+def _caller_level(layer):
+    """The warning's stack level of the first frame outside foldgen's code (the runtime, the
+    layer's own module) and torch."""
     frame, level = sys._getframe(1), 1
+    own = type(layer).__module__
     while frame is not None and (
-        frame.f_globals is globals() or frame.f_globals.get("__name__", "").startswith("torch")
+        frame.f_globals is globals()
+        or frame.f_globals.get("__name__", "") == own
+        or frame.f_globals.get("__name__", "").startswith("torch")
     ):
         frame, level = frame.f_back, level + 1
     return level
-
-
-# ---------------------------------------------------------------------------------------------
-# ADMM on the splitting f₀(x) + Σᵢ gᵢ(Aᵢ x), and its folded backward.
-
-# The blocks zᵢ = Aᵢ x: (prox kind, whether Aᵢ is a matrix; False means zᵢ = x itself).
-_BLOCKS = (("l1", False),)
-# Core ranks of _block_data's outputs, in order (for the dense backward's extra batch axis).
-_DATA_RANKS = (1, 0)
-# adapt_rho=True: residual balancing every _ADAPT_EVERY iterations; ρ is multiplied (divided)
-# by _ADAPT_FACTOR where the primal residual exceeds _ADAPT_RATIO times the dual one (or the
-# reverse), at most _ADAPT_LIMIT times per element so that the iteration settles.
-_ADAPT_EVERY = 20
-_ADAPT_RATIO = 10.0
-_ADAPT_FACTOR = 2.0
-_ADAPT_LIMIT = 20
-# The infeasibility certificate is evaluated every _CHECK_EVERY iterations (a divisor of
-# _ADAPT_EVERY: adaptation reuses its residuals).
-_CHECK_EVERY = 10
-
-
-def _check_rho(rho):
-    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and 0 < rho < math.inf):
-        raise ValueError(f"rho: expected a positive number, got {rho!r}")
-    return float(rho)
-
-
-def _check_adapt_rho(adapt_rho):
-    if not isinstance(adapt_rho, bool):
-        raise ValueError(f"adapt_rho: expected True or False, got {adapt_rho!r}")
-    return adapt_rho
-
-
-def _unpack(data):
-    """_block_data's flat tuple as one (Aᵢ or None, prox data) pair per block."""
-    blocks, k = [], 0
-    for _, has_matrix in _BLOCKS:
-        A = data[k] if has_matrix else None
-        k += has_matrix
-        blocks.append((A, tuple(data[k : k + 2])))
-        k += 2
-    return blocks
-
-
-def _flat(blocks):
-    return [t for A, data in blocks for t in ([] if A is None else [A]) + list(data)]
-
-
-def _apply(A, x):
-    """Aᵢ x (x itself where the block has no matrix)."""
-    return x if A is None else _mv(A, x)
-
-
-def _apply_t(A, w):
-    """Aᵢᵀ w."""
-    return w if A is None else _mv(A.mT, w)
-
-
-def _sizes(blocks, n):
-    """The length mᵢ of each block's zᵢ."""
-    return [n if A is None else A.shape[-2] for A, _ in blocks]
-
-
-def _pack(z, u):
-    """The state s = (z₁, …, z_B, u₁, …, u_B) as one (..., N) tensor."""
-    parts = [*z, *u]
-    batch = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
-    return torch.cat([p.expand(*batch, p.shape[-1]) for p in parts], dim=-1)
-
-
-def _split(s, sizes):
-    """(z, u), lists of the blocks' parts of the state s."""
-    parts = torch.split(s, sizes + sizes, dim=-1)
-    return list(parts[: len(sizes)]), list(parts[len(sizes) :])
-
-
-def _prox(kind, w, data, rho):
-    """prox_(gᵢ/ρ)(w) of one block."""
-    o, c = data
-    return _prox_l1(w, o, c / rho)
-
-
-def _prox_vjp(kind, v, w, data, rho):
-    """(w̄, cotangents of the prox data) of one block's prox at w, for the cotangent v."""
-    o, c = data
-    w_bar, o_bar, t_bar = _prox_l1_vjp(v, w, o, c / rho)
-    return w_bar, (o_bar, t_bar / rho)  # the threshold is t = c/ρ
-
-
-def _factor(x, values, blocks, rho):
-    """Cholesky factor L of K = ∇²f₀(x) + ρ Σᵢ AᵢᵀAᵢ, (..., n, n), and where K is PD.
-
-    ∇²f₀ is materialised as ∇²f₀ applied to the identity over one extra batch axis. Where K is
-    not positive definite L is the identity (finite), and the caller reports the element.
-    """
-    n = x.shape[-1]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
-    K = _hvp(_lift(x, 1), eye, *lifted)  # (..., n, n): row j is ∇²f₀ e_j (symmetric)
-    for A, _ in blocks:
-        K = K + rho[..., None, None] * (eye if A is None else A.mT @ A)
-    L, info = torch.linalg.cholesky_ex(K)
-    ok = info == 0
-    return torch.where(ok[..., None, None], L, eye), ok
-
-
-def _prepare(x, values, blocks, rho):
-    """What every x-update reuses (f₀ quadratic): the factor of K and ∇f₀(0); and where K is PD."""
-    L, ok = _factor(x, values, blocks, rho)
-    return (L, _gradient(torch.zeros_like(x), *values)), ok
-
-
-def _x_update(x, z, u, values, blocks, rho, fixed, tol):
-    """x = argmin f₀ + (ρ/2) Σᵢ ‖Aᵢx − zᵢ + uᵢ‖² = K⁻¹(ρ Σᵢ Aᵢᵀ(zᵢ − uᵢ) − ∇f₀(0)), by the
-    factor of K computed once per call (f₀ is quadratic: ∇f₀(x) = ∇²f₀ x + ∇f₀(0)).
-
-    Returns x and where the update succeeded (always: _prepare has checked K)."""
-    L, q = fixed
-    rhs = -q
-    for (A, _), zi, ui in zip(blocks, z, u):
-        rhs = rhs + rho[..., None] * _apply_t(A, zi - ui)
-    x = torch.cholesky_solve(rhs[..., None], L)[..., 0]
-    return x, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-
-
-def _update(x, s, values, blocks, rho, fixed, tol):
-    """One ADMM sweep: returns x(s) and U(s).
-
-    Plain torch operations, so a test can differentiate an unrolled run with autograd.
-    ``x`` is only a warm start (for an inner Newton method); ``fixed`` is _prepare's output.
-    """
-    x, s_new, _ = _sweep(x, s, values, blocks, rho, fixed, tol)
-    return x, s_new
-
-
-def _sweep(x, s, values, blocks, rho, fixed, tol):
-    """_update, plus where the x-update succeeded."""
-    z, u = _split(s, _sizes(blocks, x.shape[-1]))
-    x, ok = _x_update(x, z, u, values, blocks, rho, fixed, tol)
-    z_new, u_new = [], []
-    for (kind, _), (A, data), ui in zip(_BLOCKS, blocks, u):
-        w = _apply(A, x) + ui  # (..., mᵢ)
-        zi = _prox(kind, w, data, rho)
-        z_new.append(zi)
-        u_new.append(w - zi)
-    return x, _pack(z_new, u_new), ok
-
-
-def _data_feasible(blocks, batch):
-    """False where a block's own data is empty: a box with lo > hi, a ball with r < 0."""
-    ok = torch.ones(batch, dtype=torch.bool, device=blocks[0][1][0].device)
-    for (kind, _), (_, data) in zip(_BLOCKS, blocks):
-        if kind == "box":
-            ok = ok & (data[0] <= data[1]).all(-1)
-        elif kind == "ball":
-            ok = ok & (data[1] >= 0)
-    return ok
-
-
-def _infeasible(blocks, du, eps):
-    """The primal infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δu.
-
-    δu = u⁺ − u is a multiple of the change of the dual variables (y = ρu), and when the
-    constraints admit no point it converges to a nonzero δ with Σᵢ Aᵢᵀδᵢ = 0 and
-    Σᵢ σ_Cᵢ(δᵢ) < 0 (σ_C the support function of the set: a box hiᵀmax(δ, 0) + loᵀmin(δ, 0),
-    a ball cᵀδ + r‖δ‖), which by Farkas' lemma proves it. Certified where
-    ‖Σᵢ Aᵢᵀδᵢ‖∞ ≤ ε‖δ‖∞ and Σᵢ σ_Cᵢ(δᵢ) ≤ −ε‖δ‖∞ (the norm over the constraint blocks).
-    """
-    pulled, support, size = 0, 0, []
-    for (kind, _), (A, data), d in zip(_BLOCKS, blocks, du):
-        pulled = pulled + _apply_t(A, d)
-        if kind == "box":
-            lo, hi = data  # may be ±inf: pick the bound by the sign of δ before multiplying
-            bound = torch.where(d > 0, hi, torch.where(d < 0, lo, 0))
-            support = support + torch.where(d != 0, bound * d, 0).sum(-1)
-        elif kind == "ball":
-            center, radius = data
-            support = support + (center * d).sum(-1) + radius * _norm(d)
-        if kind != "l1":
-            size.append(d.abs().amax(-1))
-    if not size:  # no constraint blocks: nothing can be infeasible
-        return torch.zeros(pulled.shape[:-1], dtype=torch.bool, device=pulled.device)
-    size = torch.stack(torch.broadcast_tensors(*size)).amax(0)  # ‖δ‖∞ over the constraints
-    small = pulled.abs().amax(-1) <= eps * size
-    return (size > 0) & small & (support <= -eps * size)
-
-
-def _unbounded(x, dx, values, blocks, fixed, curvature, eps):
-    """The dual infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δx.
-
-    Where the problem is unbounded below, δx = x⁺ − x converges to a nonzero direction d
-    along which f₀ is linear and decreasing and every block stays finite: ∇²f₀ d = 0,
-    ∇f₀(0)ᵀd + Σ cᵢ‖Aᵢd‖₁ < 0 (the ℓ1 terms' own growth), Aᵢd in the recession cone of each
-    box (≤ 0 where hi is finite, ≥ 0 where lo is) and Aᵢd = 0 for a ball. Certified where
-    these hold to ε relative to the data (‖d‖∞ = 1): ‖∇²f₀ d‖∞ ≤ ε max|diag ∇²f₀|,
-    descent ≤ −ε‖∇f₀(0)‖₁, and each cone condition to ε‖Aᵢ‖∞.
-    """
-    size = dx.abs().amax(-1)  # (...)
-    d = dx / torch.where(size > 0, size, 1)[..., None]
-    q = fixed[1]
-    flat = _hvp(x, d, *values).abs().amax(-1) <= eps * curvature
-    descent = (q * d).sum(-1)
-    inside = flat
-    for (kind, _), (A, data) in zip(_BLOCKS, blocks):
-        e = _apply(A, d)  # (..., mᵢ)
-        reach = 1.0 if A is None else A.abs().sum(-1).amax(-1)  # ‖Aᵢ‖∞
-        if kind == "l1":
-            descent = descent + data[1] * e.abs().sum(-1)
-        elif kind == "box":
-            lo, hi = data
-            up = torch.where(torch.isfinite(hi), e, -math.inf).amax(-1) <= eps * reach
-            down = torch.where(torch.isfinite(lo), e, math.inf).amin(-1) >= -eps * reach
-            inside = inside & up & down
-        else:
-            inside = inside & (e.abs().amax(-1) <= eps * reach)
-    return (size > 0) & inside & (descent < 0) & (descent <= -eps * q.abs().sum(-1))
-
-
-def _curvature(x, values):
-    """max |diag ∇²f₀|, the scale of the certificate's flatness test (∇²f₀ is constant)."""
-    n = x.shape[-1]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    lifted = [_lift(v, len(core)) for v, core in zip(values, PARAMETERS.values())]
-    hessian = _hvp(_lift(x, 1), eye, *lifted).expand(*x.shape[:-1], n, n)  # (..., n, n)
-    return hessian.diagonal(0, -2, -1).abs().amax(-1)
-
-
-def _solve(layer, values, x_init, sizes, batch):
-    """ADMM from z = prox(A x₀), u = 0, per batch element.
-
-    Stops where ‖U(s) − s‖ ≤ tol · ‖U(s)‖∞: relative to the state's own scale,
-    so that data scaled by any factor take the same iterations (the primal residual
-    ‖Ax − z‖ = ‖u⁺ − u‖ and the z-change that makes the dual residual are both parts of
-    U(s) − s). Returns x(s*) and what the backward folds with: (s*, ρ, the factor L of K,
-    and where the element has a solution to differentiate).
-    """
-    n = sizes.get("n", DEFAULT_DIMS.get("n"))
-    start = _init(*values) if x_init is None else x_init
-    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
-    blocks = _unpack(_block_data(x, *values))
-    dims = _sizes(blocks, n)
-    rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
-    feasible = _data_feasible(blocks, batch)
-    z = [_prox(kind, _apply(A, x), data, rho) for (kind, _), (A, data) in zip(_BLOCKS, blocks)]
-    s = _pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
-    s = s.expand(*batch, s.shape[-1]).clone()
-    fixed, factored = _prepare(x, values, blocks, rho)
-    eps = max(1e-6, 100 * torch.finfo(x.dtype).eps)
-    curvature = _curvature(x, values)
-    changes = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
-    # The bound tol · ‖U(s)‖∞ each residual was compared with: NaN or ∞ where U(s) was not
-    # finite, which fails the comparison, so such an element stops without moving.
-    bound = torch.zeros_like(residual)
-    unbounded = torch.zeros_like(feasible)  # certified unbounded below
-    started = feasible & factored
-    active = started.clone()
-    for k in range(layer.max_iter):
-        if not bool(active.any()):
-            break
-        x_new, s_new = _update(x, s, values, blocks, rho, fixed, layer.tol)
-        step = _norm(s_new - s)
-        residual = torch.where(active, step, residual)
-        bound = torch.where(active, layer.tol * s_new.abs().amax(-1), bound)
-        iterations = iterations + active.to(torch.int64)
-        check = (k + 1) % _CHECK_EVERY == 0
-        if check:
-            z, u = _split(s, dims)
-            z_new, u_new = _split(s_new, dims)
-            du = [b - a for a, b in zip(u, u_new)]
-            certified = active & _infeasible(blocks, du, eps)
-            feasible = feasible & ~certified
-            active = active & ~certified
-            dx = x_new - x
-            certified = active & _unbounded(x_new, dx, values, blocks, fixed, curvature, eps)
-            unbounded = unbounded | certified
-            active = active & ~certified
-        active = active & (step > bound)
-        x = torch.where(active[..., None], x_new, x)
-        s = torch.where(active[..., None], s_new, s)
-        if check and layer.adapt_rho and (k + 1) % _ADAPT_EVERY == 0:
-            # Residual balancing: primal ‖Ax − z⁺‖ = ‖δu‖ against dual ρ‖Σᵢ Aᵢᵀ(zᵢ⁺ − zᵢ)‖.
-            primal = _norm(torch.cat([d.expand(*batch, d.shape[-1]) for d in du], -1))
-            pulled = sum(_apply_t(A, b - a) for (A, _), a, b in zip(blocks, z, z_new))
-            dual = rho * _norm(pulled)
-            free = active & (changes < _ADAPT_LIMIT)
-            up = free & (primal > _ADAPT_RATIO * dual)
-            down = free & (dual > _ADAPT_RATIO * primal)
-            if bool((up | down).any()):
-                factor = torch.where(up, _ADAPT_FACTOR, torch.where(down, 1 / _ADAPT_FACTOR, 1.0))
-                rho = rho * factor
-                z, u = _split(s, dims)
-                s = _pack(z, [ui / factor[..., None] for ui in u])  # y = ρu is unchanged
-                changes = changes + (up | down).to(torch.int64)
-                fixed, refactored = _prepare(x, values, blocks, rho)
-                factored = factored & refactored
-                active = active & factored
-    # The output is x(s*) itself, which the backward differentiates.
-    z, u = _split(s, dims)
-    x_out, ok = _x_update(x, z, u, values, blocks, rho, fixed, layer.tol)
-    x = torch.where((ok & torch.isfinite(x_out).all(-1))[..., None], x_out, x)
-    L = fixed[0]
-    solvable = factored
-    diverged = unbounded | (started & ~torch.isfinite(bound))
-    feasible = feasible & ~diverged
-    converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
-    layer.info = SolveInfo(iterations, residual, converged, feasible, rho)
-    worst = float(torch.where(feasible & solvable, residual, 0).max()) if residual.numel() else 0.0
-    detail = (
-        f"residual up to {worst:.3g} > tol {layer.tol:g} × the state's scale after "
-        f"{layer.max_iter} iterations"
-    )
-    _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
-    singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on the"
-    singular += " directions the blocks leave free)"
-    _report(layer, "the forward solve", factored, singular)
-    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
-    _report(layer, "the forward solve", ~diverged, detail)
-    _report(layer, "the forward solve", feasible | diverged, "the constraints admit no point")
-    return x, (s, rho, L, feasible & solvable)
-
-
-def _pullback(v, x, s, blocks, rho, L, x_bar):
-    """The cotangent of s for the cotangent v of U(s) plus x_bar of x(s) (see the docstring).
-
-    Returns (s̄, r, the w̄ᵢ, the prox data cotangents); x_bar may be 0.
-    """
-    dims = _sizes(blocks, x.shape[-1])
-    z_bar, u_bar = _split(v, dims)
-    _, u = _split(s, dims)
-    w_bars, data_bars = [], []
-    for (kind, _), (A, data), zb, ub, ui in zip(_BLOCKS, blocks, z_bar, u_bar, u):
-        w = _apply(A, x) + ui
-        w_bar, data_bar = _prox_vjp(kind, zb - ub, w, data, rho)
-        w_bar = w_bar + ub  # u⁺ = w − z⁺
-        w_bars.append(w_bar)
-        data_bars.append(data_bar)
-        x_bar = x_bar + _apply_t(A, w_bar)
-    r = torch.cholesky_solve(x_bar[..., None], L)[..., 0]  # (..., n)
-    s_z = [rho[..., None] * _apply(A, r) for A, _ in blocks]
-    s_u = [w_bar - sz for w_bar, sz in zip(w_bars, s_z)]
-    return _pack(s_z, s_u), r, w_bars, data_bars
-
-
-def _backward(layer, x, values, state, grad_x):
-    """∂L/∂θ = Ψᵀv + (∂x/∂θ)ᵀ ∂L/∂x with (I − Φᵀ) v = (∂x/∂s)ᵀ ∂L/∂x, at s* with the final ρ.
-
-    Elements without a solution (infeasible, or K not PD) get zero gradients.
-    """
-    s, rho, L, ok = state
-    grad_x = torch.where(ok[..., None], grad_x, 0)
-    blocks = _unpack(_block_data(x, *values))
-
-    def phi_t(v):
-        return _pullback(v, x, s, blocks, rho, L, 0)[0]
-
-    def dense_phi_t():
-        lifted = _unpack([_lift(t, r) for t, r in zip(_flat(blocks), _DATA_RANKS)])
-        x1, s1, rho1, L1 = _lift(x, 1), _lift(s, 1), _lift(rho, 0), _lift(L, 2)
-        return lambda v: _pullback(v, x1, s1, lifted, rho1, L1, 0)[0]
-
-    link = _pullback(torch.zeros_like(s), x, s, blocks, rho, L, grad_x)[0]
-    v = _adjoint(layer, phi_t, dense_phi_t, link)
-    _, r, w_bars, data_bars = _pullback(v, x, s, blocks, rho, L, grad_x)
-    grads = [None] * len(values)
-    # Through ∇f₀ in the x-update's optimality condition.
-    for index, bar in zip((0, 1), _as_tuple(_gradient_vjp(x, r, *values))):
-        grads[index] = -bar
-    # Through the block data: Aᵢ (in the x-update and in wᵢ = Aᵢx + uᵢ) and the prox data.
-    z, u = _split(s, _sizes(blocks, x.shape[-1]))
-    bars = []
-    for (A, _), w_bar, data_bar, zi, ui in zip(blocks, w_bars, data_bars, z, u):
-        if A is not None:
-            gap = _mv(A, x) - zi + ui  # (..., mᵢ)
-            A_bar = w_bar[..., :, None] * x[..., None, :]
-            A_bar = A_bar - rho[..., None, None] * gap[..., :, None] * r[..., None, :]
-            A_bar = A_bar - rho[..., None, None] * _mv(A, r)[..., :, None] * x[..., None, :]
-            bars.append(A_bar)
-        bars.extend(data_bar)
-    for index, bar in zip((2,), _as_tuple(_block_data_vjp(x, *bars, *values))):
-        grads[index] = bar if grads[index] is None else grads[index] + bar
-    return grads
-
-
-# ---------------------------------------------------------------------------------------------
-# The layer.
 
 
 def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
@@ -1039,15 +746,6 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     return torch.where(converged[..., None], v, 0)
 
 
-def _as_tuple(t):
-    return t if isinstance(t, tuple) else (t,)
-
-
-def _per_element(mask, core):
-    """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
-    return mask[(...,) + (None,) * len(core)]
-
-
 class _Fold(torch.autograd.Function):
     """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
 
@@ -1058,9 +756,10 @@ class _Fold(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, layer, x_init, sizes, batch, *values):
-        x, state = _solve(layer, values, x_init, sizes, batch)
+    def forward(ctx, layer, p, x_init, sizes, batch, *values):
+        x, state = p.solve(p, layer, values, x_init, sizes, batch)
         ctx.layer = layer
+        ctx.problem = p
         ctx.state = state
         ctx.batch = batch
         vouched = layer.info.converged
@@ -1076,12 +775,13 @@ class _Fold(torch.autograd.Function):
         x, *values = ctx.saved_tensors
         layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
         grad_x = torch.where(solved[..., None], grad_x, 0)
-        grads = _backward(layer, x, values, ctx.state, grad_x)
+        p = ctx.problem
+        grads = p.backward(p, layer, x, values, ctx.state, grad_x)
         info = layer.backward_info
         ok = solved & info.converged
-        needs = ctx.needs_input_grad[4:]
+        needs = ctx.needs_input_grad[5:]
         full = []
-        for grad, need, value, core in zip(grads, needs, values, PARAMETERS.values()):
+        for grad, need, value, core in zip(grads, needs, values, p.parameters.values()):
             if grad is None or not need:
                 full.append(None)
                 continue
@@ -1093,7 +793,7 @@ class _Fold(torch.autograd.Function):
             None
             if grad is None
             else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
-            for grad, value, core in zip(full, values, PARAMETERS.values())
+            for grad, value, core in zip(full, values, p.parameters.values())
         ]
         residual = torch.where(solved, info.residual, math.inf)
         layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
@@ -1104,82 +804,545 @@ class _Fold(torch.autograd.Function):
             "system or a non-finite gradient; those elements get a zero gradient"
         )
         _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
-        return (None, None, None, None, *out)
+        return (None, None, None, None, None, *out)
 
 
-class Lasso(torch.nn.Module):
-    """The lasso, differentiable in the design matrix, the targets and the regularisation
-    weight.
+def _init_layer(layer, p, inputs, settings):
+    """The constructor's body: check and store the settings, bind the given inputs.
 
-    Call: layer(A, b, lam) -> x; shapes A (..., m, n); b (..., m); lam (...).
-    Leading batch dimensions broadcast. Inputs given to the constructor are bound
-    (buffers, or parameters if nn.Parameter) and left out of the call. After a call,
-    ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
+    ``settings`` are the keyword settings by name; ``p.setting_checks`` maps each of the
+    rule's own settings to its validator. A bound input becomes a buffer, an ``nn.Parameter`` a parameter, and a
+    plain number stays a number (it takes each call's dtype and device).
+    """
+    method = settings["backward_method"]
+    if method not in BACKWARD_METHODS:
+        raise ValueError(f"backward_method: unknown method {method!r}")
+    policy = settings["on_nonconvergence"]
+    if policy not in NONCONVERGENCE_POLICIES:
+        expected = "'warn', 'raise' or 'ignore'"
+        raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
+    layer.max_iter = int(settings["max_iter"])
+    layer.tol = float(settings["tol"])
+    for name, check in p.setting_checks.items():
+        setattr(layer, name, check(settings[name]))
+    layer.backward_method = method
+    layer.backward_max_iter = int(settings["backward_max_iter"])
+    layer.backward_tol = float(settings["backward_tol"])
+    layer.on_nonconvergence = policy
+    layer.fold_unconverged = bool(settings["fold_unconverged"])
+    layer.bound = []
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        layer.bound.append(name)
+        if isinstance(value, torch.nn.Parameter):
+            layer.register_parameter(name, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(layer, name, value)
+        else:
+            layer.register_buffer(name, torch.as_tensor(value))
+    layer.info = None
+    layer.backward_info = None
+
+
+def _forward(layer, p, args, named, x_init):
+    """The layer's call: gather and validate the inputs, then the folded solve."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+
+
+def _extra_repr(layer):
+    bound = f", bound={layer.bound}" if layer.bound else ""
+    method = f"backward_method={layer.backward_method!r}"
+    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
+
+
+# adapt_rho=True: residual balancing every _ADMM_ADAPT_EVERY iterations; ρ is multiplied
+# (divided) by _ADMM_ADAPT_FACTOR where the primal residual exceeds _ADMM_ADAPT_RATIO times the
+# dual one (or the reverse), at most _ADMM_ADAPT_LIMIT times per element so that the iteration
+# settles.
+_ADMM_ADAPT_EVERY = 20
+
+
+_ADMM_ADAPT_RATIO = 10.0
+
+
+_ADMM_ADAPT_FACTOR = 2.0
+
+
+_ADMM_ADAPT_LIMIT = 20
+
+
+# The infeasibility certificate is evaluated every _ADMM_CHECK_EVERY iterations (a divisor of
+# _ADMM_ADAPT_EVERY: adaptation reuses its residuals).
+_ADMM_CHECK_EVERY = 10
+
+
+def _check_rho(rho):
+    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and 0 < rho < math.inf):
+        raise ValueError(f"rho: expected a positive number, got {rho!r}")
+    return float(rho)
+
+
+def _check_adapt_rho(adapt_rho):
+    if not isinstance(adapt_rho, bool):
+        raise ValueError(f"adapt_rho: expected True or False, got {adapt_rho!r}")
+    return adapt_rho
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdmmProx:
+    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box or of a ball), over its
+    prox data (two tensors).
+
+    ``prox(w, data, rho)`` is prox_(gᵢ/ρ)(w); ``prox_vjp(v, w, data, rho)`` returns (w̄, the
+    cotangents of the prox data) for the cotangent v. The rest serves the certificates. The
+    indicator of a set C has ``nonempty(data)`` (where C has a point), ``support(total, d,
+    data)`` (total plus the support function σ_C(d)) and ``recedes(e, data, eps, reach)``
+    (where e lies in C's recession cone, to ε relative to ``reach``), and no ``growth``; any
+    other term has ``growth(e, data)`` (its own growth along e) and None for the others.
     """
 
-    def __init__(
-        self,
-        *,
-        A=None,
-        b=None,
-        lam=None,
-        max_iter=5000,
-        tol=1e-10,
-        rho=10.0,
-        adapt_rho=False,
-        backward_method="auto",
-        backward_max_iter=500,
-        backward_tol=1e-10,
-        on_nonconvergence="warn",
-        fold_unconverged=False,
-    ):
-        super().__init__()
-        if backward_method not in ("auto", "lfpi", "gmres", "cg", "direct"):
-            raise ValueError(f"backward_method: unknown method {backward_method!r}")
-        if on_nonconvergence not in ("warn", "raise", "ignore"):
-            expected = "'warn', 'raise' or 'ignore'"
-            raise ValueError(f"on_nonconvergence: expected {expected}, got {on_nonconvergence!r}")
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.rho = _check_rho(rho)
-        self.adapt_rho = _check_adapt_rho(adapt_rho)
-        self.backward_method = backward_method
-        self.backward_max_iter = int(backward_max_iter)
-        self.backward_tol = float(backward_tol)
-        self.on_nonconvergence = on_nonconvergence
-        self.fold_unconverged = bool(fold_unconverged)
-        self.bound = []
-        inputs = {
-            "A": A,
-            "b": b,
-            "lam": lam,
-        }
-        for name, value in inputs.items():
-            if value is None:
-                continue
-            self.bound.append(name)
-            if isinstance(value, torch.nn.Parameter):
-                self.register_parameter(name, value)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                # A plain number takes the dtype and device of each call's tensors.
-                setattr(self, name, value)
-            else:
-                self.register_buffer(name, torch.as_tensor(value))
-        self.info = None
-        self.backward_info = None
+    prox: object
+    prox_vjp: object
+    nonempty: object
+    support: object
+    recedes: object
+    growth: object
 
-    def forward(self, *args, x_init=None, **kwargs):
-        """Solve for each batch element; returns x of shape (..., n).
 
-        Inputs are float32 or float64 tensors on one device (scalars may be Python numbers);
-        any other dtype (float16, bfloat16, integers) raises ValueError naming the input, and
-        so does n = 0. An element whose solve fails is flagged in ``info`` and
-        reported; its gradient is zero and flagged in ``backward_info``.
+def _admm_l1_prox(w, data, rho):
+    o, c = data
+    return _prox_l1(w, o, c / rho)
+
+
+def _admm_l1_prox_vjp(v, w, data, rho):
+    o, c = data
+    w_bar, o_bar, t_bar = _prox_l1_vjp(v, w, o, c / rho)
+    return w_bar, (o_bar, t_bar / rho)  # the threshold is t = c/ρ
+
+
+def _admm_l1_growth(e, data):
+    return data[1] * e.abs().sum(-1)
+
+
+_ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+
+
+def _admm_unpack(p, data):
+    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block."""
+    blocks, k = [], 0
+    for has_matrix in p.matrices:
+        A = data[k] if has_matrix else None
+        k += has_matrix
+        blocks.append((A, tuple(data[k : k + 2])))
+        k += 2
+    return blocks
+
+
+def _admm_flat(blocks):
+    return [t for A, data in blocks for t in ([] if A is None else [A]) + list(data)]
+
+
+def _admm_apply(A, x):
+    """Aᵢ x (x itself where the block has no matrix)."""
+    return x if A is None else _mv(A, x)
+
+
+def _admm_apply_t(A, w):
+    """Aᵢᵀ w."""
+    return w if A is None else _mv(A.mT, w)
+
+
+def _admm_sizes(blocks, n):
+    """The length mᵢ of each block's zᵢ."""
+    return [n if A is None else A.shape[-2] for A, _ in blocks]
+
+
+def _admm_pack(z, u):
+    """The state s = (z₁, …, z_B, u₁, …, u_B) as one (..., N) tensor."""
+    parts = [*z, *u]
+    batch = torch.broadcast_shapes(*(part.shape[:-1] for part in parts))
+    return torch.cat([part.expand(*batch, part.shape[-1]) for part in parts], dim=-1)
+
+
+def _admm_split(s, sizes):
+    """(z, u), lists of the blocks' parts of the state s."""
+    parts = torch.split(s, sizes + sizes, dim=-1)
+    return list(parts[: len(sizes)]), list(parts[len(sizes) :])
+
+
+def _admm_factor(p, x, values, blocks, rho):
+    """Cholesky factor L of K = ∇²f₀(x) + ρ Σᵢ AᵢᵀAᵢ, (..., n, n), and where K is PD.
+
+    ∇²f₀ is materialised as ∇²f₀ applied to the identity over one extra batch axis. Where K is
+    not positive definite L is the identity (finite), and the caller reports the element.
+    """
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    K = p.hvp(_lift(x, 1), eye, *lifted)  # (..., n, n): row j is ∇²f₀ e_j (symmetric)
+    for A, _ in blocks:
+        K = K + rho[..., None, None] * (eye if A is None else A.mT @ A)
+    L, info = torch.linalg.cholesky_ex(K)
+    ok = info == 0
+    return torch.where(ok[..., None, None], L, eye), ok
+
+
+def _admm_prepare_quadratic(p, x, values, blocks, rho):
+    """What every x-update reuses (f₀ quadratic): the factor of K and ∇f₀(0); and where K is PD."""
+    L, ok = _admm_factor(p, x, values, blocks, rho)
+    return (L, p.gradient(torch.zeros_like(x), *values)), ok
+
+
+def _admm_x_update_quadratic(p, x, z, u, values, blocks, rho, fixed, tol):
+    """x = argmin f₀ + (ρ/2) Σᵢ ‖Aᵢx − zᵢ + uᵢ‖² = K⁻¹(ρ Σᵢ Aᵢᵀ(zᵢ − uᵢ) − ∇f₀(0)), by the
+    factor of K computed once per call (f₀ is quadratic: ∇f₀(x) = ∇²f₀ x + ∇f₀(0)).
+
+    Returns x and where the update succeeded (always: the prepare step has checked K)."""
+    L, q = fixed
+    rhs = -q
+    for (A, _), zi, ui in zip(blocks, z, u):
+        rhs = rhs + rho[..., None] * _admm_apply_t(A, zi - ui)
+    x = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    return x, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+
+
+def _admm_update(p, x, s, values, blocks, rho, fixed, tol):
+    """One ADMM sweep: returns x(s) and U(s).
+
+    Plain torch operations, so a test can differentiate an unrolled run with autograd.
+    ``x`` is only a warm start (for an inner Newton method); ``fixed`` is ``p.prepare``'s
+    output.
+    """
+    x, s_new, _ = _admm_sweep(p, x, s, values, blocks, rho, fixed, tol)
+    return x, s_new
+
+
+def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
+    """_admm_update, plus where the x-update succeeded."""
+    z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
+    x, ok = p.x_update(p, x, z, u, values, blocks, rho, fixed, tol)
+    z_new, u_new = [], []
+    for term, (A, data), ui in zip(p.terms, blocks, u):
+        w = _admm_apply(A, x) + ui  # (..., mᵢ)
+        zi = term.prox(w, data, rho)
+        z_new.append(zi)
+        u_new.append(w - zi)
+    return x, _admm_pack(z_new, u_new), ok
+
+
+def _admm_data_feasible(p, blocks, batch):
+    """False where a block's own data is empty: a box with lo > hi, a ball with r < 0."""
+    ok = torch.ones(batch, dtype=torch.bool, device=blocks[0][1][0].device)
+    for term, (_, data) in zip(p.terms, blocks):
+        if term.nonempty is not None:
+            ok = ok & term.nonempty(data)
+    return ok
+
+
+def _admm_infeasible(p, blocks, du, eps):
+    """The primal infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δu.
+
+    δu = u⁺ − u is a multiple of the change of the dual variables (y = ρu), and when the
+    constraints admit no point it converges to a nonzero δ with Σᵢ Aᵢᵀδᵢ = 0 and
+    Σᵢ σ_Cᵢ(δᵢ) < 0 (σ_C the support function of the set: a box hiᵀmax(δ, 0) + loᵀmin(δ, 0),
+    a ball cᵀδ + r‖δ‖), which by Farkas' lemma proves it. Certified where
+    ‖Σᵢ Aᵢᵀδᵢ‖∞ ≤ ε‖δ‖∞ and Σᵢ σ_Cᵢ(δᵢ) ≤ −ε‖δ‖∞ (the norm over the constraint blocks).
+    """
+    pulled, support, size = 0, 0, []
+    for term, (A, data), d in zip(p.terms, blocks, du):
+        pulled = pulled + _admm_apply_t(A, d)
+        if term.support is not None:  # a constraint block
+            support = term.support(support, d, data)
+            size.append(d.abs().amax(-1))
+    if not size:  # no constraint blocks: nothing can be infeasible
+        return torch.zeros(pulled.shape[:-1], dtype=torch.bool, device=pulled.device)
+    size = torch.stack(torch.broadcast_tensors(*size)).amax(0)  # ‖δ‖∞ over the constraints
+    small = pulled.abs().amax(-1) <= eps * size
+    return (size > 0) & small & (support <= -eps * size)
+
+
+def _admm_unbounded(p, x, dx, values, blocks, fixed, curvature, eps):
+    """The dual infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δx (f₀
+    quadratic; ``fixed`` is `_admm_prepare_quadratic`'s).
+
+    Where the problem is unbounded below, δx = x⁺ − x converges to a nonzero direction d
+    along which f₀ is linear and decreasing and every block stays finite: ∇²f₀ d = 0,
+    ∇f₀(0)ᵀd + Σ cᵢ‖Aᵢd‖₁ < 0 (the ℓ1 terms' own growth), Aᵢd in the recession cone of each
+    box (≤ 0 where hi is finite, ≥ 0 where lo is) and Aᵢd = 0 for a ball. Certified where
+    these hold to ε relative to the data (‖d‖∞ = 1): ‖∇²f₀ d‖∞ ≤ ε max|diag ∇²f₀|,
+    descent ≤ −ε‖∇f₀(0)‖₁, and each cone condition to ε‖Aᵢ‖∞.
+    """
+    size = dx.abs().amax(-1)  # (...)
+    d = dx / torch.where(size > 0, size, 1)[..., None]
+    q = fixed[1]
+    flat = p.hvp(x, d, *values).abs().amax(-1) <= eps * curvature
+    descent = (q * d).sum(-1)
+    inside = flat
+    for term, (A, data) in zip(p.terms, blocks):
+        e = _admm_apply(A, d)  # (..., mᵢ)
+        if term.growth is not None:
+            descent = descent + term.growth(e, data)
+        if term.recedes is not None:
+            reach = 1.0 if A is None else A.abs().sum(-1).amax(-1)  # ‖Aᵢ‖∞
+            inside = inside & term.recedes(e, data, eps, reach)
+    return (size > 0) & inside & (descent < 0) & (descent <= -eps * q.abs().sum(-1))
+
+
+def _admm_curvature(p, x, values):
+    """max |diag ∇²f₀|, the scale of the certificate's flatness test (∇²f₀ is constant)."""
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    hessian = p.hvp(_lift(x, 1), eye, *lifted).expand(*x.shape[:-1], n, n)  # (..., n, n)
+    return hessian.diagonal(0, -2, -1).abs().amax(-1)
+
+
+class _AdmmRun:
+    """The forward's state and per-element bookkeeping, shared by both solve functions.
+
+    The start: z = prox(A x₀), u = 0, ρ the layer's, per batch element. ``advance`` records
+    one sweep s → U(s), runs the certificates every _ADMM_CHECK_EVERY sweeps, retires the
+    elements that stop and adapts ρ (adapt_rho=True); ``output`` is x(s*); ``finish`` records
+    ``layer.info`` and reports.
+
+    Stops where ‖U(s) − s‖ ≤ tol · ‖U(s)‖∞: relative to the state's own scale, so that data
+    scaled by any factor take the same iterations (the primal residual ‖Ax − z‖ = ‖u⁺ − u‖
+    and the z-change that makes the dual residual are both parts of U(s) − s).
+    """
+
+    def __init__(self, p, layer, values, x_init, sizes, batch):
+        dim = p.variable[1][0]
+        n = sizes.get(dim, p.dims.get(dim))
+        start = p.init(*values) if x_init is None else x_init
+        x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
+        blocks = _admm_unpack(p, p.block_data(x, *values))
+        rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
+        feasible = _admm_data_feasible(p, blocks, batch)
+        z = [term.prox(_admm_apply(A, x), data, rho) for term, (A, data) in zip(p.terms, blocks)]
+        s = _admm_pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
+        self.p, self.layer, self.values, self.batch = p, layer, values, batch
+        self.x, self.s = x, s.expand(*batch, s.shape[-1]).clone()
+        self.blocks, self.dims, self.rho = blocks, _admm_sizes(blocks, n), rho
+        self.feasible = feasible
+        self.fixed, self.factored = p.prepare(p, x, values, blocks, rho)
+        self.eps = max(1e-6, 100 * torch.finfo(x.dtype).eps)
+        self.changes = torch.zeros(batch, dtype=torch.int64, device=x.device)
+        self.iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
+        self.residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
+        # The bound tol · ‖U(s)‖∞ each residual was compared with: NaN or ∞ where U(s) was
+        # not finite, which fails the comparison, so such an element stops without moving.
+        self.bound = torch.zeros_like(self.residual)
+        self.unbounded = torch.zeros_like(feasible)  # certified unbounded below
+        self.started = feasible & self.factored
+        self.active = self.started.clone()
+
+    def advance(self, k, x_new, s_new, unbounded=None):
+        """Record the sweep k: (x, s) → (x_new, s_new); ``unbounded(x_new, δx)``, where given,
+        certifies an unbounded problem at the checks."""
+        layer, s, dims = self.layer, self.s, self.dims
+        step = _norm(s_new - s)
+        self.residual = torch.where(self.active, step, self.residual)
+        self.bound = torch.where(self.active, layer.tol * s_new.abs().amax(-1), self.bound)
+        self.iterations = self.iterations + self.active.to(torch.int64)
+        check = (k + 1) % _ADMM_CHECK_EVERY == 0
+        if check:
+            z, u = _admm_split(s, dims)
+            z_new, u_new = _admm_split(s_new, dims)
+            du = [b - a for a, b in zip(u, u_new)]
+            certified = self.active & _admm_infeasible(self.p, self.blocks, du, self.eps)
+            self.feasible = self.feasible & ~certified
+            self.active = self.active & ~certified
+            if unbounded is not None:
+                certified = self.active & unbounded(x_new, x_new - self.x)
+                self.unbounded = self.unbounded | certified
+                self.active = self.active & ~certified
+        self.active = self.active & (step > self.bound)
+        self.x = torch.where(self.active[..., None], x_new, self.x)
+        self.s = torch.where(self.active[..., None], s_new, s)
+        if check and layer.adapt_rho and (k + 1) % _ADMM_ADAPT_EVERY == 0:
+            self.adapt(z, z_new, du)
+
+    def adapt(self, z, z_new, du):
+        """Residual balancing: primal ‖Ax − z⁺‖ = ‖δu‖ against dual ρ‖Σᵢ Aᵢᵀ(zᵢ⁺ − zᵢ)‖."""
+        p, batch, blocks = self.p, self.batch, self.blocks
+        primal = _norm(torch.cat([d.expand(*batch, d.shape[-1]) for d in du], -1))
+        pulled = sum(_admm_apply_t(A, b - a) for (A, _), a, b in zip(blocks, z, z_new))
+        dual = self.rho * _norm(pulled)
+        free = self.active & (self.changes < _ADMM_ADAPT_LIMIT)
+        up = free & (primal > _ADMM_ADAPT_RATIO * dual)
+        down = free & (dual > _ADMM_ADAPT_RATIO * primal)
+        if bool((up | down).any()):
+            factor = torch.where(
+                up, _ADMM_ADAPT_FACTOR, torch.where(down, 1 / _ADMM_ADAPT_FACTOR, 1.0)
+            )
+            self.rho = self.rho * factor
+            z, u = _admm_split(self.s, self.dims)
+            self.s = _admm_pack(z, [ui / factor[..., None] for ui in u])  # y = ρu is unchanged
+            self.changes = self.changes + (up | down).to(torch.int64)
+            self.fixed, refactored = p.prepare(p, self.x, self.values, blocks, self.rho)
+            self.factored = self.factored & refactored
+            self.active = self.active & self.factored
+
+    def output(self):
+        """x(s*), the output the backward differentiates, and where its x-update succeeded
+        (where it fails or is not finite, the last iterate stands)."""
+        p, x = self.p, self.x
+        z, u = _admm_split(self.s, self.dims)
+        x_out, ok = p.x_update(
+            p, x, z, u, self.values, self.blocks, self.rho, self.fixed, self.layer.tol
+        )
+        return torch.where((ok & torch.isfinite(x_out).all(-1))[..., None], x_out, x), ok
+
+    def finish(self, x, L, factored, solvable, updated=None):
+        """Record ``layer.info`` and report; returns x and the backward's state (s*, ρ, the
+        factor L of K, and where the element has a solution to differentiate).
+
+        ``updated``, where given, is where every x-update succeeded (the inner method).
         """
-        values, sizes, batch = _validate(_gather(self, args, kwargs), x_init)
-        return _Fold.apply(self, x_init, sizes, batch, *values)
+        layer, feasible, residual, bound = self.layer, self.feasible, self.residual, self.bound
+        diverged = self.unbounded | (self.started & ~torch.isfinite(bound))
+        feasible = feasible & ~diverged
+        converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
+        layer.info = SolveInfo(self.iterations, residual, converged, feasible, self.rho)
+        if residual.numel():
+            worst = float(torch.where(feasible & solvable, residual, 0).max())
+        else:
+            worst = 0.0
+        detail = (
+            f"residual up to {worst:.3g} > tol {layer.tol:g} × the state's scale after "
+            f"{layer.max_iter} iterations"
+        )
+        _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
+        singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"
+        singular += " the directions the blocks leave free)"
+        _report(layer, "the forward solve", factored, singular)
+        if updated is not None:
+            failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
+            _report(layer, "the forward solve", updated | ~factored, failed)
+        detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+        _report(layer, "the forward solve", ~diverged, detail)
+        _report(layer, "the forward solve", feasible | diverged, "the constraints admit no point")
+        return x, (self.s, self.rho, L, feasible & solvable)
 
-    def extra_repr(self):
-        bound = f", bound={self.bound}" if self.bound else ""
-        method = f"backward_method={self.backward_method!r}"
-        return f"max_iter={self.max_iter}, tol={self.tol}, {method}{bound}"
+
+def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
+    """ADMM with the quadratic f₀'s x-update (one factor of K per ρ, reused by the backward)
+    and OSQP's certificates of an empty set and of an unbounded problem."""
+    run = _AdmmRun(p, layer, values, x_init, sizes, batch)
+    curvature = _admm_curvature(p, run.x, values)
+
+    def unbounded(x_new, dx):
+        return _admm_unbounded(p, x_new, dx, values, run.blocks, run.fixed, curvature, run.eps)
+
+    for k in range(layer.max_iter):
+        if not bool(run.active.any()):
+            break
+        x_new, s_new = _admm_update(
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.tol
+        )
+        run.advance(k, x_new, s_new, unbounded)
+    x, _ = run.output()
+    return run.finish(x, run.fixed[0], run.factored, run.factored)
+
+
+def _admm_pullback(p, v, x, s, blocks, rho, L, x_bar):
+    """The cotangent of s for the cotangent v of U(s) plus x_bar of x(s).
+
+    Returns (s̄, r, the w̄ᵢ, the prox data cotangents); x_bar may be 0.
+    """
+    dims = _admm_sizes(blocks, x.shape[-1])
+    z_bar, u_bar = _admm_split(v, dims)
+    _, u = _admm_split(s, dims)
+    w_bars, data_bars = [], []
+    for term, (A, data), zb, ub, ui in zip(p.terms, blocks, z_bar, u_bar, u):
+        w = _admm_apply(A, x) + ui
+        w_bar, data_bar = term.prox_vjp(zb - ub, w, data, rho)
+        w_bar = w_bar + ub  # u⁺ = w − z⁺
+        w_bars.append(w_bar)
+        data_bars.append(data_bar)
+        x_bar = x_bar + _admm_apply_t(A, w_bar)
+    r = torch.cholesky_solve(x_bar[..., None], L)[..., 0]  # (..., n)
+    s_z = [rho[..., None] * _admm_apply(A, r) for A, _ in blocks]
+    s_u = [w_bar - sz for w_bar, sz in zip(w_bars, s_z)]
+    return _admm_pack(s_z, s_u), r, w_bars, data_bars
+
+
+def _admm_backward(p, layer, x, values, state, grad_x):
+    """∂L/∂θ = Ψᵀv + (∂x/∂θ)ᵀ ∂L/∂x with (I − Φᵀ) v = (∂x/∂s)ᵀ ∂L/∂x, at s* with the final ρ.
+
+    Elements without a solution (infeasible, or K not PD) get zero gradients.
+    """
+    s, rho, L, ok = state
+    grad_x = torch.where(ok[..., None], grad_x, 0)
+    blocks = _admm_unpack(p, p.block_data(x, *values))
+
+    def phi_t(v):
+        return _admm_pullback(p, v, x, s, blocks, rho, L, 0)[0]
+
+    def dense_phi_t():
+        flat = [_lift(t, r) for t, r in zip(_admm_flat(blocks), p.data_ranks)]
+        lifted = _admm_unpack(p, flat)
+        x1, s1, rho1, L1 = _lift(x, 1), _lift(s, 1), _lift(rho, 0), _lift(L, 2)
+        return lambda v: _admm_pullback(p, v, x1, s1, lifted, rho1, L1, 0)[0]
+
+    link = _admm_pullback(p, torch.zeros_like(s), x, s, blocks, rho, L, grad_x)[0]
+    v = _adjoint(layer, phi_t, dense_phi_t, link)
+    _, r, w_bars, data_bars = _admm_pullback(p, v, x, s, blocks, rho, L, grad_x)
+    grads = [None] * len(values)
+    if p.objective_grad_indices:
+        # Through ∇f₀ in the x-update's optimality condition.
+        objective_grads = p.gradient_vjp(x, r, *values)
+        for index, bar in zip(p.objective_grad_indices, _as_tuple(objective_grads)):
+            grads[index] = -bar
+    if p.block_grad_indices:
+        # Through the block data: Aᵢ (in the x-update and in wᵢ = Aᵢx + uᵢ) and the prox data.
+        z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
+        bars = []
+        for (A, _), w_bar, data_bar, zi, ui in zip(blocks, w_bars, data_bars, z, u):
+            if A is not None:
+                gap = _mv(A, x) - zi + ui  # (..., mᵢ)
+                A_bar = w_bar[..., :, None] * x[..., None, :]
+                A_bar = A_bar - rho[..., None, None] * gap[..., :, None] * r[..., None, :]
+                A_bar = A_bar - rho[..., None, None] * _mv(A, r)[..., :, None] * x[..., None, :]
+                bars.append(A_bar)
+            bars.extend(data_bar)
+        block_grads = p.block_data_vjp(x, *bars, *values)
+        for index, bar in zip(p.block_grad_indices, _as_tuple(block_grads)):
+            grads[index] = bar if grads[index] is None else grads[index] + bar
+    return grads
+
+
+# =============================================================================================
+# end of the foldgen runtime
+# =============================================================================================
+
+
+# The problem as the runtime sees it: the tables above, the derived functions and the rule's
+# choices (foldgen.runtime.contract lists what each rule reads).
+_PROBLEM = types.SimpleNamespace(
+    parameters=PARAMETERS,
+    grad_parameters=GRAD_PARAMETERS,
+    defaults=DEFAULTS,
+    dims=DEFAULT_DIMS,
+    variable=VARIABLE,
+    solve=_admm_solve_quadratic,
+    backward=_admm_backward,
+    prepare=_admm_prepare_quadratic,
+    x_update=_admm_x_update_quadratic,
+    terms=(_ADMM_L1,),
+    matrices=(False,),
+    data_ranks=(1, 0),
+    objective_grad_indices=(0, 1),
+    block_grad_indices=(2,),
+    objective=_objective,
+    gradient=_gradient,
+    hvp=_hvp,
+    init=_init,
+    gradient_vjp=_gradient_vjp,
+    block_data=_block_data,
+    block_data_vjp=_block_data_vjp,
+    setting_checks={"rho": _check_rho, "adapt_rho": _check_adapt_rho},
+)

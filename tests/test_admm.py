@@ -395,25 +395,20 @@ def test_ball_equality_and_parameter_bounds(tmp_path):
 
 
 def test_prox_l1_and_its_vjp_against_autograd():
-    """templates/runtime/prox.py: the soft-threshold and its closed-form VJP."""
-    import importlib.util
+    """foldgen/runtime/prox.py: the soft-threshold and its closed-form VJP."""
+    from foldgen.runtime.prox import _prox_l1, _prox_l1_vjp
 
-    from foldgen.emit import templates_dir
-
-    spec = importlib.util.spec_from_file_location("_prox", templates_dir() / "runtime" / "prox.py")
-    prox = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prox)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(3, 7, generator=gen, dtype=F64, requires_grad=True)
     o = torch.randn(7, generator=gen, dtype=F64, requires_grad=True)
     t = (0.3 + torch.rand(3, generator=gen, dtype=F64)).requires_grad_()
-    z = prox._prox_l1(w, o, t)
+    z = _prox_l1(w, o, t)
     y = (w + o).detach()
     expected = torch.sign(y) * torch.clamp(y.abs() - t.detach()[:, None], min=0) - o.detach()
     torch.testing.assert_close(z.detach(), expected)
     v = torch.randn(3, 7, generator=gen, dtype=F64)
     reference = torch.autograd.grad((z * v).sum(), (w, o, t))
-    w_bar, o_bar, t_bar = prox._prox_l1_vjp(v, w.detach(), o.detach(), t.detach())
+    w_bar, o_bar, t_bar = _prox_l1_vjp(v, w.detach(), o.detach(), t.detach())
     torch.testing.assert_close(w_bar, reference[0])
     torch.testing.assert_close(o_bar.sum(0), reference[1])
     torch.testing.assert_close(t_bar, reference[2])

@@ -25,17 +25,32 @@ from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import AffineEq, Ball, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
-from foldgen.rules.base import SOLVERS, Derived, problem_header, single_vector_variable
+from foldgen.rules.base import (
+    Derived,
+    Emission,
+    Ref,
+    RuleName,
+    Setting,
+    Value,
+    grad_indices,
+    problem_header,
+    single_vector_variable,
+)
 from foldgen.rules.base import smooth as derive_smooth
-from foldgen.source import literal
+from foldgen.runtime.admm import PROXES
 
 INF = float("inf")
 
-PROX_HELPERS = {
-    "l1": ("_prox_l1", "_prox_l1_vjp"),
-    "box": ("_proj_box", "_proj_box_vjp"),
-    "ball": ("_proj_ball", "_proj_ball_vjp"),
-}
+# The derived functions an ADMM module may define, as the problem record names them.
+DERIVED_FIELDS = (
+    "objective",
+    "gradient",
+    "hvp",
+    "init",
+    "gradient_vjp",
+    "block_data",
+    "block_data_vjp",
+)
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
@@ -59,7 +74,7 @@ class Block:
 
 @dataclass(frozen=True)
 class AdmmPlan:
-    rule: str
+    rule: RuleName
     var: Leaf
     blocks: tuple[Block, ...]
     quadratic: bool
@@ -69,32 +84,29 @@ class AdmmPlan:
     block_grad_params: tuple[str, ...]  # grad params reached through the block data
     math: dict[str, str]
 
-    def runtime_names(self) -> tuple[str, ...]:
-        kinds = sorted({b.kind for b in self.blocks})
-        return SOLVERS + tuple(name for k in kinds for name in PROX_HELPERS[k])
-
-    def context(self, problem: Problem) -> dict[str, object]:
-
-        names = [p.name for p in problem.parameters]
+    def emission(self, problem: Problem) -> Emission:
+        has = {fn.name for fn in self.functions}
+        variant = "quadratic" if self.quadratic else "newton"
         ranks: list[int] = []
         for b in self.blocks:
             ranks += ([2] if b.matrix is not None else []) + [d.rank for d in b.data]
-        return {
-            "settings": [
-                {"name": "rho", "default": literal(self.rho)},
-                {"name": "adapt_rho", "default": "False"},
-            ],
-            "blocks_literal": literal(tuple((b.kind, b.matrix is not None) for b in self.blocks)),
-            "data_ranks": literal(tuple(ranks)),
-            "kinds": sorted({b.kind for b in self.blocks}),
-            "quadratic": self.quadratic,
-            "objective_grad_params": self.objective_grad_params,
-            "objective_grad_indices": literal(
-                tuple(names.index(n) for n in self.objective_grad_params)
-            ),
-            "block_grad_params": self.block_grad_params,
-            "block_grad_indices": literal(tuple(names.index(n) for n in self.block_grad_params)),
-        }
+        record: list[tuple[str, Value]] = [
+            ("solve", Ref(f"_admm_solve_{variant}")),
+            ("backward", Ref("_admm_backward")),
+            ("prepare", Ref(f"_admm_prepare_{variant}")),
+            ("x_update", Ref(f"_admm_x_update_{variant}")),
+            ("terms", tuple(Ref(PROXES[b.kind]) for b in self.blocks)),
+            ("matrices", tuple(b.matrix is not None for b in self.blocks)),
+            ("data_ranks", tuple(ranks)),
+            ("objective_grad_indices", grad_indices(problem, self.objective_grad_params)),
+            ("block_grad_indices", grad_indices(problem, self.block_grad_params)),
+        ]
+        record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
+        settings = (
+            Setting("rho", self.rho, Ref("_check_rho")),
+            Setting("adapt_rho", False, Ref("_check_adapt_rho")),
+        )
+        return Emission(tuple(record), settings)
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name
@@ -162,7 +174,7 @@ class AdmmPlan:
 
 
 def plan(problem: Problem) -> AdmmPlan:
-    """Everything the templates need to emit an ADMM layer; rejects what ADMM cannot do."""
+    """Everything emit needs to write an ADMM layer; rejects what ADMM cannot do."""
     var = single_vector_variable(problem)
     x = var.leaf
     smooth, l1_blocks = _split_objective(problem, x)

@@ -1,0 +1,666 @@
+"""ADMM on the splitting f₀(x) + Σᵢ gᵢ(Aᵢ x), and its folded backward.
+
+The state is s = (z₁, …, z_B, u₁, …, u_B), one (zᵢ, uᵢ) per block zᵢ = Aᵢ x (scaled form).
+What the problem contributes arrives in ``p``, the problem record: per block, ``p.terms``
+has the `_AdmmProx` record of its term gᵢ (the prox, its VJP and its parts of the
+certificates) and ``p.matrices`` whether it has a matrix Aᵢ (False: zᵢ = x itself);
+``p.data_ranks`` are the core ranks of ``p.block_data``'s outputs, and ``p.prepare`` /
+``p.x_update`` the x-update of the plan's choice: one Cholesky factor of
+K = ∇²f₀ + ρ Σᵢ AᵢᵀAᵢ per ρ when f₀ is quadratic (`_admm_prepare_quadratic`,
+`_admm_x_update_quadratic`, solved by `_admm_solve_quadratic`), damped Newton steps
+otherwise (`_admm_prepare_newton`, `_admm_x_update_newton`, solved by `_admm_solve_newton`).
+`_admm_backward` serves both. The runtime's `_admm_update` is one sweep in plain torch
+operations (tests differentiate an unrolled run of it).
+"""
+
+import dataclasses
+import math
+
+import torch
+
+from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
+from foldgen.runtime.layer import SolveInfo, _adjoint, _report
+from foldgen.runtime.projections import _proj_ball, _proj_ball_vjp, _proj_box, _proj_box_vjp
+from foldgen.runtime.prox import _prox_l1, _prox_l1_vjp
+
+# adapt_rho=True: residual balancing every _ADMM_ADAPT_EVERY iterations; ρ is multiplied
+# (divided) by _ADMM_ADAPT_FACTOR where the primal residual exceeds _ADMM_ADAPT_RATIO times the
+# dual one (or the reverse), at most _ADMM_ADAPT_LIMIT times per element so that the iteration
+# settles.
+_ADMM_ADAPT_EVERY = 20
+_ADMM_ADAPT_RATIO = 10.0
+_ADMM_ADAPT_FACTOR = 2.0
+_ADMM_ADAPT_LIMIT = 20
+# The infeasibility certificate is evaluated every _ADMM_CHECK_EVERY iterations (a divisor of
+# _ADMM_ADAPT_EVERY: adaptation reuses its residuals).
+_ADMM_CHECK_EVERY = 10
+# The x-update's inner method (f₀ is not quadratic): at most this many damped Newton steps.
+_ADMM_NEWTON_STEPS = 50
+
+
+def _check_rho(rho):
+    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and 0 < rho < math.inf):
+        raise ValueError(f"rho: expected a positive number, got {rho!r}")
+    return float(rho)
+
+
+def _check_adapt_rho(adapt_rho):
+    if not isinstance(adapt_rho, bool):
+        raise ValueError(f"adapt_rho: expected True or False, got {adapt_rho!r}")
+    return adapt_rho
+
+
+# ---------------------------------------------------------------------------- block terms
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdmmProx:
+    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box or of a ball), over its
+    prox data (two tensors).
+
+    ``prox(w, data, rho)`` is prox_(gᵢ/ρ)(w); ``prox_vjp(v, w, data, rho)`` returns (w̄, the
+    cotangents of the prox data) for the cotangent v. The rest serves the certificates. The
+    indicator of a set C has ``nonempty(data)`` (where C has a point), ``support(total, d,
+    data)`` (total plus the support function σ_C(d)) and ``recedes(e, data, eps, reach)``
+    (where e lies in C's recession cone, to ε relative to ``reach``), and no ``growth``; any
+    other term has ``growth(e, data)`` (its own growth along e) and None for the others.
+    """
+
+    prox: object
+    prox_vjp: object
+    nonempty: object
+    support: object
+    recedes: object
+    growth: object
+
+
+# c‖z + o‖₁ (data (o, c)): soft-thresholding at c/ρ.
+
+
+def _admm_l1_prox(w, data, rho):
+    o, c = data
+    return _prox_l1(w, o, c / rho)
+
+
+def _admm_l1_prox_vjp(v, w, data, rho):
+    o, c = data
+    w_bar, o_bar, t_bar = _prox_l1_vjp(v, w, o, c / rho)
+    return w_bar, (o_bar, t_bar / rho)  # the threshold is t = c/ρ
+
+
+def _admm_l1_growth(e, data):
+    return data[1] * e.abs().sum(-1)
+
+
+_ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+
+
+# The indicator of the box lo ≤ z ≤ hi (data (lo, hi)): clamp.
+
+
+def _admm_box_prox(w, data, rho):
+    return _proj_box(w, *data)
+
+
+def _admm_box_prox_vjp(v, w, data, rho):
+    w_bar, lo_bar, hi_bar = _proj_box_vjp(v, w, *data)
+    return w_bar, (lo_bar, hi_bar)
+
+
+def _admm_box_nonempty(data):
+    return (data[0] <= data[1]).all(-1)
+
+
+def _admm_box_support(total, d, data):
+    """total + hiᵀmax(δ, 0) + loᵀmin(δ, 0)."""
+    lo, hi = data  # may be ±inf: pick the bound by the sign of δ before multiplying
+    bound = torch.where(d > 0, hi, torch.where(d < 0, lo, 0))
+    return total + torch.where(d != 0, bound * d, 0).sum(-1)
+
+
+def _admm_box_recedes(e, data, eps, reach):
+    """e ≤ 0 where hi is finite and e ≥ 0 where lo is, to ε reach."""
+    lo, hi = data
+    up = torch.where(torch.isfinite(hi), e, -math.inf).amax(-1) <= eps * reach
+    down = torch.where(torch.isfinite(lo), e, math.inf).amin(-1) >= -eps * reach
+    return up & down
+
+
+_ADMM_BOX = _AdmmProx(
+    _admm_box_prox,
+    _admm_box_prox_vjp,
+    _admm_box_nonempty,
+    _admm_box_support,
+    _admm_box_recedes,
+    None,
+)
+
+
+# The indicator of the ball ‖z − c‖ ≤ r (data (c, r)): projection onto the ball.
+
+
+def _admm_ball_prox(w, data, rho):
+    return _proj_ball(w, *data)
+
+
+def _admm_ball_prox_vjp(v, w, data, rho):
+    w_bar, c_bar, r_bar = _proj_ball_vjp(v, w, *data)
+    return w_bar, (c_bar, r_bar)
+
+
+def _admm_ball_nonempty(data):
+    return data[1] >= 0
+
+
+def _admm_ball_support(total, d, data):
+    """total + cᵀδ + r‖δ‖."""
+    center, radius = data
+    return total + (center * d).sum(-1) + radius * _norm(d)
+
+
+def _admm_ball_recedes(e, data, eps, reach):
+    """e = 0 (a ball is bounded), to ε reach."""
+    return e.abs().amax(-1) <= eps * reach
+
+
+_ADMM_BALL = _AdmmProx(
+    _admm_ball_prox,
+    _admm_ball_prox_vjp,
+    _admm_ball_nonempty,
+    _admm_ball_support,
+    _admm_ball_recedes,
+    None,
+)
+
+#: The block-term record of each of the rule's block kinds (foldgen.rules.admm picks them).
+PROXES = {"l1": "_ADMM_L1", "box": "_ADMM_BOX", "ball": "_ADMM_BALL"}
+
+
+# ---------------------------------------------------------------------------- the state
+
+
+def _admm_unpack(p, data):
+    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block."""
+    blocks, k = [], 0
+    for has_matrix in p.matrices:
+        A = data[k] if has_matrix else None
+        k += has_matrix
+        blocks.append((A, tuple(data[k : k + 2])))
+        k += 2
+    return blocks
+
+
+def _admm_flat(blocks):
+    return [t for A, data in blocks for t in ([] if A is None else [A]) + list(data)]
+
+
+def _admm_apply(A, x):
+    """Aᵢ x (x itself where the block has no matrix)."""
+    return x if A is None else _mv(A, x)
+
+
+def _admm_apply_t(A, w):
+    """Aᵢᵀ w."""
+    return w if A is None else _mv(A.mT, w)
+
+
+def _admm_sizes(blocks, n):
+    """The length mᵢ of each block's zᵢ."""
+    return [n if A is None else A.shape[-2] for A, _ in blocks]
+
+
+def _admm_pack(z, u):
+    """The state s = (z₁, …, z_B, u₁, …, u_B) as one (..., N) tensor."""
+    parts = [*z, *u]
+    batch = torch.broadcast_shapes(*(part.shape[:-1] for part in parts))
+    return torch.cat([part.expand(*batch, part.shape[-1]) for part in parts], dim=-1)
+
+
+def _admm_split(s, sizes):
+    """(z, u), lists of the blocks' parts of the state s."""
+    parts = torch.split(s, sizes + sizes, dim=-1)
+    return list(parts[: len(sizes)]), list(parts[len(sizes) :])
+
+
+# ---------------------------------------------------------------------------- the x-update
+
+
+def _admm_factor(p, x, values, blocks, rho):
+    """Cholesky factor L of K = ∇²f₀(x) + ρ Σᵢ AᵢᵀAᵢ, (..., n, n), and where K is PD.
+
+    ∇²f₀ is materialised as ∇²f₀ applied to the identity over one extra batch axis. Where K is
+    not positive definite L is the identity (finite), and the caller reports the element.
+    """
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    K = p.hvp(_lift(x, 1), eye, *lifted)  # (..., n, n): row j is ∇²f₀ e_j (symmetric)
+    for A, _ in blocks:
+        K = K + rho[..., None, None] * (eye if A is None else A.mT @ A)
+    L, info = torch.linalg.cholesky_ex(K)
+    ok = info == 0
+    return torch.where(ok[..., None, None], L, eye), ok
+
+
+def _admm_prepare_quadratic(p, x, values, blocks, rho):
+    """What every x-update reuses (f₀ quadratic): the factor of K and ∇f₀(0); and where K is PD."""
+    L, ok = _admm_factor(p, x, values, blocks, rho)
+    return (L, p.gradient(torch.zeros_like(x), *values)), ok
+
+
+def _admm_x_update_quadratic(p, x, z, u, values, blocks, rho, fixed, tol):
+    """x = argmin f₀ + (ρ/2) Σᵢ ‖Aᵢx − zᵢ + uᵢ‖² = K⁻¹(ρ Σᵢ Aᵢᵀ(zᵢ − uᵢ) − ∇f₀(0)), by the
+    factor of K computed once per call (f₀ is quadratic: ∇f₀(x) = ∇²f₀ x + ∇f₀(0)).
+
+    Returns x and where the update succeeded (always: the prepare step has checked K)."""
+    L, q = fixed
+    rhs = -q
+    for (A, _), zi, ui in zip(blocks, z, u):
+        rhs = rhs + rho[..., None] * _admm_apply_t(A, zi - ui)
+    x = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    return x, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+
+
+def _admm_prepare_newton(p, x, values, blocks, rho):
+    """Nothing to reuse across x-updates (f₀ is not quadratic: K depends on x)."""
+    return None, torch.ones(rho.shape, dtype=torch.bool, device=rho.device)
+
+
+def _admm_x_update_newton(p, x, z, u, values, blocks, rho, fixed, tol):
+    """x = argmin φ, φ(x) = f₀(x) + (ρ/2) Σᵢ ‖Aᵢx − zᵢ + uᵢ‖², by damped Newton from the given x.
+
+    Each step factors K(x) = ∇²f₀(x) + ρ Σᵢ AᵢᵀAᵢ and halves the step until φ is finite (f₀ may
+    have a domain) and decreases (Armijo); at least one step, then per element until
+    ‖∇φ‖ ≤ tol/100 times the larger of its two terms ‖∇f₀‖ and ‖ρ Σᵢ Aᵢᵀ(Aᵢx − zᵢ + uᵢ)‖
+    (a test relative to the data's scale), or the step is lost in rounding, at most
+    _ADMM_NEWTON_STEPS. Returns x and where the update succeeded: it fails where φ or ∇φ is
+    not finite at the start, or K(x) is not positive definite (f₀ is not convex there) at a
+    step.
+    """
+
+    def phi(y):
+        out = p.objective(y, *values)
+        for (A, _), zi, ui in zip(blocks, z, u):
+            out = out + 0.5 * rho * torch.square(_norm(_admm_apply(A, y) - zi + ui))
+        return out
+
+    def grad(y):
+        smooth = p.gradient(y, *values)
+        coupling = 0
+        for (A, _), zi, ui in zip(blocks, z, u):
+            coupling = coupling + rho[..., None] * _admm_apply_t(A, _admm_apply(A, y) - zi + ui)
+        scale = torch.maximum(_norm(smooth), _norm(coupling))
+        return smooth + coupling, scale
+
+    eps = torch.finfo(x.dtype).eps
+    f = phi(x)
+    ok = torch.isfinite(f)
+    todo = ok.clone()
+    for _ in range(_ADMM_NEWTON_STEPS):
+        g, _ = grad(x)
+        L, pd = _admm_factor(p, x, values, blocks, rho)
+        ok = ok & ((pd & torch.isfinite(g).all(-1)) | ~todo)
+        todo = todo & ok
+        d = -torch.cholesky_solve(torch.where(todo[..., None], g, 0)[..., None], L)[..., 0]
+        slope = (g * d).sum(-1)
+        scale = torch.ones_like(f)
+        accepted = ~todo
+        x_new, f_new = x, f
+        for _ in range(40):
+            trial = x + scale[..., None] * d
+            f_trial = phi(trial)
+            slack = 10 * eps * f.abs()
+            fine = torch.isfinite(f_trial) & (f_trial <= f + 1e-4 * scale * slope + slack)
+            fine = fine & ~accepted
+            x_new = torch.where(fine[..., None], trial, x_new)
+            f_new = torch.where(fine, f_trial, f_new)
+            accepted = accepted | fine
+            if bool(accepted.all()):
+                break
+            scale = torch.where(accepted, scale, scale / 2)
+        moved = _norm(x_new - x) > 10 * eps * _norm(x)
+        x, f = x_new, f_new
+        g, g_scale = grad(x)
+        todo = todo & moved & (_norm(g) > tol / 100 * g_scale)
+        if not bool(todo.any()):
+            break
+    return x, ok
+
+
+# ---------------------------------------------------------------------------- one sweep
+
+
+def _admm_update(p, x, s, values, blocks, rho, fixed, tol):
+    """One ADMM sweep: returns x(s) and U(s).
+
+    Plain torch operations, so a test can differentiate an unrolled run with autograd.
+    ``x`` is only a warm start (for an inner Newton method); ``fixed`` is ``p.prepare``'s
+    output.
+    """
+    x, s_new, _ = _admm_sweep(p, x, s, values, blocks, rho, fixed, tol)
+    return x, s_new
+
+
+def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
+    """_admm_update, plus where the x-update succeeded."""
+    z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
+    x, ok = p.x_update(p, x, z, u, values, blocks, rho, fixed, tol)
+    z_new, u_new = [], []
+    for term, (A, data), ui in zip(p.terms, blocks, u):
+        w = _admm_apply(A, x) + ui  # (..., mᵢ)
+        zi = term.prox(w, data, rho)
+        z_new.append(zi)
+        u_new.append(w - zi)
+    return x, _admm_pack(z_new, u_new), ok
+
+
+# ---------------------------------------------------------------------------- certificates
+
+
+def _admm_data_feasible(p, blocks, batch):
+    """False where a block's own data is empty: a box with lo > hi, a ball with r < 0."""
+    ok = torch.ones(batch, dtype=torch.bool, device=blocks[0][1][0].device)
+    for term, (_, data) in zip(p.terms, blocks):
+        if term.nonempty is not None:
+            ok = ok & term.nonempty(data)
+    return ok
+
+
+def _admm_infeasible(p, blocks, du, eps):
+    """The primal infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δu.
+
+    δu = u⁺ − u is a multiple of the change of the dual variables (y = ρu), and when the
+    constraints admit no point it converges to a nonzero δ with Σᵢ Aᵢᵀδᵢ = 0 and
+    Σᵢ σ_Cᵢ(δᵢ) < 0 (σ_C the support function of the set: a box hiᵀmax(δ, 0) + loᵀmin(δ, 0),
+    a ball cᵀδ + r‖δ‖), which by Farkas' lemma proves it. Certified where
+    ‖Σᵢ Aᵢᵀδᵢ‖∞ ≤ ε‖δ‖∞ and Σᵢ σ_Cᵢ(δᵢ) ≤ −ε‖δ‖∞ (the norm over the constraint blocks).
+    """
+    pulled, support, size = 0, 0, []
+    for term, (A, data), d in zip(p.terms, blocks, du):
+        pulled = pulled + _admm_apply_t(A, d)
+        if term.support is not None:  # a constraint block
+            support = term.support(support, d, data)
+            size.append(d.abs().amax(-1))
+    if not size:  # no constraint blocks: nothing can be infeasible
+        return torch.zeros(pulled.shape[:-1], dtype=torch.bool, device=pulled.device)
+    size = torch.stack(torch.broadcast_tensors(*size)).amax(0)  # ‖δ‖∞ over the constraints
+    small = pulled.abs().amax(-1) <= eps * size
+    return (size > 0) & small & (support <= -eps * size)
+
+
+def _admm_unbounded(p, x, dx, values, blocks, fixed, curvature, eps):
+    """The dual infeasibility certificate of OSQP (Stellato et al. 2020, §3.4) on δx (f₀
+    quadratic; ``fixed`` is `_admm_prepare_quadratic`'s).
+
+    Where the problem is unbounded below, δx = x⁺ − x converges to a nonzero direction d
+    along which f₀ is linear and decreasing and every block stays finite: ∇²f₀ d = 0,
+    ∇f₀(0)ᵀd + Σ cᵢ‖Aᵢd‖₁ < 0 (the ℓ1 terms' own growth), Aᵢd in the recession cone of each
+    box (≤ 0 where hi is finite, ≥ 0 where lo is) and Aᵢd = 0 for a ball. Certified where
+    these hold to ε relative to the data (‖d‖∞ = 1): ‖∇²f₀ d‖∞ ≤ ε max|diag ∇²f₀|,
+    descent ≤ −ε‖∇f₀(0)‖₁, and each cone condition to ε‖Aᵢ‖∞.
+    """
+    size = dx.abs().amax(-1)  # (...)
+    d = dx / torch.where(size > 0, size, 1)[..., None]
+    q = fixed[1]
+    flat = p.hvp(x, d, *values).abs().amax(-1) <= eps * curvature
+    descent = (q * d).sum(-1)
+    inside = flat
+    for term, (A, data) in zip(p.terms, blocks):
+        e = _admm_apply(A, d)  # (..., mᵢ)
+        if term.growth is not None:
+            descent = descent + term.growth(e, data)
+        if term.recedes is not None:
+            reach = 1.0 if A is None else A.abs().sum(-1).amax(-1)  # ‖Aᵢ‖∞
+            inside = inside & term.recedes(e, data, eps, reach)
+    return (size > 0) & inside & (descent < 0) & (descent <= -eps * q.abs().sum(-1))
+
+
+def _admm_curvature(p, x, values):
+    """max |diag ∇²f₀|, the scale of the certificate's flatness test (∇²f₀ is constant)."""
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    hessian = p.hvp(_lift(x, 1), eye, *lifted).expand(*x.shape[:-1], n, n)  # (..., n, n)
+    return hessian.diagonal(0, -2, -1).abs().amax(-1)
+
+
+# ---------------------------------------------------------------------------- the forward
+
+
+class _AdmmRun:
+    """The forward's state and per-element bookkeeping, shared by both solve functions.
+
+    The start: z = prox(A x₀), u = 0, ρ the layer's, per batch element. ``advance`` records
+    one sweep s → U(s), runs the certificates every _ADMM_CHECK_EVERY sweeps, retires the
+    elements that stop and adapts ρ (adapt_rho=True); ``output`` is x(s*); ``finish`` records
+    ``layer.info`` and reports.
+
+    Stops where ‖U(s) − s‖ ≤ tol · ‖U(s)‖∞: relative to the state's own scale, so that data
+    scaled by any factor take the same iterations (the primal residual ‖Ax − z‖ = ‖u⁺ − u‖
+    and the z-change that makes the dual residual are both parts of U(s) − s).
+    """
+
+    def __init__(self, p, layer, values, x_init, sizes, batch):
+        dim = p.variable[1][0]
+        n = sizes.get(dim, p.dims.get(dim))
+        start = p.init(*values) if x_init is None else x_init
+        x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
+        blocks = _admm_unpack(p, p.block_data(x, *values))
+        rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
+        feasible = _admm_data_feasible(p, blocks, batch)
+        z = [term.prox(_admm_apply(A, x), data, rho) for term, (A, data) in zip(p.terms, blocks)]
+        s = _admm_pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
+        self.p, self.layer, self.values, self.batch = p, layer, values, batch
+        self.x, self.s = x, s.expand(*batch, s.shape[-1]).clone()
+        self.blocks, self.dims, self.rho = blocks, _admm_sizes(blocks, n), rho
+        self.feasible = feasible
+        self.fixed, self.factored = p.prepare(p, x, values, blocks, rho)
+        self.eps = max(1e-6, 100 * torch.finfo(x.dtype).eps)
+        self.changes = torch.zeros(batch, dtype=torch.int64, device=x.device)
+        self.iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
+        self.residual = torch.full(batch, math.inf, dtype=x.dtype, device=x.device)
+        # The bound tol · ‖U(s)‖∞ each residual was compared with: NaN or ∞ where U(s) was
+        # not finite, which fails the comparison, so such an element stops without moving.
+        self.bound = torch.zeros_like(self.residual)
+        self.unbounded = torch.zeros_like(feasible)  # certified unbounded below
+        self.started = feasible & self.factored
+        self.active = self.started.clone()
+
+    def advance(self, k, x_new, s_new, unbounded=None):
+        """Record the sweep k: (x, s) → (x_new, s_new); ``unbounded(x_new, δx)``, where given,
+        certifies an unbounded problem at the checks."""
+        layer, s, dims = self.layer, self.s, self.dims
+        step = _norm(s_new - s)
+        self.residual = torch.where(self.active, step, self.residual)
+        self.bound = torch.where(self.active, layer.tol * s_new.abs().amax(-1), self.bound)
+        self.iterations = self.iterations + self.active.to(torch.int64)
+        check = (k + 1) % _ADMM_CHECK_EVERY == 0
+        if check:
+            z, u = _admm_split(s, dims)
+            z_new, u_new = _admm_split(s_new, dims)
+            du = [b - a for a, b in zip(u, u_new)]
+            certified = self.active & _admm_infeasible(self.p, self.blocks, du, self.eps)
+            self.feasible = self.feasible & ~certified
+            self.active = self.active & ~certified
+            if unbounded is not None:
+                certified = self.active & unbounded(x_new, x_new - self.x)
+                self.unbounded = self.unbounded | certified
+                self.active = self.active & ~certified
+        self.active = self.active & (step > self.bound)
+        self.x = torch.where(self.active[..., None], x_new, self.x)
+        self.s = torch.where(self.active[..., None], s_new, s)
+        if check and layer.adapt_rho and (k + 1) % _ADMM_ADAPT_EVERY == 0:
+            self.adapt(z, z_new, du)
+
+    def adapt(self, z, z_new, du):
+        """Residual balancing: primal ‖Ax − z⁺‖ = ‖δu‖ against dual ρ‖Σᵢ Aᵢᵀ(zᵢ⁺ − zᵢ)‖."""
+        p, batch, blocks = self.p, self.batch, self.blocks
+        primal = _norm(torch.cat([d.expand(*batch, d.shape[-1]) for d in du], -1))
+        pulled = sum(_admm_apply_t(A, b - a) for (A, _), a, b in zip(blocks, z, z_new))
+        dual = self.rho * _norm(pulled)
+        free = self.active & (self.changes < _ADMM_ADAPT_LIMIT)
+        up = free & (primal > _ADMM_ADAPT_RATIO * dual)
+        down = free & (dual > _ADMM_ADAPT_RATIO * primal)
+        if bool((up | down).any()):
+            factor = torch.where(
+                up, _ADMM_ADAPT_FACTOR, torch.where(down, 1 / _ADMM_ADAPT_FACTOR, 1.0)
+            )
+            self.rho = self.rho * factor
+            z, u = _admm_split(self.s, self.dims)
+            self.s = _admm_pack(z, [ui / factor[..., None] for ui in u])  # y = ρu is unchanged
+            self.changes = self.changes + (up | down).to(torch.int64)
+            self.fixed, refactored = p.prepare(p, self.x, self.values, blocks, self.rho)
+            self.factored = self.factored & refactored
+            self.active = self.active & self.factored
+
+    def output(self):
+        """x(s*), the output the backward differentiates, and where its x-update succeeded
+        (where it fails or is not finite, the last iterate stands)."""
+        p, x = self.p, self.x
+        z, u = _admm_split(self.s, self.dims)
+        x_out, ok = p.x_update(
+            p, x, z, u, self.values, self.blocks, self.rho, self.fixed, self.layer.tol
+        )
+        return torch.where((ok & torch.isfinite(x_out).all(-1))[..., None], x_out, x), ok
+
+    def finish(self, x, L, factored, solvable, updated=None):
+        """Record ``layer.info`` and report; returns x and the backward's state (s*, ρ, the
+        factor L of K, and where the element has a solution to differentiate).
+
+        ``updated``, where given, is where every x-update succeeded (the inner method).
+        """
+        layer, feasible, residual, bound = self.layer, self.feasible, self.residual, self.bound
+        diverged = self.unbounded | (self.started & ~torch.isfinite(bound))
+        feasible = feasible & ~diverged
+        converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
+        layer.info = SolveInfo(self.iterations, residual, converged, feasible, self.rho)
+        if residual.numel():
+            worst = float(torch.where(feasible & solvable, residual, 0).max())
+        else:
+            worst = 0.0
+        detail = (
+            f"residual up to {worst:.3g} > tol {layer.tol:g} × the state's scale after "
+            f"{layer.max_iter} iterations"
+        )
+        _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
+        singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"
+        singular += " the directions the blocks leave free)"
+        _report(layer, "the forward solve", factored, singular)
+        if updated is not None:
+            failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
+            _report(layer, "the forward solve", updated | ~factored, failed)
+        detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+        _report(layer, "the forward solve", ~diverged, detail)
+        _report(layer, "the forward solve", feasible | diverged, "the constraints admit no point")
+        return x, (self.s, self.rho, L, feasible & solvable)
+
+
+def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
+    """ADMM with the quadratic f₀'s x-update (one factor of K per ρ, reused by the backward)
+    and OSQP's certificates of an empty set and of an unbounded problem."""
+    run = _AdmmRun(p, layer, values, x_init, sizes, batch)
+    curvature = _admm_curvature(p, run.x, values)
+
+    def unbounded(x_new, dx):
+        return _admm_unbounded(p, x_new, dx, values, run.blocks, run.fixed, curvature, run.eps)
+
+    for k in range(layer.max_iter):
+        if not bool(run.active.any()):
+            break
+        x_new, s_new = _admm_update(
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.tol
+        )
+        run.advance(k, x_new, s_new, unbounded)
+    x, _ = run.output()
+    return run.finish(x, run.fixed[0], run.factored, run.factored)
+
+
+def _admm_solve_newton(p, layer, values, x_init, sizes, batch):
+    """ADMM with damped Newton x-updates (f₀ not quadratic) and OSQP's certificate of an
+    empty set; an element whose x-update fails stops there and is reported."""
+    run = _AdmmRun(p, layer, values, x_init, sizes, batch)
+    updated = torch.ones_like(run.feasible)  # the x-update succeeded at every sweep
+    for k in range(layer.max_iter):
+        if not bool(run.active.any()):
+            break
+        x_new, s_new, ok = _admm_sweep(
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.tol
+        )
+        updated = updated & (ok | ~run.active)
+        run.active = run.active & ok
+        run.advance(k, x_new, s_new)
+    x, ok = run.output()
+    updated = updated & ok
+    L, factored_here = _admm_factor(p, x, values, run.blocks, run.rho)
+    factored = run.factored & factored_here
+    return run.finish(x, L, factored, factored & updated, updated)
+
+
+# ---------------------------------------------------------------------------- the backward
+
+
+def _admm_pullback(p, v, x, s, blocks, rho, L, x_bar):
+    """The cotangent of s for the cotangent v of U(s) plus x_bar of x(s).
+
+    Returns (s̄, r, the w̄ᵢ, the prox data cotangents); x_bar may be 0.
+    """
+    dims = _admm_sizes(blocks, x.shape[-1])
+    z_bar, u_bar = _admm_split(v, dims)
+    _, u = _admm_split(s, dims)
+    w_bars, data_bars = [], []
+    for term, (A, data), zb, ub, ui in zip(p.terms, blocks, z_bar, u_bar, u):
+        w = _admm_apply(A, x) + ui
+        w_bar, data_bar = term.prox_vjp(zb - ub, w, data, rho)
+        w_bar = w_bar + ub  # u⁺ = w − z⁺
+        w_bars.append(w_bar)
+        data_bars.append(data_bar)
+        x_bar = x_bar + _admm_apply_t(A, w_bar)
+    r = torch.cholesky_solve(x_bar[..., None], L)[..., 0]  # (..., n)
+    s_z = [rho[..., None] * _admm_apply(A, r) for A, _ in blocks]
+    s_u = [w_bar - sz for w_bar, sz in zip(w_bars, s_z)]
+    return _admm_pack(s_z, s_u), r, w_bars, data_bars
+
+
+def _admm_backward(p, layer, x, values, state, grad_x):
+    """∂L/∂θ = Ψᵀv + (∂x/∂θ)ᵀ ∂L/∂x with (I − Φᵀ) v = (∂x/∂s)ᵀ ∂L/∂x, at s* with the final ρ.
+
+    Elements without a solution (infeasible, or K not PD) get zero gradients.
+    """
+    s, rho, L, ok = state
+    grad_x = torch.where(ok[..., None], grad_x, 0)
+    blocks = _admm_unpack(p, p.block_data(x, *values))
+
+    def phi_t(v):
+        return _admm_pullback(p, v, x, s, blocks, rho, L, 0)[0]
+
+    def dense_phi_t():
+        flat = [_lift(t, r) for t, r in zip(_admm_flat(blocks), p.data_ranks)]
+        lifted = _admm_unpack(p, flat)
+        x1, s1, rho1, L1 = _lift(x, 1), _lift(s, 1), _lift(rho, 0), _lift(L, 2)
+        return lambda v: _admm_pullback(p, v, x1, s1, lifted, rho1, L1, 0)[0]
+
+    link = _admm_pullback(p, torch.zeros_like(s), x, s, blocks, rho, L, grad_x)[0]
+    v = _adjoint(layer, phi_t, dense_phi_t, link)
+    _, r, w_bars, data_bars = _admm_pullback(p, v, x, s, blocks, rho, L, grad_x)
+    grads = [None] * len(values)
+    if p.objective_grad_indices:
+        # Through ∇f₀ in the x-update's optimality condition.
+        objective_grads = p.gradient_vjp(x, r, *values)
+        for index, bar in zip(p.objective_grad_indices, _as_tuple(objective_grads)):
+            grads[index] = -bar
+    if p.block_grad_indices:
+        # Through the block data: Aᵢ (in the x-update and in wᵢ = Aᵢx + uᵢ) and the prox data.
+        z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
+        bars = []
+        for (A, _), w_bar, data_bar, zi, ui in zip(blocks, w_bars, data_bars, z, u):
+            if A is not None:
+                gap = _mv(A, x) - zi + ui  # (..., mᵢ)
+                A_bar = w_bar[..., :, None] * x[..., None, :]
+                A_bar = A_bar - rho[..., None, None] * gap[..., :, None] * r[..., None, :]
+                A_bar = A_bar - rho[..., None, None] * _mv(A, r)[..., :, None] * x[..., None, :]
+                bars.append(A_bar)
+            bars.extend(data_bar)
+        block_grads = p.block_data_vjp(x, *bars, *values)
+        for index, bar in zip(p.block_grad_indices, _as_tuple(block_grads)):
+            grads[index] = bar if grads[index] is None else grads[index] + bar
+    return grads
