@@ -111,6 +111,15 @@ def _common_settings(problem: Problem) -> list[tuple[str, str]]:
     ]
 
 
+def _record_value(name: str, value: Value) -> str:
+    """A record entry's value; a tuple too long for its ``    name=value,`` line is laid out
+    one element a line, as ``ruff format`` would."""
+    text = _value(value)
+    if len(f"    {name}={text},") <= 99 or not isinstance(value, tuple):
+        return text
+    return "(\n" + "".join(f"        {_value(v)},\n" for v in value) + "    )"
+
+
 def _value(value: Value) -> str:
     """A record value as source: a name as itself, tuples element-wise, else a literal."""
     if isinstance(value, Ref):
@@ -151,7 +160,7 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
     emission = plan.emission(problem)
     var = plan.var
     record = [("rule", string_literal(plan.rule)), *COMMON_RECORD]
-    record += [(name, _value(v)) for name, v in emission.record]
+    record += [(name, _record_value(name, v)) for name, v in emission.record]
     checks = {s.name: s.check.name for s in emission.settings}
     record.append(
         ("setting_checks", "{" + ", ".join(f'"{k}": {v}' for k, v in checks.items()) + "}")

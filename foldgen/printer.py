@@ -368,5 +368,16 @@ def print_function(
     lines = [head, f'    """{doc}"""']
     lines += [f"    # {c}" for c in comments or []]
     lines += [f"    {line}" for line in body]
-    lines.append(f"    return {ret}")
+    lines.append(_return_line(ret, len(results)))
     return "\n".join(lines) + "\n"
+
+
+def _return_line(ret: str, count: int) -> str:
+    """``return ret`` as ``ruff format`` lays it out: on one line, else the tuple inside
+    parentheses on one line, else one element a line."""
+    line = f"    return {ret}"
+    if len(line) <= 99 or count == 1:
+        return line
+    if len(ret) + 8 <= 99:
+        return f"    return (\n        {ret}\n    )"
+    return "    return (\n" + "".join(f"        {r},\n" for r in ret.split(", ")) + "    )"

@@ -137,6 +137,55 @@ class Lasso(torch.nn.Module):
             x_init,
         )
 
+    def unrolled(
+        self,
+        *_positional,
+        A=None,
+        b=None,
+        lam=None,
+        x_init=None,
+    ):
+        """The same forward solve, run under autograd and returning x: its gradient
+        differentiates every iteration (unrolling; the reference folding is compared with).
+        Inputs as for ``forward``; ``info`` is recorded, nothing is folded.
+        """
+        return _unrolled(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "A": A,
+                "b": b,
+                "lam": lam,
+            },
+            x_init,
+        )
+
+    def update_map(
+        self,
+        *_positional,
+        A=None,
+        b=None,
+        lam=None,
+        x_init=None,
+    ):
+        """``(s, U, read)`` at this call's solution, for unrolling and fixed-point checks: s the
+        rule's full iterate at the fixed point (detached), U the update map s ↦ U(s) with the
+        step frozen at the forward's and the inputs in autograd's graph, ``read(s)`` the
+        variable x held in a state. The same in every rule; inputs as for ``forward``.
+        """
+        return _update_map(
+            self,
+            _PROBLEM,
+            _positional,
+            {
+                "A": A,
+                "b": b,
+                "lam": lam,
+            },
+            x_init,
+        )
+
     def extra_repr(self):
         return _extra_repr(self)
 
@@ -193,7 +242,7 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 eb994ca45b5cc66f): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 d03f1bc21eb0ef75): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -461,10 +510,10 @@ def _prox_l1_vjp(v, w, o, t):
     return w_bar.expand(shape), o_bar.expand(shape), t_bar.expand(shape[:-1])
 
 
-BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
+_BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 
 
-NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+_NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -477,13 +526,22 @@ class ConvergenceError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class SolveInfo:
-    """What the forward did, per batch element (tensors of the batch shape)."""
+    """What the forward did, per batch element (tensors of the batch shape).
+
+    The first five fields are every rule's; then each rule fills its own and leaves the
+    others None: PGD ``alpha`` (the step D, (..., 1) or (..., n) for a diagonal D), ADMM
+    ``rho`` (the penalty ρ at the end), SQP ``alpha`` (the last line-search step) and
+    ``multipliers`` ((λ, ν) of the inequality and equality constraints).
+    """
 
     iterations: torch.Tensor  # int64
     residual: torch.Tensor  # ‖U(x) − x‖ at the returned x
     converged: torch.Tensor  # bool: residual ≤ tol and the feasible set is non-empty
     feasible: torch.Tensor  # bool: False where the constraints admit no point
-    step: torch.Tensor  # the step the backward folds with (scalar α, or the mean of diag D)
+    step: torch.Tensor  # the rule's step, one number per element (PGD: mean α; ADMM: ρ; SQP: α)
+    alpha: torch.Tensor | None = None  # PGD, SQP: the step the backward folds with
+    rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
+    multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -776,7 +834,7 @@ class _Fold(torch.autograd.Function):
         layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
         grad_x = torch.where(solved[..., None], grad_x, 0)
         p = ctx.problem
-        grads = p.backward(p, layer, x, values, ctx.state, grad_x)
+        grads = p.pullback(p, layer, x, values, ctx.state, grad_x)
         info = layer.backward_info
         ok = solved & info.converged
         needs = ctx.needs_input_grad[5:]
@@ -815,10 +873,10 @@ def _init_layer(layer, p, inputs, settings):
     plain number stays a number (it takes each call's dtype and device).
     """
     method = settings["backward_method"]
-    if method not in BACKWARD_METHODS:
+    if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
     policy = settings["on_nonconvergence"]
-    if policy not in NONCONVERGENCE_POLICIES:
+    if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
         raise ValueError(f"on_nonconvergence: expected {expected}, got {policy!r}")
     layer.max_iter = int(settings["max_iter"])
@@ -850,6 +908,23 @@ def _forward(layer, p, args, named, x_init):
     kwargs = {name: value for name, value in named.items() if value is not None}
     values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
     return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+
+
+def _unrolled(layer, p, args, named, x_init):
+    """The forward solve under autograd (no folding): its backward unrolls the iterations."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    x, _ = p.solve(p, layer, values, x_init, sizes, batch)
+    return x
+
+
+def _update_map(layer, p, args, named, x_init):
+    """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
+    kwargs = {name: value for name, value in named.items() if value is not None}
+    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    with torch.no_grad():
+        x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
+    return p.update_map(p, layer, x, state, values)
 
 
 def _extra_repr(layer):
@@ -1206,7 +1281,9 @@ class _AdmmRun:
         diverged = self.unbounded | (self.started & ~torch.isfinite(bound))
         feasible = feasible & ~diverged
         converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
-        layer.info = SolveInfo(self.iterations, residual, converged, feasible, self.rho)
+        layer.info = SolveInfo(
+            self.iterations, residual, converged, feasible, self.rho, rho=self.rho
+        )
         if residual.numel():
             worst = float(torch.where(feasible & solvable, residual, 0).max())
         else:
@@ -1246,6 +1323,22 @@ def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
         run.advance(k, x_new, s_new, unbounded)
     x, _ = run.output()
     return run.finish(x, run.fixed[0], run.factored, run.factored)
+
+
+def _admm_update_map(p, layer, x, state, values):
+    """(s*, U, read) on the ADMM state s = (z, u): U is one sweep with the final ρ and the
+    x-update started from x*; ``read(s)`` is the x-update x(s)."""
+    s_star, rho = state[0], state[1]
+    blocks = _admm_unpack(p, p.block_data(x, *values))
+    fixed, _ = p.prepare(p, x, values, blocks, rho)
+
+    def update(s):
+        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.tol)[1]
+
+    def read(s):
+        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.tol)[0]
+
+    return s_star, update, read
 
 
 def _admm_pullback(p, v, x, s, blocks, rho, L, x_bar):
@@ -1323,13 +1416,15 @@ def _admm_backward(p, layer, x, values, state, grad_x):
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
 _PROBLEM = types.SimpleNamespace(
+    rule="admm",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,
     defaults=DEFAULTS,
     dims=DEFAULT_DIMS,
     variable=VARIABLE,
     solve=_admm_solve_quadratic,
-    backward=_admm_backward,
+    pullback=_admm_backward,
+    update_map=_admm_update_map,
     prepare=_admm_prepare_quadratic,
     x_update=_admm_x_update_quadratic,
     terms=(_ADMM_L1,),

@@ -17,10 +17,9 @@ from cases import TIGHT, load_module
 from cases_admm import admm_unrolled
 
 from foldgen import expr as E
-from foldgen.build import build
+from foldgen.build import build, plan
 from foldgen.errors import SpecError
 from foldgen.ir import lower
-from foldgen.rules import plan_for
 from foldgen.spec import load_spec_text
 
 F64 = torch.float64
@@ -54,7 +53,7 @@ def spec_text(objective: str, constraints=(), name="probe", extra=""):
 
 def plan_of(objective: str, constraints=()):
     loaded = load_spec_text(spec_text(objective, constraints), "probe.yaml")
-    return plan_for(lower(loaded))
+    return plan(loaded, lower(loaded))  # a rule's RuleError, located in the spec
 
 
 def leaf(name, shape):

@@ -21,7 +21,7 @@ LAYERS = [
     {"yamlread", "spec", "expr", "functions", "parse", "derive", "ir"},
     {"printer", "mathprint"},
     {"rules"},
-    {"emit"},
+    {"emit", "link"},
     {"build", "api", "cli", "__init__", "__main__"},
 ]
 

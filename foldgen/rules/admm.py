@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import AffineEq, Ball, General, HalfSpace, Problem, SumEq
+from foldgen.ir import AdmmSettings, AffineEq, Ball, General, HalfSpace, Problem, SumEq
 from foldgen.mathprint import math_str
 from foldgen.rules.base import (
     Derived,
@@ -92,7 +92,8 @@ class AdmmPlan:
             ranks += ([2] if b.matrix is not None else []) + [d.rank for d in b.data]
         record: list[tuple[str, Value]] = [
             ("solve", Ref(f"_admm_solve_{variant}")),
-            ("backward", Ref("_admm_backward")),
+            ("pullback", Ref("_admm_backward")),
+            ("update_map", Ref("_admm_update_map")),
             ("prepare", Ref(f"_admm_prepare_{variant}")),
             ("x_update", Ref(f"_admm_x_update_{variant}")),
             ("terms", tuple(Ref(PROXES[b.kind]) for b in self.blocks)),
@@ -226,13 +227,14 @@ def plan(problem: Problem) -> AdmmPlan:
             if p.name in obj_params
         },
     }
-    rho = problem.solver.rho
+    settings = problem.solver
+    assert isinstance(settings, AdmmSettings)
     return AdmmPlan(
         rule="admm",
         var=x,
         blocks=blocks,
         quadratic=quadratic,
-        rho=float(rho if rho is not None else 1.0),
+        rho=settings.rho,
         functions=tuple(functions),
         objective_grad_params=obj_params,
         block_grad_params=block_params,
@@ -259,7 +261,7 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
     blocks: list[Block] = []
     for term in terms:
         factors = _factors(term)
-        found = [
+        found: list[Expr] = [
             f
             for f in factors
             if isinstance(f, E.Sum)
@@ -284,7 +286,7 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
                 f"{x.name}, but '{math_str(term)}' scales the norm by something else; "
                 "rewrite it, or " + SQP_HINT,
             )
-        weight = E.const(1.0)
+        weight: Expr = E.const(1.0)
         for f in others:
             weight = E.mul(weight, f)
         if _negative(weight):
@@ -293,7 +295,8 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
                 f"the term '{math_str(term)}' has a negative weight: minimising −c‖·‖₁ is not "
                 "convex, and its proximal map does not exist (the weight c must be ≥ 0)",
             )
-        arg = core.a.a if isinstance(core, E.Sum) else core.a
+        assert isinstance(core, (E.Sum, E.Func))
+        arg = core.a.a if isinstance(core, E.Sum) and isinstance(core.a, E.Func) else core.a
         affine = _affine(arg, x)
         if affine is None:
             raise problem.error(

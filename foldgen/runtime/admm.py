@@ -533,7 +533,9 @@ class _AdmmRun:
         diverged = self.unbounded | (self.started & ~torch.isfinite(bound))
         feasible = feasible & ~diverged
         converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
-        layer.info = SolveInfo(self.iterations, residual, converged, feasible, self.rho)
+        layer.info = SolveInfo(
+            self.iterations, residual, converged, feasible, self.rho, rho=self.rho
+        )
         if residual.numel():
             worst = float(torch.where(feasible & solvable, residual, 0).max())
         else:
@@ -597,6 +599,22 @@ def _admm_solve_newton(p, layer, values, x_init, sizes, batch):
 
 
 # ---------------------------------------------------------------------------- the backward
+
+
+def _admm_update_map(p, layer, x, state, values):
+    """(s*, U, read) on the ADMM state s = (z, u): U is one sweep with the final ρ and the
+    x-update started from x*; ``read(s)`` is the x-update x(s)."""
+    s_star, rho = state[0], state[1]
+    blocks = _admm_unpack(p, p.block_data(x, *values))
+    fixed, _ = p.prepare(p, x, values, blocks, rho)
+
+    def update(s):
+        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.tol)[1]
+
+    def read(s):
+        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.tol)[0]
+
+    return s_star, update, read
 
 
 def _admm_pullback(p, v, x, s, blocks, rho, L, x_bar):
