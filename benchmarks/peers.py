@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from foldgen.runtime.admm import _admm_unpack, _admm_update
 from foldgen.runtime.linsolve import _solve_direct, _solve_gmres, _solve_lfpi
 
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
@@ -103,7 +104,7 @@ class AutogradFold:
 
     def _step(self, x, state, sizes, values):
         """(s*, s ↦ (U(s), x(s))) for the rule, with the values in the graph."""
-        m, p = self.m, self.m._PROBLEM
+        p = self.m._PROBLEM
         if self.rule in ("pgd", "sqp"):
             # The runtime's update map on the forward's own state (what update_map returns).
             s_star, update, read = p.update_map(p, self.layer, x, state, values)
@@ -116,10 +117,10 @@ class AutogradFold:
             s_star, rho = state[0], state[1]
             tol = self.layer.tol
 
-            def step(s):
-                blocks = m._unpack(m._block_data(x, *values))
-                fixed, _ = m._prepare(x, values, blocks, rho)
-                x_s, u = m._update(x, s, values, blocks, rho, fixed, tol)
+            def step(s):  # one sweep gives both U(s) and x(s)
+                blocks = _admm_unpack(p, p.block_data(x, *values))
+                fixed, _ = p.prepare(p, x, values, blocks, rho)
+                x_s, u = _admm_update(p, x, s, values, blocks, rho, fixed, tol)
                 return u, x_s
 
             return s_star, step

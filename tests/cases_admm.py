@@ -1,7 +1,7 @@
 """Test data for the ADMM specs (joined into ``cases.CASES``): inputs drawn so that the problem
 is well posed and no component sits on a kink (with probability one), CVXPY references, and
-the unrolled reference — autograd through the ADMM sweep ``_admm_update`` applied many times
-from the converged state.
+the unrolled reference — autograd through the layer's ``update_map`` (one ADMM sweep) applied
+many times from the converged state.
 """
 
 from __future__ import annotations
@@ -9,33 +9,22 @@ from __future__ import annotations
 import torch
 from cases import TIGHT, Case, _rand, _randn
 
-from foldgen.runtime.admm import _admm_unpack, _admm_update
-
 
 def admm_unrolled(module, layer, values, weight, iterations=3000):
     """Autograd through ``iterations`` ADMM sweeps from s*: Σₖ Φᵏ Ψ plus the x ← s link.
 
-    The x-update's factor is built inside autograd too, so every dependence on θ (∇²f₀, the
-    block matrices) is differentiated by torch, not by the generated backward. The sweep is
-    the runtime's `_admm_update` (the source the module copies; a module whose solve does not
-    call it, the inner-Newton one, does not copy it) over the module's own problem record:
-    its x-update, its block terms' proxes and its derived functions.
+    By the layer's public ``update_map``: one sweep with the final ρ, whose x-update's factor
+    is built inside autograd, so every dependence on θ (∇²f₀, the block matrices) is
+    differentiated by torch, not by the generated backward.
     """
-    p = module._PROBLEM
     names = list(module.GRAD_PARAMETERS)
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
-    ordered = [inputs[n] for n in module.PARAMETERS]
-    tensors, sizes, batch = module._validate(p, [v.detach() for v in ordered], None)
-    with torch.no_grad():
-        x_star, (s, rho, _, ok) = p.solve(p, layer, tensors, None, sizes, batch)
-    assert bool(ok.all())
-    blocks = _admm_unpack(p, p.block_data(x_star, *ordered))
-    fixed, _ = p.prepare(p, x_star, ordered, blocks, rho)
-    x = x_star
+    s_star, update, read = layer.update_map(**inputs)
+    s = s_star
     for _ in range(iterations):
-        x, s = _admm_update(p, x, s, ordered, blocks, rho, fixed, layer.tol)
-    x, _ = _admm_update(p, x, s, ordered, blocks, rho, fixed, layer.tol)  # x(s_T)
-    assert torch.allclose(x, x_star, atol=1e-9), "s* is not a fixed point of the unrolled map"
+        s = update(s)
+    x = read(s)  # x(s_T)
+    assert torch.allclose(x, read(s_star), atol=1e-9), "s* is not a fixed point of U"
     grads = torch.autograd.grad((x * weight).sum(), [inputs[n] for n in names])
     return dict(zip(names, grads))
 

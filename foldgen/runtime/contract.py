@@ -103,9 +103,100 @@ class PgdOptional(Protocol):
         ...
 
 
+class AdmmProblem(Problem, SmoothObjective, Protocol):
+    """The record of an ADMM module (`foldgen.runtime.admm`): f₀ smooth, the blocks
+    gᵢ(Aᵢ x) with a closed-form prox each."""
+
+    terms: tuple[Any, ...]  # per block, its foldgen.runtime.admm._AdmmProx record
+    matrices: tuple[bool, ...]  # per block, whether zᵢ = Aᵢ x has a matrix (else zᵢ = x)
+    data_ranks: tuple[int, ...]  # core ranks of block_data's outputs
+    objective_grad_indices: tuple[int, ...]  # inputs ∇f₀ depends on
+    block_grad_indices: tuple[int, ...]  # inputs the block data depend on
+
+    def block_data(self, x: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+        """The blocks' data, flat: per block its matrix Aᵢ (when it has one), then its prox
+        data (two tensors)."""
+        ...
+
+    def prepare(self, p: Any, x: Tensor, values: list[Tensor], blocks: list, rho: Tensor):
+        """What every x-update reuses (a Cholesky factor when f₀ is quadratic), and where it
+        exists: `_admm_prepare_quadratic` or `_admm_prepare_newton`."""
+        ...
+
+    def x_update(
+        self, p: Any, x: Tensor, z: list, u: list, values: list, blocks: list, rho, fixed, tol
+    ) -> tuple[Tensor, Tensor]:
+        """argmin f₀ + (ρ/2) Σᵢ ‖Aᵢx − zᵢ + uᵢ‖² and where it succeeded (a factor solve, or a
+        damped Newton method when f₀ is not quadratic)."""
+        ...
+
+
+class AdmmOptional(Protocol):
+    def gradient_vjp(self, x: Tensor, u: Tensor, *values: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """(∂∇f₀/∂θ)ᵀ u for the inputs at ``objective_grad_indices``."""
+        ...
+
+    def block_data_vjp(self, x: Tensor, *bars_then_values: Tensor) -> Tensor | tuple:
+        """The block data's cotangents pulled back to the inputs at ``block_grad_indices``."""
+        ...
+
+
+class SqpProblem(Problem, Protocol):
+    """The record of an SQP module (`foldgen.runtime.sqp`): min f s.t. g(x) ≤ 0, h(x) = 0,
+    g and h in blocks (a scalar block has rank 0, a vector block rank 1)."""
+
+    ineq_ranks: tuple[int, ...]
+    eq_ranks: tuple[int, ...]
+    kkt_grad_indices: tuple[int, ...]  # inputs the KKT system depends on
+    ineq_values: Callable[..., Any]  # `_sqp_inequalities` or `_sqp_no_constraints`
+    eq_values: Callable[..., Any]  # `_sqp_equalities` or `_sqp_no_constraints`
+    ineq_jacobian: Callable[..., Any]  # `_sqp_inequality_jacobian` or `_sqp_no_jacobian`
+    eq_jacobian: Callable[..., Any]  # `_sqp_equality_jacobian` or `_sqp_no_jacobian`
+
+    def objective(self, x: Tensor, *values: Tensor) -> Tensor:
+        """f(x), (...)."""
+        ...
+
+    def gradient(self, x: Tensor, *values: Tensor) -> Tensor:
+        """∇f(x), (..., n)."""
+        ...
+
+    def lagrangian_gradient(self, x: Tensor, *multipliers_then_values: Tensor) -> Tensor:
+        """∇ₓL(x, λ, ν), the multipliers in blocks."""
+        ...
+
+    def lagrangian_hvp(self, x: Tensor, *multipliers_u_values: Tensor) -> Tensor:
+        """∇²ₓₓL(x, λ, ν) u."""
+        ...
+
+    def kkt_vjp(self, x: Tensor, *multipliers_u_w_values: Tensor) -> Tensor | tuple:
+        """(∂∇ₓL/∂θ)ᵀ u + (∂g/∂θ)ᵀ w_g + (∂h/∂θ)ᵀ w_h for the inputs at kkt_grad_indices."""
+        ...
+
+
+class SqpOptional(Protocol):
+    def inequalities(self, x: Tensor, *values: Tensor) -> Tensor | tuple:
+        """The blocks of g(x) (when there are inequalities)."""
+        ...
+
+    def inequalities_vjp(self, x: Tensor, *w_then_values: Tensor) -> Tensor:
+        """J_g(x)ᵀ w, w in blocks."""
+        ...
+
+    def equalities(self, x: Tensor, *values: Tensor) -> Tensor | tuple:
+        """The blocks of h(x) (when there are equalities)."""
+        ...
+
+    def equalities_vjp(self, x: Tensor, *w_then_values: Tensor) -> Tensor:
+        """J_h(x)ᵀ w, w in blocks."""
+        ...
+
+
 #: Each rule's record: the fields it always has, and those it may have.
 RECORDS: dict[str, tuple[type, ...]] = {
     "pgd": (PgdProblem, PgdOptional),
+    "admm": (AdmmProblem, AdmmOptional),
+    "sqp": (SqpProblem, SqpOptional),
 }
 
 
