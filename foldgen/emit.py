@@ -25,6 +25,7 @@ from foldgen.link import (
     block,
     closure,
     free_names,
+    identifiers,
     imports_for,
     modules_used,
     runtime_definitions,
@@ -196,8 +197,10 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
         "record": record,
     }
     template = _environment().get_template("module.py.j2")
-    skeleton = template.render(**context, imports="import torch", runtime="")
-    used = free_names(skeleton)
+    # The names the module's own code uses: the skeleton's by ast; the derived functions'
+    # (printed by foldgen, their size growing with the spec) by a scan of their identifiers.
+    skeleton = template.render(**{**context, "derived": []}, imports="import torch", runtime="")
+    used = free_names(skeleton) | identifiers(derived)
     reached = closure(used)
     modules = (used | modules_used(reached)) & set(STDLIB_IMPORTS)
     lines = imports_for(modules | {"types"})

@@ -282,7 +282,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 b5b9c470488a4719): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 b13d4f9a61903a77): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -580,7 +580,6 @@ def _qp_polish(H, c, G, b, A, e, active, tol):
     """The QP's solution on an active set from its KKT system; ``ok`` where it is the QP's
     solution: the system solved (residual ≤ tol, relative), λ ≥ −tol (relative) and
     G d ≤ b + tol."""
-    # needs: _kkt_matrix
     n, p = H.shape[-1], G.shape[-2]
     K = _kkt_matrix(H, G, A, active)
     batch = K.shape[:-2]
@@ -609,7 +608,6 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     or the polished point passed its checks (primal feasible, λ ≥ 0), False otherwise (an
     infeasible QP, or a singular system).
     """
-    # needs: _qp_newton, _qp_max_step, _qp_polish
     n, p, q = H.shape[-1], G.shape[-2], A.shape[-2]
     batch = todo.shape
     dtype, device = H.dtype, H.device

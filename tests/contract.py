@@ -517,7 +517,7 @@ def exception_signature(phase: str, exc: dict[str, Any]) -> str:
 
 
 def _short(filename: str) -> str:
-    """`foldgen/spec.py`, `templates/runtime/qp.py`, or the base name."""
+    """`foldgen/spec.py`, `foldgen/runtime/qp.py`, or the base name."""
     parts = Path(filename).parts
     for anchor in ("foldgen", "templates"):
         if anchor in parts:

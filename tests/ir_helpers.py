@@ -1,45 +1,26 @@
 """Shared helpers for the IR tests (parse, derive, printer): leaves, random batched data, and
 compiling a printed function into a callable.
 
-The printed code expects the module prelude's helpers ``_mv``, ``_dot`` and ``_expand``; they are
-taken verbatim from ``templates/module.py.j2`` so the tests run exactly what a generated module
-runs.
+The printed code expects the runtime helpers ``_mv``, ``_dot`` and ``_expand``; they are the
+ones of ``foldgen/runtime/core.py``, which every generated module copies (or imports).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 
 from foldgen.expr import Expr, Leaf, Shape
 from foldgen.parse import Scope
 from foldgen.printer import print_function
-
-TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "module.py.j2"
-HELPERS = ("_mv", "_dot", "_expand")
-
-
-def helper_sources() -> dict[str, str]:
-    """The runtime helpers' source, cut from the module template."""
-    text = TEMPLATE.read_text(encoding="utf-8")
-    out = {}
-    for name in HELPERS:
-        found = re.search(rf"^def {name}\(.*?(?=\n\n\n)", text, re.MULTILINE | re.DOTALL)
-        assert found, f"{name} not found in {TEMPLATE}"
-        out[name] = found.group(0)
-    return out
+from foldgen.runtime.core import _dot, _expand, _mv
 
 
 def namespace() -> dict[str, object]:
     """A fresh namespace holding what printed functions may use."""
-    ns: dict[str, object] = {"torch": torch, "math": math}
-    for source in helper_sources().values():
-        exec(compile(source, str(TEMPLATE), "exec"), ns)  # noqa: S102 - our own template
-    return ns
+    return {"torch": torch, "math": math, "_mv": _mv, "_dot": _dot, "_expand": _expand}
 
 
 def leaf(name: str, shape: Iterable = (), kind: str = "param", props: Iterable[str] = ()) -> Leaf:

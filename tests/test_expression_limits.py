@@ -20,6 +20,7 @@ import pytest
 from ir_helpers import leaf, scope
 
 from foldgen import expr as E
+from foldgen.build import plan as locate_plan
 from foldgen.derive import gradient, vjp
 from foldgen.emit import render
 from foldgen.errors import SpecError
@@ -27,7 +28,6 @@ from foldgen.ir import General, lower
 from foldgen.limits import Limits
 from foldgen.mathprint import math_str
 from foldgen.parse import ExprError, Scope, parse_constraint, parse_expression
-from foldgen.rules import plan_for
 from foldgen.spec import load_spec_text
 
 FILE = "probe.yaml"
@@ -66,7 +66,7 @@ def build(text: str, limits: Limits | None = None) -> tuple[int, int, str]:
     nodes are still alive (interning reuses them), never higher."""
     loaded = load_spec_text(text, FILE, **({"limits": limits} if limits else {}))
     problem = lower(loaded)
-    plan = plan_for(problem)
+    plan = locate_plan(loaded, problem)  # a rule's RuleError located, as build does
     outputs = [e for fn in plan.functions for e in fn.outputs]
     return len(E.postorder(outputs)), problem.budget.used, render(problem, plan, FILE)
 

@@ -1,4 +1,4 @@
-"""The layer machinery every generated module shares (templates/module.py.j2).
+"""The layer machinery every generated module shares (foldgen/runtime/layer.py).
 
 Input validation: unsupported dtypes (float16, bfloat16) and a variable of size 0 are
 ValueErrors naming the input; a dtype, batch or size mismatch names the odd input (the one

@@ -1,8 +1,7 @@
-"""Tests for the runtime templates copied into generated modules.
+"""Tests for the runtime modules generated modules copy.
 
-templates/runtime/linsolve.py (adjoint solvers) and templates/runtime/projections.py
-(projections and their VJPs) are loaded from their file paths, as the code generator reads
-them, and checked against independent references: torch.linalg.solve, exact breakpoint
+foldgen/runtime/linsolve.py (adjoint solvers) and foldgen/runtime/projections.py
+(projections and their VJPs), imported as ordinary modules, are checked against independent references: torch.linalg.solve, exact breakpoint
 search, closed forms, cvxpy, and finite differences (gradcheck) for every VJP.
 """
 
@@ -15,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-RUNTIME = Path(__file__).resolve().parents[1] / "templates" / "runtime"
+from foldgen.link import RUNTIME_MODULES, closure, runtime_definitions
+
+RUNTIME = Path(__file__).resolve().parents[1] / "foldgen" / "runtime"
 F64 = torch.float64
 F32 = torch.float32
 
@@ -32,37 +33,43 @@ PR = _load("projections")
 
 
 # ----------------------------------------------------------------------------------------
-# Template conventions: functions are extracted one by one with ast and pasted verbatim.
+# Runtime conventions: definitions are copied by foldgen.link into one namespace.
 
 
-@pytest.mark.parametrize("name", ["linsolve", "projections"])
-def test_template_functions_are_self_contained(name):
-    source = (RUNTIME / f"{name}.py").read_text()
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    defs = {}
+ALLOWED_IMPORTS = {"math", "torch", "dataclasses", "sys", "types", "warnings"}
+
+
+@pytest.mark.parametrize("name", RUNTIME_MODULES)
+def test_runtime_modules_import_only_torch_the_stdlib_and_each_other(name):
+    tree = ast.parse((RUNTIME / f"{name}.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            defs[node.name] = node
-        elif isinstance(node, ast.Import):
-            assert {alias.name for alias in node.names} <= {"math", "torch"}
-        else:  # only the module docstring besides imports and defs
-            assert isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-    assert defs and all(fn.startswith("_") for fn in defs)
-    for fn, node in defs.items():
-        body_start = node.body[0].end_lineno if ast.get_docstring(node) else node.lineno
-        needs_line = lines[body_start] if body_start < len(lines) else ""
-        needs = set()
-        if needs_line.strip().startswith("# needs:"):
-            needs = {s.strip() for s in needs_line.split(":", 1)[1].split(",")}
-        used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & set(defs)
-        assert used - {fn} == needs, (fn, used, needs)
-        for n in ast.walk(node):  # no autograd inside a custom backward
-            assert not (isinstance(n, ast.Attribute) and n.attr in ("autograd", "backward"))
-        # The function alone, with math, torch and its needs, must define cleanly.
-        namespace = {"math": math, "torch": torch}
-        exec(ast.get_source_segment(source, node), namespace)  # noqa: S102
-        assert callable(namespace[fn])
+        if isinstance(node, ast.Import):
+            assert {alias.name for alias in node.names} <= ALLOWED_IMPORTS
+        elif isinstance(node, ast.ImportFrom):
+            assert (node.module or "").startswith("foldgen.runtime."), node.module
+
+
+@pytest.mark.parametrize("name", [m for m in RUNTIME_MODULES if m != "layer"])
+def test_no_autograd_inside_the_solvers(name):
+    """They run inside a custom backward: only the layer's folded Function touches autograd."""
+    for n in ast.walk(ast.parse((RUNTIME / f"{name}.py").read_text())):
+        assert not (isinstance(n, ast.Attribute) and n.attr in ("autograd", "backward"))
+
+
+def test_every_definition_runs_alone_with_its_closure():
+    """Each runtime definition, executed with only the stdlib, torch and the definitions it
+    reaches (what a generated module gets), defines cleanly."""
+    import dataclasses
+    import sys
+    import types
+    import warnings
+
+    for name in runtime_definitions():
+        namespace = {"math": math, "torch": torch, "dataclasses": dataclasses, "sys": sys}
+        namespace.update(types=types, warnings=warnings)
+        for definition in closure({name}):
+            exec(definition.source, namespace)  # noqa: S102 - the runtime's own source
+        assert name in namespace
 
 
 # ----------------------------------------------------------------------------------------

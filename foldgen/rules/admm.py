@@ -19,6 +19,7 @@ Anything else is rejected with a located SpecError that says why and suggests ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
@@ -37,7 +38,7 @@ from foldgen.rules.base import (
     single_vector_variable,
 )
 from foldgen.rules.base import smooth as derive_smooth
-from foldgen.runtime.admm import PROXES
+from foldgen.runtime.names import PROXES
 
 INF = float("inf")
 
@@ -52,6 +53,8 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
+ProxKind = Literal["l1", "box", "ball"]
+
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
     "box": "clamp to [lo, hi]",
@@ -65,7 +68,7 @@ SQP_HINT = "use rule 'sqp'"
 class Block:
     """One block zᵢ = Aᵢ x of the splitting and its proximal term gᵢ."""
 
-    kind: str  # l1 | box | ball
+    kind: ProxKind
     matrix: Expr | None  # Aᵢ, (m, n); None: zᵢ = x
     data: tuple[Expr, Expr]  # l1: (offset o, weight c); box: (lo, hi); ball: (center, radius)
     text: str  # gᵢ in readable math (⟨z⟩ stands for the block's zᵢ), for the docstring

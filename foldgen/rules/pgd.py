@@ -1,7 +1,7 @@
 """Projected gradient descent: U(x) = P_C(x − D ∇f(x)).
 
 The forward's stopping test is relative to the data's scale, and divergence, empty sets and
-points that violate the constraints are reported per element (templates/pgd.py.j2, README).
+points that violate the constraints are reported per element (foldgen/runtime/pgd.py, README).
 
 D is the step: a scalar α (``step_size`` given, or 1/L for a quadratic objective, or a
 Barzilai–Borwein step with backtracking), or — for a non-quadratic objective whose Hessian
@@ -19,6 +19,7 @@ admit, which step mode applies, and the symbolic pieces the generated code evalu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from foldgen import expr as E
 from foldgen.derive import jacobian_diagonal, vjp
@@ -37,9 +38,11 @@ from foldgen.rules.base import (
     single_vector_variable,
     smooth,
 )
-from foldgen.runtime.sets import SETS
+from foldgen.runtime.names import PGD_SOLVES, SETS
 
 INF = float("inf")
+
+ProjectionKind = Literal["none", "box", "box_sum", "affine", "halfspace", "ball"]
 
 # The derived functions a PGD module may define, as the problem record names them.
 DERIVED_FIELDS = (
@@ -77,7 +80,7 @@ class SetItem:
 class Projection:
     """The closed-form projection onto C and its data."""
 
-    kind: str  # none | box | box_sum | affine | halfspace | ball
+    kind: ProjectionKind
     items: tuple[SetItem, ...]
     row: bool  # affine: one row a·x = b, lifted to a 1×n matrix at run time
     description: str  # "0 ≤ x ≤ 1, Σx = k" for the docstring
@@ -101,7 +104,7 @@ class PgdPlan:
         kind = "affine_row" if projection.kind == "affine" and projection.row else projection.kind
         has = {fn.name for fn in self.functions}
         record: list[tuple[str, Value]] = [
-            ("solve", Ref(f"_pgd_solve_{self.step_mode}")),
+            ("solve", Ref(PGD_SOLVES[self.step_mode])),
             ("pullback", Ref("_pgd_pullback")),
             ("update_map", Ref("_pgd_update_map")),
             ("set", Ref(SETS[kind])),

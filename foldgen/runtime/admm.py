@@ -172,9 +172,6 @@ _ADMM_BALL = _AdmmProx(
     None,
 )
 
-#: The block-term record of each of the rule's block kinds (foldgen.rules.admm picks them).
-PROXES = {"l1": "_ADMM_L1", "box": "_ADMM_BOX", "ball": "_ADMM_BALL"}
-
 
 # ---------------------------------------------------------------------------- the state
 

@@ -12,9 +12,8 @@ Batch elements are independent: an element stops updating as soon as it has conv
 non-finite element is frozen, and nothing in one element can reach another. An element has
 converged iff ``residual <= tol``.
 
-The code generator copies the top-level functions of this file verbatim into generated
-modules, so each one depends only on ``math``, ``torch`` and the ``_`` functions named in
-its ``# needs:`` line.
+The code generator copies the definitions a module reaches verbatim into it
+(`foldgen.link`), so they use only ``math``, ``torch`` and each other.
 """
 
 import math

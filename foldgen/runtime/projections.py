@@ -7,9 +7,8 @@ its parameters (``t.sum_to_size(param.shape)``). Some may be expanded views: do 
 them in place. Bounds may be +-inf. At a kink (a component exactly on a bound, a point
 exactly on a boundary) the VJPs return one valid element of the generalized Jacobian.
 
-The code generator copies the top-level functions of this file verbatim into generated
-modules, so each one depends only on ``math``, ``torch`` and the ``_`` functions named in
-its ``# needs:`` line. No autograd is used: these run inside a custom backward.
+The code generator copies the definitions a module reaches verbatim into it
+(`foldgen.link`), so they use only ``math``, ``torch`` and each other. No autograd is used: these run inside a custom backward.
 """
 
 import math

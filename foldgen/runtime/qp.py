@@ -18,9 +18,8 @@ dual feasible. The same KKT matrix is what the SQP backward differentiates (``_k
 Singular systems are flagged with ``torch.linalg.*_ex`` and never raise; an element whose
 interior point does not reach its tolerance (an infeasible QP) is reported as not solved.
 
-The code generator copies the top-level functions of this file verbatim into generated
-modules, so each one depends only on ``math``, ``torch`` and the ``_`` functions named in
-its ``# needs:`` line. No autograd is used.
+The code generator copies the definitions a module reaches verbatim into it
+(`foldgen.link`), so they use only ``math``, ``torch`` and each other. No autograd is used.
 """
 
 import math
@@ -78,7 +77,6 @@ def _qp_polish(H, c, G, b, A, e, active, tol):
     """The QP's solution on an active set from its KKT system; ``ok`` where it is the QP's
     solution: the system solved (residual ≤ tol, relative), λ ≥ −tol (relative) and
     G d ≤ b + tol."""
-    # needs: _kkt_matrix
     n, p = H.shape[-1], G.shape[-2]
     K = _kkt_matrix(H, G, A, active)
     batch = K.shape[:-2]
@@ -107,7 +105,6 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     or the polished point passed its checks (primal feasible, λ ≥ 0), False otherwise (an
     infeasible QP, or a singular system).
     """
-    # needs: _qp_newton, _qp_max_step, _qp_polish
     n, p, q = H.shape[-1], G.shape[-2], A.shape[-2]
     batch = todo.shape
     dtype, device = H.dtype, H.device

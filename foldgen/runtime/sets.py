@@ -231,14 +231,3 @@ def _ball_violation(x, S):
 
 
 _BALL = _FeasibleSet((1, 0), _same, _ball_project, _ball_project_vjp, _same, _ball_violation)
-
-#: The set record for each of the rule's projection kinds (foldgen.rules.pgd picks one).
-SETS = {
-    "none": "_SPACE",
-    "box": "_BOX",
-    "box_sum": "_BOX_SUM",
-    "affine": "_AFFINE",
-    "affine_row": "_AFFINE_ROW",
-    "halfspace": "_HALFSPACE",
-    "ball": "_BALL",
-}
