@@ -22,6 +22,7 @@ import warnings
 import torch
 
 from foldgen.runtime.admm import _admm_unpack, _admm_update
+from foldgen.runtime.layer import _gather, _validate
 from foldgen.runtime.linsolve import _solve_direct, _solve_gmres, _solve_lfpi
 
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
@@ -96,15 +97,15 @@ class AutogradFold:
         self.rule = rule_of(self.m)
 
     def forward(self):
-        m, p = self.m, self.m._PROBLEM
+        p = self.m.PROBLEM
         with torch.no_grad():
-            values, sizes, batch = m._validate(p, m._gather(p, self.layer, [], self.inputs), None)
+            values, sizes, batch = _validate(p, _gather(p, self.layer, [], self.inputs), None)
             x, state = p.solve(p, self.layer, values, None, sizes, batch)
         return x, state, sizes
 
     def _step(self, x, state, sizes, values):
         """(s*, s ↦ (U(s), x(s))) for the rule, with the values in the graph."""
-        p = self.m._PROBLEM
+        p = self.m.PROBLEM
         if self.rule in ("pgd", "sqp"):
             # The runtime's update map on the forward's own state (what update_map returns).
             s_star, update, read = p.update_map(p, self.layer, x, state, values)
@@ -127,9 +128,9 @@ class AutogradFold:
         raise ValueError(f"unknown rule {self.rule!r}")
 
     def backward(self, handle):
-        m, p = self.m, self.m._PROBLEM
+        p = self.m.PROBLEM
         x, state, sizes = handle
-        values, _, _ = m._validate(p, m._gather(p, self.layer, [], self.inputs), None)
+        values, _, _ = _validate(p, _gather(p, self.layer, [], self.inputs), None)
         s_star, step = self._step(x, state, sizes, values)
         s = s_star.detach().requires_grad_()
         u, x_s = step(s)
@@ -155,7 +156,7 @@ class AutogradFold:
             restart = min(s.shape[-1], 128)
             v, _, _ = _solve_gmres(phi_t, g, layer.backward_max_iter, layer.backward_tol, restart)
         names = self.case.grad
-        index = {k: i for i, k in enumerate(m.PARAMETERS)}
+        index = {k: i for i, k in enumerate(p.parameters)}
         targets = [values[index[k]] for k in names]
         found = _grads([u, x_s], targets, [v, self.weight])
         return {k: _sum_to(t, self.inputs[k]) for k, t in zip(names, found)}
@@ -163,7 +164,7 @@ class AutogradFold:
 
 def rule_of(m):
     """The update rule a generated module was built with (its problem record says)."""
-    return m._PROBLEM.rule
+    return m.PROBLEM.rule
 
 
 def _sum_to(t, like):

@@ -46,8 +46,8 @@ _GENERATED_CODE_NAMES = frozenset({"torch", "math", "self", "ctx"})
 MODULE_GLOBALS = frozenset(
     {
         "dataclasses", "math", "sys", "torch", "types", "warnings", "PARAMETERS",
-        "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "SolveInfo", "BackwardInfo",
-        "ConvergenceWarning", "ConvergenceError",
+        "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "PROBLEM", "SolveInfo",
+        "BackwardInfo", "ConvergenceWarning", "ConvergenceError",
     }
 )  # fmt: skip
 

@@ -79,7 +79,7 @@ class BallLeastSquares(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "A": A,
                 "b": b,
@@ -120,7 +120,7 @@ class BallLeastSquares(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "A": A,
@@ -148,7 +148,7 @@ class BallLeastSquares(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "A": A,
@@ -177,7 +177,7 @@ class BallLeastSquares(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "A": A,
@@ -1262,7 +1262,7 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="pgd",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -70,7 +70,7 @@ class BoxQp(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "Q": Q,
                 "c": c,
@@ -105,7 +105,7 @@ class BoxQp(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "Q": Q,
@@ -127,7 +127,7 @@ class BoxQp(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "Q": Q,
@@ -150,7 +150,7 @@ class BoxQp(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "Q": Q,
@@ -1223,7 +1223,7 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="pgd",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -74,7 +74,7 @@ class EntropicKnapsack(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "c": c,
                 "k": k,
@@ -111,7 +111,7 @@ class EntropicKnapsack(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "c": c,
@@ -135,7 +135,7 @@ class EntropicKnapsack(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "c": c,
@@ -160,7 +160,7 @@ class EntropicKnapsack(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "c": c,
@@ -1361,7 +1361,7 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="pgd",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -86,7 +86,7 @@ class EntropicKnapsackSqp(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "c": c,
                 "k": k,
@@ -123,7 +123,7 @@ class EntropicKnapsackSqp(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "c": c,
@@ -147,7 +147,7 @@ class EntropicKnapsackSqp(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "c": c,
@@ -172,7 +172,7 @@ class EntropicKnapsackSqp(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "c": c,
@@ -1550,7 +1550,7 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="sqp",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -83,7 +83,7 @@ class ExpBudget(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "y": y,
                 "B": B,
@@ -118,7 +118,7 @@ class ExpBudget(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "y": y,
@@ -140,7 +140,7 @@ class ExpBudget(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "y": y,
@@ -163,7 +163,7 @@ class ExpBudget(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "y": y,
@@ -1520,7 +1520,7 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="sqp",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -92,7 +92,7 @@ class InequalityQp(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "P": P,
                 "q": q,
@@ -132,7 +132,7 @@ class InequalityQp(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "P": P,
@@ -158,7 +158,7 @@ class InequalityQp(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "P": P,
@@ -185,7 +185,7 @@ class InequalityQp(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "P": P,
@@ -1445,7 +1445,7 @@ def _admm_backward(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="admm",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

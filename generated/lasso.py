@@ -89,7 +89,7 @@ class Lasso(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "A": A,
                 "b": b,
@@ -127,7 +127,7 @@ class Lasso(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "A": A,
@@ -151,7 +151,7 @@ class Lasso(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "A": A,
@@ -176,7 +176,7 @@ class Lasso(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "A": A,
@@ -1415,7 +1415,7 @@ def _admm_backward(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="admm",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -90,7 +90,7 @@ class NonconvexQp(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "p": p,
                 "Q": Q,
@@ -133,7 +133,7 @@ class NonconvexQp(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "p": p,
@@ -163,7 +163,7 @@ class NonconvexQp(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "p": p,
@@ -194,7 +194,7 @@ class NonconvexQp(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "p": p,
@@ -1576,7 +1576,7 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="sqp",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -84,7 +84,7 @@ class Portfolio(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "mu": mu,
                 "Sigma": Sigma,
@@ -121,7 +121,7 @@ class Portfolio(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "mu": mu,
@@ -145,7 +145,7 @@ class Portfolio(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "mu": mu,
@@ -170,7 +170,7 @@ class Portfolio(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "mu": mu,
@@ -1549,7 +1549,7 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="sqp",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -72,7 +72,7 @@ class Quadratic(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "Q": Q,
                 "b": b,
@@ -107,7 +107,7 @@ class Quadratic(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "Q": Q,
@@ -129,7 +129,7 @@ class Quadratic(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "Q": Q,
@@ -152,7 +152,7 @@ class Quadratic(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "Q": Q,
@@ -1188,7 +1188,7 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="pgd",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

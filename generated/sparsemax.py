@@ -69,7 +69,7 @@ class Sparsemax(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "z": z,
             },
@@ -102,7 +102,7 @@ class Sparsemax(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "z": z,
@@ -122,7 +122,7 @@ class Sparsemax(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "z": z,
@@ -143,7 +143,7 @@ class Sparsemax(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "z": z,
@@ -1290,7 +1290,7 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="pgd",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

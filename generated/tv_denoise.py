@@ -86,7 +86,7 @@ class TvDenoise(torch.nn.Module):
         super().__init__()
         _init_layer(
             self,
-            _PROBLEM,
+            PROBLEM,
             {
                 "y": y,
                 "D": D,
@@ -124,7 +124,7 @@ class TvDenoise(torch.nn.Module):
         """
         return _forward(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "y": y,
@@ -148,7 +148,7 @@ class TvDenoise(torch.nn.Module):
         """
         return _unrolled(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "y": y,
@@ -173,7 +173,7 @@ class TvDenoise(torch.nn.Module):
         """
         return _update_map(
             self,
-            _PROBLEM,
+            PROBLEM,
             _positional,
             {
                 "y": y,
@@ -1410,7 +1410,7 @@ def _admm_backward(p, layer, x, values, state, grad_x):
 
 # The problem as the runtime sees it: the tables above, the derived functions and the rule's
 # choices (foldgen.runtime.contract lists what each rule reads).
-_PROBLEM = types.SimpleNamespace(
+PROBLEM = types.SimpleNamespace(
     rule="admm",
     parameters=PARAMETERS,
     grad_parameters=GRAD_PARAMETERS,

@@ -60,7 +60,7 @@ def test_gradcheck(spec):
 def _unroll_step(module, x_star, values):
     """A step D for the unrolled reference: the forward's own scaled step where it has one,
     else 1/λmax(∇²f(x*)) — any D > 0 gives the same fixed point and derivative."""
-    p = module._PROBLEM
+    p = module.PROBLEM
     if hasattr(p, "hessian_diagonal"):
         h = p.hessian_diagonal(x_star, *values)
         d = 1 / h
@@ -77,7 +77,7 @@ def unrolled_gradient(module, layer, values, weight, iterations):
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
     ordered = [inputs[n] for n in module.PARAMETERS]
     d, metric = _unroll_step(module, x_star, [v.detach() for v in ordered])
-    p = module._PROBLEM
+    p = module.PROBLEM
     S = p.set.prepare(p.set_data(x_star, *ordered))
     x = x_star
     for _ in range(iterations):

@@ -131,7 +131,7 @@ def test_record_matches_the_rule_contract():
         if rule not in contract.RECORDS:
             continue
         required, *optional = contract.RECORDS[rule]
-        fields = set(vars(module._PROBLEM))
+        fields = set(vars(module.PROBLEM))
         allowed = contract.fields(required).union(*(contract.fields(o) for o in optional))
         assert contract.fields(required) <= fields, (name, contract.fields(required) - fields)
         assert fields <= allowed, (name, fields - allowed)

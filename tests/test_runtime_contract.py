@@ -262,7 +262,7 @@ def test_one_projection_of_a_far_start_loses_the_constraint_and_two_restore_it()
     module = load_module("entropic_knapsack")
     values = [draw("entropic_knapsack", batch=(1,))[k] for k in module.PARAMETERS]
     y = torch.full((1, 10), 1e20, dtype=F64)
-    p = module._PROBLEM
+    p = module.PROBLEM
     S = p.set.prepare(p.set_data(y, *values))
     once, _ = p.set.project(y, torch.ones_like(y), S)
     assert float(once.sum()) == 0.0 and float(p.set.violation(once, S)) == 1.0
@@ -285,7 +285,7 @@ def test_violation_is_relative_to_the_data(name, point, expected):
     module = load_module(name)
     values = [draw(name, batch=(1,))[k] for k in module.PARAMETERS]
     x = torch.tensor([point], dtype=F64)
-    p = module._PROBLEM
+    p = module.PROBLEM
     S = p.set.prepare(p.set_data(x, *values))
     torch.testing.assert_close(p.set.violation(x, S), torch.tensor([expected], dtype=F64))
 
@@ -295,7 +295,7 @@ def test_affine_violation_and_far_start():
     values = draw("equality_qp", batch=(2,))
     ordered = [values[k] for k in module.PARAMETERS]
     x = layer(**values)
-    p = module._PROBLEM
+    p = module.PROBLEM
     S = p.set.prepare(p.set_data(x, *ordered))
     assert float(p.set.violation(x, S).max()) <= 1e-13
     shifted = x + 0.1 * values["A"][:, 0]  # moves a·x off b by 0.1‖a‖²

@@ -2,7 +2,7 @@
 with no spec, no derivation and no generated module in between.
 
 The problem is min ½ xᵀQx + cᵀx over the box 0 ≤ x ≤ 1, whose record is written out here
-the way a generated module's ``_PROBLEM`` would be; its solution and derivative are checked
+the way a generated module's ``PROBLEM`` would be; its solution and derivative are checked
 against their closed forms at a point with known active set.
 """
 

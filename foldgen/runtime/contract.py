@@ -1,6 +1,6 @@
 """The contract between a generated module and the runtime, in code.
 
-A generated module ends with ``_PROBLEM``, its *problem record*: the tables of its inputs,
+A generated module ends with ``PROBLEM``, its *problem record*: the tables of its inputs,
 the functions derived from its spec, and its rule's choices. The runtime reads nothing else
 of it. This module declares the record's fields once, per rule, with signatures and
 docstrings; `foldgen.rules` promises them (each plan's ``emission``), and
