@@ -120,8 +120,10 @@ def test_runtime_names_are_unique_and_private():
     assert public <= exported
     from foldgen.runtime import names
 
-    for choices in (names.SETS, names.PROXES, names.PGD_SOLVES):
-        assert set(choices.values()) <= set(table)
+    tables = [names.SETS, names.PROXES, names.PGD_SOLVES, names.PGD, names.ADMM, names.SQP]
+    tables += names.ADMM_VARIANTS.values()
+    for choices in tables:
+        assert set(choices.values()) <= set(table), set(choices.values()) - set(table)
 
 
 def test_record_matches_the_rule_contract():

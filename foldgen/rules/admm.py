@@ -38,7 +38,7 @@ from foldgen.rules.base import (
     single_vector_variable,
 )
 from foldgen.rules.base import smooth as derive_smooth
-from foldgen.runtime.names import PROXES
+from foldgen.runtime.names import ADMM, ADMM_VARIANTS, PROXES
 
 INF = float("inf")
 
@@ -94,11 +94,11 @@ class AdmmPlan:
         for b in self.blocks:
             ranks += ([2] if b.matrix is not None else []) + [d.rank for d in b.data]
         record: list[tuple[str, Value]] = [
-            ("solve", Ref(f"_admm_solve_{variant}")),
-            ("pullback", Ref("_admm_backward")),
-            ("update_map", Ref("_admm_update_map")),
-            ("prepare", Ref(f"_admm_prepare_{variant}")),
-            ("x_update", Ref(f"_admm_x_update_{variant}")),
+            ("solve", Ref(ADMM_VARIANTS[variant]["solve"])),
+            ("pullback", Ref(ADMM["pullback"])),
+            ("update_map", Ref(ADMM["update_map"])),
+            ("prepare", Ref(ADMM_VARIANTS[variant]["prepare"])),
+            ("x_update", Ref(ADMM_VARIANTS[variant]["x_update"])),
             ("terms", tuple(Ref(PROXES[b.kind]) for b in self.blocks)),
             ("matrices", tuple(b.matrix is not None for b in self.blocks)),
             ("data_ranks", tuple(ranks)),
@@ -107,8 +107,8 @@ class AdmmPlan:
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
         settings = (
-            Setting("rho", self.rho, Ref("_check_rho")),
-            Setting("adapt_rho", False, Ref("_check_adapt_rho")),
+            Setting("rho", self.rho, Ref(ADMM["check_rho"])),
+            Setting("adapt_rho", False, Ref(ADMM["check_adapt_rho"])),
         )
         return Emission(tuple(record), settings)
 

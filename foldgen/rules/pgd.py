@@ -38,7 +38,7 @@ from foldgen.rules.base import (
     single_vector_variable,
     smooth,
 )
-from foldgen.runtime.names import PGD_SOLVES, SETS
+from foldgen.runtime.names import PGD, PGD_SOLVES, SETS
 
 INF = float("inf")
 
@@ -105,16 +105,18 @@ class PgdPlan:
         has = {fn.name for fn in self.functions}
         record: list[tuple[str, Value]] = [
             ("solve", Ref(PGD_SOLVES[self.step_mode])),
-            ("pullback", Ref("_pgd_pullback")),
-            ("update_map", Ref("_pgd_update_map")),
+            ("pullback", Ref(PGD["pullback"])),
+            ("update_map", Ref(PGD["update_map"])),
             ("set", Ref(SETS[kind])),
-            ("set_data", Ref("_set_data" if "_set_data" in has else "_no_set_data")),
+            ("set_data", Ref("_set_data" if "_set_data" in has else PGD["no_set_data"])),
             ("objective_grad_indices", grad_indices(problem, self.objective_grad_params)),
             ("set_grad_indices", grad_indices(problem, self.set_grad_params)),
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
         default: Value = self.step_value if self.step_mode == "fixed" else "auto"
-        return Emission(tuple(record), (Setting("step_size", default, Ref("_check_step_size")),))
+        return Emission(
+            tuple(record), (Setting("step_size", default, Ref(PGD["check_step_size"])),)
+        )
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name

@@ -39,6 +39,7 @@ from foldgen.rules.base import (
     problem_header,
     single_vector_variable,
 )
+from foldgen.runtime.names import SQP
 
 # Functions whose derivative is not continuous: SQP needs a twice differentiable problem.
 NONSMOOTH = {"abs": "abs/norm1", "sign": "sign"}
@@ -58,8 +59,8 @@ DERIVED_FIELDS = (
 )
 
 # The runtime stand-ins for a kind of constraint (inequality or equality) the problem lacks.
-NONE = "_sqp_no_constraints"
-NO_JACOBIAN = "_sqp_no_jacobian"
+NONE = SQP["no_constraints"]
+NO_JACOBIAN = SQP["no_jacobian"]
 
 
 @dataclass(frozen=True)
@@ -87,24 +88,24 @@ class SqpPlan:
     def emission(self, problem: Problem) -> Emission:
         has = {fn.name for fn in self.functions}
         record: list[tuple[str, Value]] = [
-            ("solve", Ref("_sqp_solve")),
-            ("pullback", Ref("_sqp_pullback")),
-            ("update_map", Ref("_sqp_update_map")),
+            ("solve", Ref(SQP["solve"])),
+            ("pullback", Ref(SQP["pullback"])),
+            ("update_map", Ref(SQP["update_map"])),
             ("ineq_ranks", tuple(b.rank for b in self.inequalities)),
             ("eq_ranks", tuple(b.rank for b in self.equalities)),
-            ("ineq_values", Ref("_sqp_inequalities" if self.inequalities else NONE)),
-            ("eq_values", Ref("_sqp_equalities" if self.equalities else NONE)),
+            ("ineq_values", Ref(SQP["inequalities"] if self.inequalities else NONE)),
+            ("eq_values", Ref(SQP["equalities"] if self.equalities else NONE)),
             (
                 "ineq_jacobian",
-                Ref("_sqp_inequality_jacobian" if self.inequalities else NO_JACOBIAN),
+                Ref(SQP["inequality_jacobian"] if self.inequalities else NO_JACOBIAN),
             ),
-            ("eq_jacobian", Ref("_sqp_equality_jacobian" if self.equalities else NO_JACOBIAN)),
+            ("eq_jacobian", Ref(SQP["equality_jacobian"] if self.equalities else NO_JACOBIAN)),
             ("kkt_grad_indices", grad_indices(problem, self.grad_params)),
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
         settings = problem.solver
         assert isinstance(settings, SqpSettings)
-        return Emission(tuple(record), (Setting("step", settings.step, Ref("_check_step")),))
+        return Emission(tuple(record), (Setting("step", settings.step, Ref(SQP["check_step"])),))
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name

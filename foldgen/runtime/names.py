@@ -1,7 +1,8 @@
-"""The runtime names the rules choose by: one table per choice a plan makes by name.
+"""Every runtime name a rule puts in a problem record, in one place: the entry points of
+each rule and one table per choice a plan makes by name.
 
-Not copied into generated modules (foldgen.link reads only the modules it lists); the
-tests check that every name here is a definition of the runtime.
+Not copied into generated modules (foldgen.link reads only the modules it lists);
+tests/test_emission.py checks that every name here is a definition of the runtime.
 """
 
 #: PGD: the feasible-set record (foldgen.runtime.sets) for each projection kind.
@@ -24,4 +25,42 @@ PGD_SOLVES = {
     "lipschitz": "_pgd_solve_lipschitz",
     "scaled": "_pgd_solve_scaled",
     "bb": "_pgd_solve_bb",
+}
+
+#: PGD's entry points, whatever the step mode and set.
+PGD = {
+    "pullback": "_pgd_pullback",
+    "update_map": "_pgd_update_map",
+    "no_set_data": "_no_set_data",
+    "check_step_size": "_check_step_size",
+}
+
+#: ADMM's entry points, and its functions for a quadratic f₀ (one factor) or not (Newton).
+ADMM = {
+    "pullback": "_admm_backward",
+    "update_map": "_admm_update_map",
+    "check_rho": "_check_rho",
+    "check_adapt_rho": "_check_adapt_rho",
+}
+ADMM_VARIANTS = {
+    variant: {
+        "solve": f"_admm_solve_{variant}",
+        "prepare": f"_admm_prepare_{variant}",
+        "x_update": f"_admm_x_update_{variant}",
+    }
+    for variant in ("quadratic", "newton")
+}
+
+#: SQP's entry points, and its functions for a kind of constraint the problem has or lacks.
+SQP = {
+    "solve": "_sqp_solve",
+    "pullback": "_sqp_pullback",
+    "update_map": "_sqp_update_map",
+    "check_step": "_check_step",
+    "inequalities": "_sqp_inequalities",
+    "equalities": "_sqp_equalities",
+    "inequality_jacobian": "_sqp_inequality_jacobian",
+    "equality_jacobian": "_sqp_equality_jacobian",
+    "no_constraints": "_sqp_no_constraints",
+    "no_jacobian": "_sqp_no_jacobian",
 }
