@@ -65,7 +65,8 @@ LAYER_SETTINGS = frozenset(
 #: step with the torch installed and with the generated modules.
 LAYER_ATTRIBUTES = frozenset(
     {
-        "bound", "info", "backward_info", "multipliers", "unrolled", "update_map",
+        "bound", "info", "backward_info", "multipliers", "unrolled", "update_map", "forward_tol",
+        "adjoint_tol",
         "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init",
         "children", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr",
         "float", "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule",

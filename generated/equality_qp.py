@@ -233,7 +233,7 @@ def _set_data_vjp(x, _A_bar, _b_bar, P, q, A, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 1ce34ce419d993ea): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 8a68dd8c87dfdea6): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -530,12 +530,40 @@ _BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 _NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 
-class ConvergenceWarning(RuntimeWarning):
-    """A batch element's forward or backward solve stopped before its tolerance."""
+_SHARED = "_foldgen_shared"
 
 
-class ConvergenceError(RuntimeError):
-    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
+def _shared_class(name, base, doc):
+    """The process-wide class ``name``, one for every foldgen module of any version.
+
+    The first module imported defines it in the stdlib-only module ``_foldgen_shared``
+    (registered in ``sys.modules``); later ones, and ``foldgen`` itself, reuse it, so one
+    ``warnings.filterwarnings(..., category=ConvergenceWarning)`` or ``except
+    ConvergenceError`` covers every generated layer.
+    """
+    shared = sys.modules.get(_SHARED)
+    if shared is None:
+        shared = types.ModuleType(_SHARED, "Classes shared by every foldgen-generated module.")
+        sys.modules[_SHARED] = shared
+    found = getattr(shared, name, None)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        found = type(name, (base,), {"__doc__": doc, "__module__": _SHARED})
+        setattr(shared, name, found)
+    return found
+
+
+ConvergenceWarning = _shared_class(
+    "ConvergenceWarning",
+    RuntimeWarning,
+    "A batch element's forward or backward solve stopped before its tolerance.",
+)
+
+
+ConvergenceError = _shared_class(
+    "ConvergenceError",
+    RuntimeError,
+    'Raised instead of ConvergenceWarning under on_nonconvergence="raise".',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,6 +584,7 @@ class SolveInfo:
     alpha: torch.Tensor | None = None  # PGD, SQP: the step the backward folds with
     rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
     multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
+    tol: float | None = None  # the tolerance this call used (the setting, fitted to the dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +601,7 @@ class BackwardInfo:
     residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
     converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
     forward_converged: torch.Tensor  # bool: the forward converged and was feasible
+    tol: float | None = None  # the tolerance this call's solve used (fitted to the dtype)
 
 
 def _gather(p, layer, args, kwargs):
@@ -796,7 +826,7 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     if usable is not None:
         ok = ok & usable.expand(batch)
     g = torch.where(ok[..., None], g, 0)
-    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
+    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.adjoint_tol
     if method == "auto":
         # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
         method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
@@ -814,7 +844,7 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     converged = ok & (residual <= tol)
     # The forward's flags are _Fold.backward's to fill in.
     unknown = torch.ones_like(ok)
-    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown, tol)
     return torch.where(converged[..., None], v, 0)
 
 
@@ -868,11 +898,13 @@ class _Fold(torch.autograd.Function):
             for grad, value, core in zip(full, values, p.parameters.values())
         ]
         residual = torch.where(solved, info.residual, math.inf)
-        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
+        layer.backward_info = BackwardInfo(
+            info.method, info.iterations, residual, ok, solved, info.tol
+        )
         failed = solved & ~ok
         worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
         detail = (
-            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
+            f"relative residual up to {worst:.3g} > tol {layer.adjoint_tol:g}, a singular "
             "system or a non-finite gradient; those elements get a zero gradient"
         )
         _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
@@ -900,6 +932,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.backward_method = method
     layer.backward_max_iter = int(settings["backward_max_iter"])
     layer.backward_tol = float(settings["backward_tol"])
+    layer.forward_tol, layer.adjoint_tol = layer.tol, layer.backward_tol  # refit per call
     layer.on_nonconvergence = policy
     layer.fold_unconverged = bool(settings["fold_unconverged"])
     layer.bound = []
@@ -917,25 +950,45 @@ def _init_layer(layer, p, inputs, settings):
     layer.backward_info = None
 
 
-def _forward(layer, p, args, named, x_init):
-    """The layer's call: gather and validate the inputs, then the folded solve."""
+#: In a dtype coarser than float64 a tolerance is at least this many machine epsilons.
+_EPS_FACTOR = 100
+
+
+def _fit_tolerance(tol, dtype):
+    """The tolerance a call in ``dtype`` uses for the setting ``tol``: the settings are
+    float64 tolerances; in float32 one below 100·eps (1.2e-5) cannot be met, so it is raised
+    to that. tol = 0 (a fixed number of iterations) stays 0."""
+    if dtype == torch.float64 or tol == 0:
+        return tol
+    return max(tol, _EPS_FACTOR * torch.finfo(dtype).eps)
+
+
+def _prepare_call(layer, p, args, named, x_init):
+    """The validated inputs, and the call's tolerances fitted to their dtype."""
     kwargs = {name: value for name, value in named.items() if value is not None}
     values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    dtype = values[0].dtype if values else torch.get_default_dtype()
+    layer.forward_tol = _fit_tolerance(layer.tol, dtype)
+    layer.adjoint_tol = _fit_tolerance(layer.backward_tol, dtype)
+    return values, sizes, batch
+
+
+def _forward(layer, p, args, named, x_init):
+    """The layer's call: gather and validate the inputs, then the folded solve."""
+    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
     return _Fold.apply(layer, p, x_init, sizes, batch, *values)
 
 
 def _unrolled(layer, p, args, named, x_init):
     """The forward solve under autograd (no folding): its backward unrolls the iterations."""
-    kwargs = {name: value for name, value in named.items() if value is not None}
-    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
     x, _ = p.solve(p, layer, values, x_init, sizes, batch)
     return x
 
 
 def _update_map(layer, p, args, named, x_init):
     """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
-    kwargs = {name: value for name, value in named.items() if value is not None}
-    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
     with torch.no_grad():
         x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
     return p.update_map(p, layer, x, state, values)
@@ -1050,9 +1103,9 @@ class _Track:
     """
 
     def __init__(self, layer, reference, start, feasible):
-        self.tol = layer.tol
+        self.tol = layer.forward_tol
         self.reference = reference  # σ₀, (...)
-        self.limit = _runaway(layer.tol) * torch.maximum(reference, start.abs().amax(-1))
+        self.limit = _runaway(layer.forward_tol) * torch.maximum(reference, start.abs().amax(-1))
         self.started = feasible
         self.active = feasible.clone()
         self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
@@ -1145,8 +1198,8 @@ def _pgd_finish(p, layer, x, start, track, d):
     within the data's reach (a far warm start that rounding froze in place does not count).
     """
     batch, S = start.batch, start.S
-    tol_feasible = _feasibility_tol(layer.tol, x.dtype)
-    within = x.abs().amax(-1) <= _runaway(layer.tol) * start.reference
+    tol_feasible = _feasibility_tol(layer.forward_tol, x.dtype)
+    within = x.abs().amax(-1) <= _runaway(layer.forward_tol) * start.reference
     satisfied = p.set.violation(x, S) <= tol_feasible
     diverged = track.diverged()
     feasible = start.feasible
@@ -1154,12 +1207,18 @@ def _pgd_finish(p, layer, x, start, track, d):
     feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
     layer.info = SolveInfo(
-        track.iterations, track.residual, converged, feasible, d.mean(-1), alpha=d
+        track.iterations,
+        track.residual,
+        converged,
+        feasible,
+        d.mean(-1),
+        alpha=d,
+        tol=layer.forward_tol,
     )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (
-        f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
+        f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the data's scale after "
         f"{layer.max_iter} iterations, or a point that violates the constraints"
     )
     _report(layer, "the forward solve", converged | ~feasible, detail)

@@ -63,6 +63,8 @@ def fake_layer(**settings):
         backward_method="direct",
         backward_max_iter=100,
         backward_tol=1e-12,
+        forward_tol=1e-12,  # what the layer fits from tol and backward_tol for float64
+        adjoint_tol=1e-12,
         on_nonconvergence="raise",
         fold_unconverged=False,
         info=None,

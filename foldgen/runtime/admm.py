@@ -469,7 +469,7 @@ class _AdmmRun:
         layer, s, dims = self.layer, self.s, self.dims
         step = _norm(s_new - s)
         self.residual = torch.where(self.active, step, self.residual)
-        self.bound = torch.where(self.active, layer.tol * s_new.abs().amax(-1), self.bound)
+        self.bound = torch.where(self.active, layer.forward_tol * s_new.abs().amax(-1), self.bound)
         self.iterations = self.iterations + self.active.to(torch.int64)
         check = (k + 1) % _ADMM_CHECK_EVERY == 0
         if check:
@@ -516,7 +516,7 @@ class _AdmmRun:
         p, x = self.p, self.x
         z, u = _admm_split(self.s, self.dims)
         x_out, ok = p.x_update(
-            p, x, z, u, self.values, self.blocks, self.rho, self.fixed, self.layer.tol
+            p, x, z, u, self.values, self.blocks, self.rho, self.fixed, self.layer.forward_tol
         )
         return torch.where((ok & torch.isfinite(x_out).all(-1))[..., None], x_out, x), ok
 
@@ -531,14 +531,20 @@ class _AdmmRun:
         feasible = feasible & ~diverged
         converged = feasible & solvable & (residual <= bound) & torch.isfinite(bound)
         layer.info = SolveInfo(
-            self.iterations, residual, converged, feasible, self.rho, rho=self.rho
+            self.iterations,
+            residual,
+            converged,
+            feasible,
+            self.rho,
+            rho=self.rho,
+            tol=layer.forward_tol,
         )
         if residual.numel():
             worst = float(torch.where(feasible & solvable, residual, 0).max())
         else:
             worst = 0.0
         detail = (
-            f"residual up to {worst:.3g} > tol {layer.tol:g} × the state's scale after "
+            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the state's scale after "
             f"{layer.max_iter} iterations"
         )
         _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
@@ -567,7 +573,7 @@ def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
         if not bool(run.active.any()):
             break
         x_new, s_new = _admm_update(
-            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.tol
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol
         )
         run.advance(k, x_new, s_new, unbounded)
     x, _ = run.output()
@@ -583,7 +589,7 @@ def _admm_solve_newton(p, layer, values, x_init, sizes, batch):
         if not bool(run.active.any()):
             break
         x_new, s_new, ok = _admm_sweep(
-            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.tol
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol
         )
         updated = updated & (ok | ~run.active)
         run.active = run.active & ok
@@ -606,10 +612,10 @@ def _admm_update_map(p, layer, x, state, values):
     fixed, _ = p.prepare(p, x, values, blocks, rho)
 
     def update(s):
-        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.tol)[1]
+        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.forward_tol)[1]
 
     def read(s):
-        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.tol)[0]
+        return _admm_update(p, x, s, values, blocks, rho, fixed, layer.forward_tol)[0]
 
     return s_star, update, read
 

@@ -10,6 +10,7 @@ every module, copied into it or imported from a shared runtime file.
 import dataclasses
 import math
 import sys
+import types
 import warnings
 
 import torch
@@ -27,12 +28,38 @@ _BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
 _NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 
-class ConvergenceWarning(RuntimeWarning):
-    """A batch element's forward or backward solve stopped before its tolerance."""
+_SHARED = "_foldgen_shared"
 
 
-class ConvergenceError(RuntimeError):
-    """Raised instead of ConvergenceWarning under on_nonconvergence="raise"."""
+def _shared_class(name, base, doc):
+    """The process-wide class ``name``, one for every foldgen module of any version.
+
+    The first module imported defines it in the stdlib-only module ``_foldgen_shared``
+    (registered in ``sys.modules``); later ones, and ``foldgen`` itself, reuse it, so one
+    ``warnings.filterwarnings(..., category=ConvergenceWarning)`` or ``except
+    ConvergenceError`` covers every generated layer.
+    """
+    shared = sys.modules.get(_SHARED)
+    if shared is None:
+        shared = types.ModuleType(_SHARED, "Classes shared by every foldgen-generated module.")
+        sys.modules[_SHARED] = shared
+    found = getattr(shared, name, None)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        found = type(name, (base,), {"__doc__": doc, "__module__": _SHARED})
+        setattr(shared, name, found)
+    return found
+
+
+ConvergenceWarning = _shared_class(
+    "ConvergenceWarning",
+    RuntimeWarning,
+    "A batch element's forward or backward solve stopped before its tolerance.",
+)
+ConvergenceError = _shared_class(
+    "ConvergenceError",
+    RuntimeError,
+    'Raised instead of ConvergenceWarning under on_nonconvergence="raise".',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +80,7 @@ class SolveInfo:
     alpha: torch.Tensor | None = None  # PGD, SQP: the step the backward folds with
     rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
     multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
+    tol: float | None = None  # the tolerance this call used (the setting, fitted to the dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +97,7 @@ class BackwardInfo:
     residual: torch.Tensor  # ‖(I − Φᵀ) v − g‖ / ‖g‖ (inf where the system was not solved)
     converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
     forward_converged: torch.Tensor  # bool: the forward converged and was feasible
+    tol: float | None = None  # the tolerance this call's solve used (fitted to the dtype)
 
 
 def _gather(p, layer, args, kwargs):
@@ -293,7 +322,7 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     if usable is not None:
         ok = ok & usable.expand(batch)
     g = torch.where(ok[..., None], g, 0)
-    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.backward_tol
+    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.adjoint_tol
     if method == "auto":
         # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
         method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
@@ -311,7 +340,7 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     converged = ok & (residual <= tol)
     # The forward's flags are _Fold.backward's to fill in.
     unknown = torch.ones_like(ok)
-    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown)
+    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown, tol)
     return torch.where(converged[..., None], v, 0)
 
 
@@ -365,11 +394,13 @@ class _Fold(torch.autograd.Function):
             for grad, value, core in zip(full, values, p.parameters.values())
         ]
         residual = torch.where(solved, info.residual, math.inf)
-        layer.backward_info = BackwardInfo(info.method, info.iterations, residual, ok, solved)
+        layer.backward_info = BackwardInfo(
+            info.method, info.iterations, residual, ok, solved, info.tol
+        )
         failed = solved & ~ok
         worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
         detail = (
-            f"relative residual up to {worst:.3g} > tol {layer.backward_tol:g}, a singular "
+            f"relative residual up to {worst:.3g} > tol {layer.adjoint_tol:g}, a singular "
             "system or a non-finite gradient; those elements get a zero gradient"
         )
         _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
@@ -397,6 +428,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.backward_method = method
     layer.backward_max_iter = int(settings["backward_max_iter"])
     layer.backward_tol = float(settings["backward_tol"])
+    layer.forward_tol, layer.adjoint_tol = layer.tol, layer.backward_tol  # refit per call
     layer.on_nonconvergence = policy
     layer.fold_unconverged = bool(settings["fold_unconverged"])
     layer.bound = []
@@ -414,25 +446,45 @@ def _init_layer(layer, p, inputs, settings):
     layer.backward_info = None
 
 
-def _forward(layer, p, args, named, x_init):
-    """The layer's call: gather and validate the inputs, then the folded solve."""
+#: In a dtype coarser than float64 a tolerance is at least this many machine epsilons.
+_EPS_FACTOR = 100
+
+
+def _fit_tolerance(tol, dtype):
+    """The tolerance a call in ``dtype`` uses for the setting ``tol``: the settings are
+    float64 tolerances; in float32 one below 100·eps (1.2e-5) cannot be met, so it is raised
+    to that. tol = 0 (a fixed number of iterations) stays 0."""
+    if dtype == torch.float64 or tol == 0:
+        return tol
+    return max(tol, _EPS_FACTOR * torch.finfo(dtype).eps)
+
+
+def _prepare_call(layer, p, args, named, x_init):
+    """The validated inputs, and the call's tolerances fitted to their dtype."""
     kwargs = {name: value for name, value in named.items() if value is not None}
     values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    dtype = values[0].dtype if values else torch.get_default_dtype()
+    layer.forward_tol = _fit_tolerance(layer.tol, dtype)
+    layer.adjoint_tol = _fit_tolerance(layer.backward_tol, dtype)
+    return values, sizes, batch
+
+
+def _forward(layer, p, args, named, x_init):
+    """The layer's call: gather and validate the inputs, then the folded solve."""
+    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
     return _Fold.apply(layer, p, x_init, sizes, batch, *values)
 
 
 def _unrolled(layer, p, args, named, x_init):
     """The forward solve under autograd (no folding): its backward unrolls the iterations."""
-    kwargs = {name: value for name, value in named.items() if value is not None}
-    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
     x, _ = p.solve(p, layer, values, x_init, sizes, batch)
     return x
 
 
 def _update_map(layer, p, args, named, x_init):
     """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
-    kwargs = {name: value for name, value in named.items() if value is not None}
-    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
+    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
     with torch.no_grad():
         x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
     return p.update_map(p, layer, x, state, values)

@@ -70,9 +70,9 @@ class _Track:
     """
 
     def __init__(self, layer, reference, start, feasible):
-        self.tol = layer.tol
+        self.tol = layer.forward_tol
         self.reference = reference  # σ₀, (...)
-        self.limit = _runaway(layer.tol) * torch.maximum(reference, start.abs().amax(-1))
+        self.limit = _runaway(layer.forward_tol) * torch.maximum(reference, start.abs().amax(-1))
         self.started = feasible
         self.active = feasible.clone()
         self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
@@ -262,8 +262,8 @@ def _pgd_finish(p, layer, x, start, track, d):
     within the data's reach (a far warm start that rounding froze in place does not count).
     """
     batch, S = start.batch, start.S
-    tol_feasible = _feasibility_tol(layer.tol, x.dtype)
-    within = x.abs().amax(-1) <= _runaway(layer.tol) * start.reference
+    tol_feasible = _feasibility_tol(layer.forward_tol, x.dtype)
+    within = x.abs().amax(-1) <= _runaway(layer.forward_tol) * start.reference
     satisfied = p.set.violation(x, S) <= tol_feasible
     diverged = track.diverged()
     feasible = start.feasible
@@ -271,12 +271,18 @@ def _pgd_finish(p, layer, x, start, track, d):
     feasible = feasible & ~diverged
     d = d.expand(*batch, d.shape[-1])
     layer.info = SolveInfo(
-        track.iterations, track.residual, converged, feasible, d.mean(-1), alpha=d
+        track.iterations,
+        track.residual,
+        converged,
+        feasible,
+        d.mean(-1),
+        alpha=d,
+        tol=layer.forward_tol,
     )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (
-        f"residual up to {worst:.3g} > tol {layer.tol:g} × the data's scale after "
+        f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the data's scale after "
         f"{layer.max_iter} iterations, or a point that violates the constraints"
     )
     _report(layer, "the forward solve", converged | ~feasible, detail)

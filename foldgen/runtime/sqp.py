@@ -323,15 +323,22 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         x = torch.where(active[..., None], x + t[..., None] * d, x)
         far = ~(x.abs().amax(-1) <= 1e12 * reference)  # also where x is not finite
         bounded = bounded & ~(active & far) & (huge_steps < 3)
-        active = active & found & bounded & (norm > layer.tol)
+        active = active & found & bounded & (norm > layer.forward_tol)
     feasible = feasible & bounded
     x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
     violation = _sqp_violation(p, x, values)
-    allowed = max(layer.tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
+    allowed = max(layer.forward_tol, torch.finfo(x.dtype).eps ** 0.5) * (1 + x.abs().amax(-1))
     satisfied = violation <= allowed
-    converged = feasible & ~broken & satisfied & (residual <= layer.tol)
+    converged = feasible & ~broken & satisfied & (residual <= layer.forward_tol)
     layer.info = SolveInfo(
-        iterations, residual, converged, feasible, step, alpha=step, multipliers=(lam, nu)
+        iterations,
+        residual,
+        converged,
+        feasible,
+        step,
+        alpha=step,
+        multipliers=(lam, nu),
+        tol=layer.forward_tol,
     )
     layer.multipliers = (lam, nu)  # also in info.multipliers; kept for existing callers
     late = feasible & ~converged
@@ -345,11 +352,11 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
 def _sqp_why(layer, residual, violation, satisfied, broken, late):
     """What kept the ``late`` elements (feasible, not converged) from converging."""
     reasons = []
-    slow = late & ~broken & (residual > layer.tol)
+    slow = late & ~broken & (residual > layer.forward_tol)
     if bool(slow.any()):
         worst = float(torch.where(slow, residual, 0).max())
         reasons.append(
-            f"residual up to {worst:.3g} > tol {layer.tol:g} after {layer.max_iter} iterations"
+            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} iterations"
         )
     unmet = late & ~broken & ~satisfied
     if bool(unmet.any()):
