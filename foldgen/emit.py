@@ -107,6 +107,7 @@ def _common_settings(problem: Problem) -> list[tuple[str, str]]:
         ("backward_method", string_literal(problem.backward.method)),
         ("backward_max_iter", str(problem.backward.max_iter)),
         ("backward_tol", number(problem.backward.tol)),
+        ("backward_fallback", "True"),
         ("on_nonconvergence", '"warn"'),
         ("fold_unconverged", "False"),
     ]

@@ -56,7 +56,7 @@ MODULE_GLOBALS = frozenset(
 LAYER_SETTINGS = frozenset(
     {
         "max_iter", "tol", "step_size", "rho", "adapt_rho", "step", "backward_method",
-        "backward_max_iter", "backward_tol", "on_nonconvergence", "fold_unconverged",
+        "backward_max_iter", "backward_tol", "on_nonconvergence", "fold_unconverged", "backward_fallback",
     }
 )  # fmt: skip
 

@@ -67,6 +67,7 @@ class HalfspaceSoftplus(torch.nn.Module):
         backward_method="gmres",
         backward_max_iter=200,
         backward_tol=1e-12,
+        backward_fallback=True,
         on_nonconvergence="warn",
         fold_unconverged=False,
     ):
@@ -86,6 +87,7 @@ class HalfspaceSoftplus(torch.nn.Module):
                 "backward_method": backward_method,
                 "backward_max_iter": backward_max_iter,
                 "backward_tol": backward_tol,
+                "backward_fallback": backward_fallback,
                 "on_nonconvergence": on_nonconvergence,
                 "fold_unconverged": fold_unconverged,
             },
@@ -224,7 +226,7 @@ def _set_data_vjp(x, _a_bar, _b_bar, y, a, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 f9824f1ff7762afd): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 68cd2d145c4f26ff): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -453,6 +455,28 @@ def _solve_direct(phi_t_dense, g):
     return v * scale, iters, rel
 
 
+def _solve_lstsq(phi_t_dense, g):
+    """Minimum-norm least squares for (I - Phi^T) v = g, by the pseudo-inverse: the last
+    resort of the backward's fallback chain, for a singular or ill-conditioned system (a
+    degenerate point, redundant constraints). Where g lies in the range of I - Phi^T it is
+    the minimum-norm solution, and its residual says whether one exists."""
+    finfo = torch.finfo(g.dtype)
+    n = g.shape[-1]
+    eye = torch.eye(n, dtype=g.dtype, device=g.device)
+    a = eye - phi_t_dense  # (..., N, N)
+    batch = torch.broadcast_shapes(a.shape[:-2], g.shape[:-1])
+    a = a.expand(batch + (n, n))
+    scale = g.abs().amax(-1).clamp_min(finfo.tiny)[..., None]
+    b = (g / scale).expand(batch + (n,))
+    v = (torch.linalg.pinv(a) @ b[..., None]).squeeze(-1)
+    v = torch.where(torch.isfinite(v).all(-1, keepdim=True), v, 0)
+    r = (a @ v[..., None]).squeeze(-1) - b
+    b_norm = torch.linalg.vector_norm(b, dim=-1).clamp_min(finfo.tiny)
+    rel = torch.linalg.vector_norm(r, dim=-1) / b_norm
+    iters = torch.ones(batch, dtype=torch.int64, device=g.device)
+    return v * scale, iters, rel
+
+
 def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     """Materialise Phi^T as a dense (*batch_shape, n, n) matrix M, M[..., i, j] = (Phi^T e_j)_i.
 
@@ -572,6 +596,7 @@ class BackwardInfo:
     converged: torch.Tensor  # bool: the gradient is the folded derivative (else it is zero)
     forward_converged: torch.Tensor  # bool: the forward converged and was feasible
     tol: float | None = None  # the tolerance this call's solve used (fitted to the dtype)
+    fallback: torch.Tensor | None = None  # bool: the gradient came from a fallback solver
 
 
 def _gather(p, layer, args, kwargs):
@@ -796,26 +821,65 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     if usable is not None:
         ok = ok & usable.expand(batch)
     g = torch.where(ok[..., None], g, 0)
-    method, max_iter, tol = layer.backward_method, layer.backward_max_iter, layer.adjoint_tol
+    method, tol = layer.backward_method, layer.adjoint_tol
+    small = n <= 128 and batch.numel() * n * n <= 2**24  # Φᵀ small enough to materialise
     if method == "auto":
         # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
-        method = "direct" if n <= 128 and batch.numel() * n * n <= 2**24 else "gmres"
-    if method == "direct":
-        dense = _dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device)
-        v, iterations, residual = _solve_direct(dense, g)
-    elif method == "lfpi":
-        v, iterations, residual = _solve_lfpi(phi_t, g, max_iter, tol)
-    elif method == "cg":
-        v, iterations, residual = _solve_cg(phi_t, g, max_iter, tol)
-    else:
-        restart = min(n, 128)  # a full Krylov space for moderate n: no restart stagnation
-        v, iterations, residual = _solve_gmres(phi_t, g, max_iter, tol, restart)
+        method = "direct" if small else "gmres"
+    dense = []  # Φᵀ as a matrix, built at most once
+
+    def solve(name, rhs):
+        if name in ("direct", "lstsq"):
+            if not dense:
+                dense.append(_dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device))
+            return (_solve_direct if name == "direct" else _solve_lstsq)(dense[0], rhs)
+        return _iterative(layer, name, phi_t, rhs, tol)
+
+    v, iterations, residual = solve(method, g)
     residual = torch.where(ok, residual, math.inf)
     converged = ok & (residual <= tol)
+    fallback = torch.zeros_like(ok)
+    chain = _FALLBACKS[method] if layer.backward_fallback else ()
+    for name in chain:
+        retry = ok & ~converged
+        if not bool(retry.any()):
+            break
+        if name in ("direct", "lstsq") and not small:
+            continue
+        v2, iterations2, residual2 = solve(name, torch.where(retry[..., None], g, 0))
+        rescued = retry & (residual2 <= tol)
+        v = torch.where(rescued[..., None], v2, v)
+        residual = torch.where(rescued, residual2, residual)
+        iterations = iterations + torch.where(retry, iterations2, 0)
+        converged = converged | rescued
+        fallback = fallback | rescued
     # The forward's flags are _Fold.backward's to fill in.
     unknown = torch.ones_like(ok)
-    layer.backward_info = BackwardInfo(method, iterations, residual, converged, unknown, tol)
+    layer.backward_info = BackwardInfo(
+        method, iterations, residual, converged, unknown, tol, fallback
+    )
     return torch.where(converged[..., None], v, 0)
+
+
+#: What the backward tries, in order, for the elements its method left short of the
+#: tolerance (backward_fallback=True): a Krylov method, a dense LU, then the minimum-norm
+#: least-squares solution (the dense ones only while Φᵀ is small enough to materialise).
+_FALLBACKS = {
+    "direct": ("gmres", "lstsq"),
+    "gmres": ("direct", "lstsq"),
+    "lfpi": ("gmres", "direct", "lstsq"),
+    "cg": ("gmres", "direct", "lstsq"),
+}
+
+
+def _iterative(layer, name, phi_t, g, tol):
+    max_iter = layer.backward_max_iter
+    if name == "lfpi":
+        return _solve_lfpi(phi_t, g, max_iter, tol)
+    if name == "cg":
+        return _solve_cg(phi_t, g, max_iter, tol)
+    restart = min(g.shape[-1], 128)  # a full Krylov space for moderate n: no restart stagnation
+    return _solve_gmres(phi_t, g, max_iter, tol, restart)
 
 
 class _Fold(torch.autograd.Function):
@@ -869,7 +933,7 @@ class _Fold(torch.autograd.Function):
         ]
         residual = torch.where(solved, info.residual, math.inf)
         layer.backward_info = BackwardInfo(
-            info.method, info.iterations, residual, ok, solved, info.tol
+            info.method, info.iterations, residual, ok, solved, info.tol, info.fallback & ok
         )
         failed = solved & ~ok
         worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
@@ -904,6 +968,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.backward_tol = float(settings["backward_tol"])
     layer.forward_tol, layer.adjoint_tol = layer.tol, layer.backward_tol  # refit per call
     layer.on_nonconvergence = policy
+    layer.backward_fallback = bool(settings["backward_fallback"])
     layer.fold_unconverged = bool(settings["fold_unconverged"])
     layer.bound = []
     for name, value in inputs.items():

@@ -210,8 +210,11 @@ def test_fold_unconverged_still_zeroes_an_infeasible_element():
 
 
 def test_adjoint_that_misses_its_tolerance_gives_zero_and_is_reported():
-    """LFPI with one product: exact where Φ = 0 (Q = 2I), short elsewhere (a random Q)."""
-    module, layer = layer_for("box_qp", backward_method="lfpi", backward_max_iter=1)
+    """LFPI with one product: exact where Φ = 0 (Q = 2I), short elsewhere (a random Q); the
+    fallback chain is switched off, so the short element is zeroed."""
+    module, layer = layer_for(
+        "box_qp", backward_method="lfpi", backward_max_iter=1, backward_fallback=False
+    )
     gen = torch.Generator().manual_seed(2)
     a = torch.randn(6, 6, generator=gen, dtype=F64)
     Q = torch.stack([2 * torch.eye(6, dtype=F64), a @ a.T / 6 + torch.eye(6, dtype=F64)])
@@ -237,6 +240,45 @@ def test_adjoint_that_misses_its_tolerance_gives_zero_and_is_reported():
     x = layer(Q=Q, c=c)
     with pytest.raises(module.ConvergenceError, match=r"backward solve \(lfpi\)"):
         (x * weight).sum().backward()
+
+
+def test_fallback_chain_rescues_an_adjoint_its_method_left_short():
+    """The same short LFPI, with the default fallback: GMRES (one product is not enough
+    either), then the dense LU, which solves it; the gradient equals the direct method's."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(6, 6, generator=gen, dtype=F64)
+    Q = torch.stack([2 * torch.eye(6, dtype=F64), a @ a.T / 6 + torch.eye(6, dtype=F64)])
+    weight = torch.linspace(-1, 1, 6, dtype=F64)
+    grads = []
+    for settings in (
+        {"backward_method": "lfpi", "backward_max_iter": 1},
+        {"backward_method": "direct"},
+    ):
+        module, layer = layer_for("box_qp", **settings)
+        c = torch.tensor([[-1.0, 0.5, -3.0, -0.4, 2.0, -1.2]], dtype=F64).expand(2, 6)
+        c = c.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (layer(Q=Q, c=c) * weight).sum().backward()
+        grads.append((c.grad, layer.backward_info))
+    (rescued, info), (direct, _) = grads
+    assert info.method == "lfpi" and info.converged.tolist() == [True, True]
+    assert info.fallback.tolist() == [False, True]
+    torch.testing.assert_close(rescued, direct, atol=1e-12, rtol=0)
+
+
+def test_least_squares_is_the_last_resort_for_a_singular_system():
+    """A consistent singular system (I − Φᵀ) v = g: LU may fail, the pseudo-inverse gives
+    the minimum-norm solution and reports a small residual."""
+    from foldgen.runtime.linsolve import _solve_lstsq
+
+    phi_t = torch.diag(torch.tensor([1.0, 0.5, 0.0], dtype=F64))  # I − Φᵀ = diag(0, .5, 1)
+    g = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    v, _, residual = _solve_lstsq(phi_t, g)
+    torch.testing.assert_close(v, torch.tensor([0.0, 2.0, 2.0], dtype=F64))
+    assert float(residual) < 1e-14
+    _, _, inconsistent = _solve_lstsq(phi_t, torch.tensor([1.0, 1.0, 2.0], dtype=F64))
+    assert float(inconsistent) > 0.1  # no solution: the caller zeroes and reports it
 
 
 @pytest.mark.parametrize("name", ["box_qp", "tv_denoise", "nonconvex_qp"])

@@ -222,6 +222,28 @@ def _solve_direct(phi_t_dense, g):
     return v * scale, iters, rel
 
 
+def _solve_lstsq(phi_t_dense, g):
+    """Minimum-norm least squares for (I - Phi^T) v = g, by the pseudo-inverse: the last
+    resort of the backward's fallback chain, for a singular or ill-conditioned system (a
+    degenerate point, redundant constraints). Where g lies in the range of I - Phi^T it is
+    the minimum-norm solution, and its residual says whether one exists."""
+    finfo = torch.finfo(g.dtype)
+    n = g.shape[-1]
+    eye = torch.eye(n, dtype=g.dtype, device=g.device)
+    a = eye - phi_t_dense  # (..., N, N)
+    batch = torch.broadcast_shapes(a.shape[:-2], g.shape[:-1])
+    a = a.expand(batch + (n, n))
+    scale = g.abs().amax(-1).clamp_min(finfo.tiny)[..., None]
+    b = (g / scale).expand(batch + (n,))
+    v = (torch.linalg.pinv(a) @ b[..., None]).squeeze(-1)
+    v = torch.where(torch.isfinite(v).all(-1, keepdim=True), v, 0)
+    r = (a @ v[..., None]).squeeze(-1) - b
+    b_norm = torch.linalg.vector_norm(b, dim=-1).clamp_min(finfo.tiny)
+    rel = torch.linalg.vector_norm(r, dim=-1) / b_norm
+    iters = torch.ones(batch, dtype=torch.int64, device=g.device)
+    return v * scale, iters, rel
+
+
 def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     """Materialise Phi^T as a dense (*batch_shape, n, n) matrix M, M[..., i, j] = (Phi^T e_j)_i.
 
