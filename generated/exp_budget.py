@@ -232,7 +232,7 @@ def _kkt_vjp(x, _lam0, _u, _wg0, y, B):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 cf2f2ab322c8774d): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 8dc114fc734b4cd8): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1482,7 +1482,8 @@ def _sqp_why(layer, residual, violation, satisfied, broken, late):
     if bool(slow.any()):
         worst = float(torch.where(slow, residual, 0).max())
         reasons.append(
-            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} iterations"
+            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} "
+            "iterations (raise max_iter, or a step below 1 for a hard nonconvex problem)"
         )
     unmet = late & ~broken & ~satisfied
     if bool(unmet.any()):

@@ -226,7 +226,7 @@ def _set_data_vjp(x, _a_bar, _b_bar, y, a, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 68cd2d145c4f26ff): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 f2fe772aa5388bf7): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1288,7 +1288,8 @@ def _pgd_finish(p, layer, x, start, track, d):
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
     detail = (
         f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the data's scale after "
-        f"{layer.max_iter} iterations, or a point that violates the constraints"
+        f"{layer.max_iter} iterations, or a point that violates the constraints; raise "
+        "max_iter, use step_size='auto' if a fixed step is set, or try rule 'admm' or 'sqp'"
     )
     _report(layer, "the forward solve", converged | ~feasible, detail)
     detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"

@@ -244,7 +244,7 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 75bcb4a7dce16195): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 ae59b1e0a3039680): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1412,9 +1412,11 @@ class _AdmmRun:
             worst = float(torch.where(feasible & solvable, residual, 0).max())
         else:
             worst = 0.0
+        rho = f" (ρ up to {float(self.rho.detach().max()):g})" if self.rho.numel() else ""
+        hint = "" if layer.adapt_rho else "try adapt_rho=True or another rho, "
         detail = (
             f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the state's scale after "
-            f"{layer.max_iter} iterations"
+            f"{layer.max_iter} iterations{rho}; {hint}raise max_iter, or try rule 'sqp'"
         )
         _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
         singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"

@@ -284,7 +284,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 d09fccc12de770eb): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 379e7121cf151031): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1538,7 +1538,8 @@ def _sqp_why(layer, residual, violation, satisfied, broken, late):
     if bool(slow.any()):
         worst = float(torch.where(slow, residual, 0).max())
         reasons.append(
-            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} iterations"
+            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} "
+            "iterations (raise max_iter, or a step below 1 for a hard nonconvex problem)"
         )
     unmet = late & ~broken & ~satisfied
     if bool(unmet.any()):

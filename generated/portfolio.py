@@ -252,7 +252,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, mu, Sigma, gamma):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 52caa53426f745a6): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 f596f13978674b38): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1511,7 +1511,8 @@ def _sqp_why(layer, residual, violation, satisfied, broken, late):
     if bool(slow.any()):
         worst = float(torch.where(slow, residual, 0).max())
         reasons.append(
-            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} iterations"
+            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} "
+            "iterations (raise max_iter, or a step below 1 for a hard nonconvex problem)"
         )
     unmet = late & ~broken & ~satisfied
     if bool(unmet.any()):

@@ -102,3 +102,15 @@ def test_the_shared_class_needs_no_foldgen(tmp_path):
     run = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "_foldgen_shared"
+
+
+def test_a_solve_that_hits_max_iter_says_what_to_try():
+    lasso = foldgen.load_generated(ROOT / "generated" / "lasso.py", "numerics_lasso")
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(2, 40, 20, generator=gen, dtype=torch.float64)
+    b = torch.randn(2, 40, generator=gen, dtype=torch.float64)
+    with pytest.warns(foldgen.ConvergenceWarning, match=r"\(ρ up to 10\); try adapt_rho=True"):
+        lasso.Lasso(max_iter=3)(A=A, b=b, lam=torch.tensor(0.5, dtype=torch.float64))
+    Q, c = tutorial_data(torch.float64, batch=2)
+    with pytest.warns(foldgen.ConvergenceWarning, match=r"raise max_iter, use step_size='auto'"):
+        box_qp("numerics_hint").BoxQp(max_iter=1)(Q, c)

@@ -356,7 +356,8 @@ def _sqp_why(layer, residual, violation, satisfied, broken, late):
     if bool(slow.any()):
         worst = float(torch.where(slow, residual, 0).max())
         reasons.append(
-            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} iterations"
+            f"residual up to {worst:.3g} > tol {layer.forward_tol:g} after {layer.max_iter} "
+            "iterations (raise max_iter, or a step below 1 for a hard nonconvex problem)"
         )
     unmet = late & ~broken & ~satisfied
     if bool(unmet.any()):
