@@ -65,6 +65,7 @@ def fake_layer(**settings):
         backward_tol=1e-12,
         forward_tol=1e-12,  # what the layer fits from tol and backward_tol for float64
         adjoint_tol=1e-12,
+        backward_fallback=True,
         on_nonconvergence="raise",
         fold_unconverged=False,
         info=None,
