@@ -110,6 +110,7 @@ def _common_settings(problem: Problem) -> list[tuple[str, str]]:
         ("backward_fallback", "True"),
         ("on_nonconvergence", '"warn"'),
         ("fold_unconverged", "False"),
+        ("verbose", "False"),
     ]
 
 

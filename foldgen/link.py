@@ -38,7 +38,7 @@ RUNTIME_MODULES = (
 )
 
 #: The standard-library modules runtime code may import (plus torch): "torch + stdlib only".
-STDLIB_IMPORTS = ("dataclasses", "math", "sys", "types", "warnings")
+STDLIB_IMPORTS = ("dataclasses", "math", "sys", "time", "types", "warnings")
 
 #: The file ``--runtime shared`` writes once per output directory.
 SHARED_RUNTIME = "_foldgen_runtime"

@@ -45,7 +45,7 @@ _GENERATED_CODE_NAMES = frozenset({"torch", "math", "self", "ctx"})
 #: The public top-level names of every generated module (its imports, tables and classes).
 MODULE_GLOBALS = frozenset(
     {
-        "dataclasses", "math", "sys", "torch", "types", "warnings", "PARAMETERS",
+        "dataclasses", "math", "sys", "time", "torch", "types", "warnings", "PARAMETERS",
         "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "PROBLEM", "SolveInfo",
         "BackwardInfo", "ConvergenceWarning", "ConvergenceError",
     }
@@ -56,7 +56,7 @@ MODULE_GLOBALS = frozenset(
 LAYER_SETTINGS = frozenset(
     {
         "max_iter", "tol", "step_size", "rho", "adapt_rho", "step", "backward_method",
-        "backward_max_iter", "backward_tol", "on_nonconvergence", "fold_unconverged", "backward_fallback",
+        "backward_max_iter", "backward_tol", "on_nonconvergence", "fold_unconverged", "backward_fallback", "verbose",
     }
 )  # fmt: skip
 

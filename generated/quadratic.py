@@ -31,6 +31,7 @@ the linear solver.
 import dataclasses
 import math
 import sys
+import time
 import types
 import warnings
 
@@ -69,6 +70,7 @@ class Quadratic(torch.nn.Module):
         backward_fallback=True,
         on_nonconvergence="warn",
         fold_unconverged=False,
+        verbose=False,
     ):
         super().__init__()
         _init_layer(
@@ -88,6 +90,7 @@ class Quadratic(torch.nn.Module):
                 "backward_fallback": backward_fallback,
                 "on_nonconvergence": on_nonconvergence,
                 "fold_unconverged": fold_unconverged,
+                "verbose": verbose,
             },
         )
 
@@ -206,7 +209,7 @@ def _gradient_vjp(x, _u, Q, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 b93a4f0ca3fde043): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 1e249bd5acce378e): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -735,6 +738,20 @@ def _shape_text(core):
     return "(" + ", ".join(["...", *map(str, core)]) + ")"
 
 
+def _progress(layer, what, info, seconds):
+    """verbose=True: one line per solve on stderr (iterations, residual, elements converged,
+    time), for watching a training run."""
+    done = int(info.converged.sum())
+    iterations = int(info.iterations.max()) if info.iterations.numel() else 0
+    finite = info.residual[torch.isfinite(info.residual)]
+    worst = float(finite.max()) if finite.numel() else 0.0
+    print(
+        f"{layer.__class__.__name__} {what}: {done}/{info.converged.numel()} converged, "
+        f"≤ {iterations} iterations, residual ≤ {worst:.2e}, {seconds:.3f} s",
+        file=sys.stderr,
+    )
+
+
 def _report(layer, what, converged, detail):
     """Apply the non-convergence policy for the elements where ``converged`` is False."""
     if layer.on_nonconvergence == "ignore" or bool(converged.all()):
@@ -851,7 +868,10 @@ class _Fold(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layer, p, x_init, sizes, batch, *values):
+        start = time.perf_counter()
         x, state = p.solve(p, layer, values, x_init, sizes, batch)
+        if layer.verbose:
+            _progress(layer, "forward", layer.info, time.perf_counter() - start)
         ctx.layer = layer
         ctx.problem = p
         ctx.state = state
@@ -870,7 +890,9 @@ class _Fold(torch.autograd.Function):
         layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
         grad_x = torch.where(solved[..., None], grad_x, 0)
         p = ctx.problem
+        start = time.perf_counter()
         grads = p.pullback(p, layer, x, values, ctx.state, grad_x)
+        seconds = time.perf_counter() - start
         info = layer.backward_info
         ok = solved & info.converged
         needs = ctx.needs_input_grad[5:]
@@ -899,6 +921,8 @@ class _Fold(torch.autograd.Function):
             f"relative residual up to {worst:.3g} > tol {layer.adjoint_tol:g}, a singular "
             "system or a non-finite gradient; those elements get a zero gradient"
         )
+        if layer.verbose:
+            _progress(layer, f"backward ({info.method})", layer.backward_info, seconds)
         _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
         return (None, None, None, None, None, *out)
 
@@ -927,6 +951,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.forward_tol, layer.adjoint_tol = layer.tol, layer.backward_tol  # refit per call
     layer.on_nonconvergence = policy
     layer.backward_fallback = bool(settings["backward_fallback"])
+    layer.verbose = bool(settings["verbose"])
     layer.fold_unconverged = bool(settings["fold_unconverged"])
     layer.bound = []
     for name, value in inputs.items():

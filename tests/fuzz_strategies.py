@@ -95,7 +95,7 @@ HOSTILE_STRINGS = (
 )  # fmt: skip
 HOSTILE_NAMES = (
     "__class__", "_x", "self", "torch", "math", "forward", "info", "backward_info", "training",
-    "bound", "max_iter", "tol", "step_size", "rho", "step", "on_nonconvergence", "fold_unconverged", "backward_fallback",
+    "bound", "max_iter", "tol", "step_size", "rho", "step", "on_nonconvergence", "fold_unconverged", "backward_fallback", "verbose",
     "backward_method", "PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "SolveInfo",
     "BackwardInfo", "ConvergenceWarning", "ConvergenceError", "dataclasses", "warnings", "sys",
     "x\ny", "ｘ", "é", "a" * 300, "1", "True", "None", "sum", "print", "eval", "ctx",

@@ -114,3 +114,17 @@ def test_a_solve_that_hits_max_iter_says_what_to_try():
     Q, c = tutorial_data(torch.float64, batch=2)
     with pytest.warns(foldgen.ConvergenceWarning, match=r"raise max_iter, use step_size='auto'"):
         box_qp("numerics_hint").BoxQp(max_iter=1)(Q, c)
+
+
+def test_verbose_prints_one_line_per_solve(capsys):
+    Q, c = tutorial_data(torch.float64, batch=3)
+    c = c.requires_grad_()
+    layer = box_qp("numerics_verbose").BoxQp(verbose=True)
+    layer(Q, c).sum().backward()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("BoxQp forward: 3/3 converged, ≤ ")
+    assert lines[1].startswith("BoxQp backward (gmres): 3/3 converged")
+    assert all(line.endswith(" s") for line in lines)
+    box_qp("numerics_quiet").BoxQp()(Q, c)
+    assert capsys.readouterr().err == ""

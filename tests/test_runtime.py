@@ -36,7 +36,7 @@ PR = _load("projections")
 # Runtime conventions: definitions are copied by foldgen.link into one namespace.
 
 
-ALLOWED_IMPORTS = {"math", "torch", "dataclasses", "sys", "types", "warnings"}
+ALLOWED_IMPORTS = {"math", "torch", "dataclasses", "sys", "time", "types", "warnings"}
 
 
 @pytest.mark.parametrize("name", RUNTIME_MODULES)
@@ -61,12 +61,13 @@ def test_every_definition_runs_alone_with_its_closure():
     reaches (what a generated module gets), defines cleanly."""
     import dataclasses
     import sys
+    import time
     import types
     import warnings
 
     for name in runtime_definitions():
         namespace = {"math": math, "torch": torch, "dataclasses": dataclasses, "sys": sys}
-        namespace.update(types=types, warnings=warnings)
+        namespace.update(types=types, warnings=warnings, time=time)
         for definition in closure({name}):
             exec(definition.source, namespace)  # noqa: S102 - the runtime's own source
         assert name in namespace

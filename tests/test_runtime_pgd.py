@@ -66,6 +66,7 @@ def fake_layer(**settings):
         forward_tol=1e-12,  # what the layer fits from tol and backward_tol for float64
         adjoint_tol=1e-12,
         backward_fallback=True,
+        verbose=False,
         on_nonconvergence="raise",
         fold_unconverged=False,
         info=None,
