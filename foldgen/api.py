@@ -15,7 +15,7 @@ import linecache
 import os
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +44,7 @@ def compile_module(
     linecache.cache[filename] = (len(built.source), None, built.source.splitlines(True), filename)
     module = types.ModuleType(built.name)
     module.__file__ = filename
-    previous = sys.modules.get(built.name)
-    sys.modules[built.name] = module
-    try:
-        exec(code, module.__dict__)
-    except BaseException:
-        if previous is None:
-            del sys.modules[built.name]
-        else:
-            sys.modules[built.name] = previous
-        raise
-    return module
+    return _registered(built.name, module, lambda: exec(code, module.__dict__))
 
 
 def compile(  # noqa: A001 - the public name the README documents, like re.compile
@@ -89,14 +79,21 @@ def load_generated(path: str | os.PathLike[str], name: str | None = None) -> typ
     if found is None or found.loader is None:
         raise ImportError(f"{path}: not a Python module file")
     module = importlib.util.module_from_spec(found)
-    previous = sys.modules.get(module_name)
-    sys.modules[module_name] = module
+    loader = found.loader
+    return _registered(module_name, module, lambda: loader.exec_module(module))
+
+
+def _registered(name: str, module: types.ModuleType, run: Callable[[], None]) -> types.ModuleType:
+    """``module`` registered in ``sys.modules`` as ``name`` while ``run`` executes its body
+    (as an import does); if the body fails, whatever was registered before is restored."""
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
     try:
-        found.loader.exec_module(module)
+        run()
     except BaseException:
         if previous is None:
-            del sys.modules[module_name]
+            del sys.modules[name]
         else:
-            sys.modules[module_name] = previous
+            sys.modules[name] = previous
         raise
     return module

@@ -203,17 +203,14 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
     # (printed by foldgen, their size growing with the spec) by a scan of their identifiers.
     skeleton = template.render(**{**context, "derived": []}, imports="import torch", runtime="")
     used = free_names(skeleton) | identifiers(derived)
-    reached = closure(used)
-    modules = (used | modules_used(reached)) & set(STDLIB_IMPORTS)
-    lines = imports_for(modules | {"types"})
+    own_modules = (used & set(STDLIB_IMPORTS)) | {"types"}  # types: the problem record
     if runtime == "inline":
+        reached = closure(used)
+        lines = imports_for(own_modules | modules_used(reached))
         return template.render(**context, imports="\n".join(lines), runtime=block(reached))
-    names = sorted(n for n in used if n in runtime_definitions())
-    own = (used - set(runtime_definitions())) & set(STDLIB_IMPORTS)
-    lines = imports_for(own | {"types"})
-    return template.render(
-        **context, imports="\n".join([*lines, "", *_shared_import(names)]), runtime=""
-    )
+    names = sorted(used & set(runtime_definitions()))
+    lines = [*imports_for(own_modules), "", *_shared_import(names)]
+    return template.render(**context, imports="\n".join(lines), runtime="")
 
 
 def _shared_import(names: list[str]) -> list[str]:
