@@ -251,7 +251,7 @@ def _set_data_vjp(w, _lo_bar, _hi_bar, X, y, lo, hi, mu):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 350eefb49af2d4b8): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 214d2393b5d80082): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -468,20 +468,29 @@ def _solve_direct(phi_t_dense, g):
     ``solve_ex`` reports singular elements instead of raising; they get v = 0, so their
     residual is 1 (0 for g = 0) and the caller sees non-convergence.
     """
-    finfo = torch.finfo(g.dtype)
+    a, b, scale = _dense_system(phi_t_dense, g)
+    v, info = torch.linalg.solve_ex(a, b[..., None])
+    v = torch.where((info == 0)[..., None], v.squeeze(-1), 0)  # (..., N)
+    return _dense_result(a, b, scale, v)
+
+
+def _dense_system(phi_t_dense, g):
+    """(I - Phi^T, g / s, s) broadcast to one batch shape, s = max|g| per element: the
+    right-hand side's entries lie in [-1, 1], so norms cannot over/underflow."""
     n = g.shape[-1]
     eye = torch.eye(n, dtype=g.dtype, device=g.device)
     a = eye - phi_t_dense  # (..., N, N)
     batch = torch.broadcast_shapes(a.shape[:-2], g.shape[:-1])
-    a = a.expand(batch + (n, n))
-    scale = g.abs().amax(-1).clamp_min(finfo.tiny)[..., None]
-    b = (g / scale).expand(batch + (n,))  # entries in [-1, 1]: norms cannot over/underflow
-    v, info = torch.linalg.solve_ex(a, b[..., None])
-    v = torch.where((info == 0)[..., None], v.squeeze(-1), 0)  # (..., N)
+    scale = g.abs().amax(-1).clamp_min(torch.finfo(g.dtype).tiny)[..., None]
+    return a.expand(batch + (n, n)), (g / scale).expand(batch + (n,)), scale
+
+
+def _dense_result(a, b, scale, v):
+    """(v · s, one iteration, ‖a v − b‖ / ‖b‖) for the dense solvers' v of the scaled system."""
     r = (a @ v[..., None]).squeeze(-1) - b
-    b_norm = torch.linalg.vector_norm(b, dim=-1).clamp_min(finfo.tiny)
+    b_norm = torch.linalg.vector_norm(b, dim=-1).clamp_min(torch.finfo(b.dtype).tiny)
     rel = torch.linalg.vector_norm(r, dim=-1) / b_norm  # (...)
-    iters = torch.ones(batch, dtype=torch.int64, device=g.device)
+    iters = torch.ones(b.shape[:-1], dtype=torch.int64, device=b.device)
     return v * scale, iters, rel
 
 
@@ -490,21 +499,10 @@ def _solve_lstsq(phi_t_dense, g):
     resort of the backward's fallback chain, for a singular or ill-conditioned system (a
     degenerate point, redundant constraints). Where g lies in the range of I - Phi^T it is
     the minimum-norm solution, and its residual says whether one exists."""
-    finfo = torch.finfo(g.dtype)
-    n = g.shape[-1]
-    eye = torch.eye(n, dtype=g.dtype, device=g.device)
-    a = eye - phi_t_dense  # (..., N, N)
-    batch = torch.broadcast_shapes(a.shape[:-2], g.shape[:-1])
-    a = a.expand(batch + (n, n))
-    scale = g.abs().amax(-1).clamp_min(finfo.tiny)[..., None]
-    b = (g / scale).expand(batch + (n,))
+    a, b, scale = _dense_system(phi_t_dense, g)
     v = (torch.linalg.pinv(a) @ b[..., None]).squeeze(-1)
     v = torch.where(torch.isfinite(v).all(-1, keepdim=True), v, 0)
-    r = (a @ v[..., None]).squeeze(-1) - b
-    b_norm = torch.linalg.vector_norm(b, dim=-1).clamp_min(finfo.tiny)
-    rel = torch.linalg.vector_norm(r, dim=-1) / b_norm
-    iters = torch.ones(batch, dtype=torch.int64, device=g.device)
-    return v * scale, iters, rel
+    return _dense_result(a, b, scale, v)
 
 
 def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
