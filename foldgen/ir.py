@@ -134,6 +134,7 @@ class AdmmSettings:
     max_iter: int
     tol: float
     rho: float
+    adapt_rho: bool = True  # residual balancing of ρ (rho is its starting value)
     rule: Literal["admm"] = "admm"
 
 
@@ -166,8 +167,8 @@ def solver_settings(spec: SolverSpec) -> SolverSettings:
         assert spec.step_size is not None
         return PgdSettings(spec.max_iter, spec.tol, spec.step_size)
     if spec.rule == "admm":
-        assert spec.rho is not None
-        return AdmmSettings(spec.max_iter, spec.tol, float(spec.rho))
+        assert spec.rho is not None and spec.adapt_rho is not None
+        return AdmmSettings(spec.max_iter, spec.tol, float(spec.rho), spec.adapt_rho)
     assert spec.step is not None
     return SqpSettings(spec.max_iter, spec.tol, float(spec.step))
 

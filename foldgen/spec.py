@@ -186,12 +186,16 @@ class SolverSpec(_Frozen):
     step_size: _PositiveFloat | Literal["auto"] | None = Field(default=None, validate_default=True)
     rho: _PositiveFloat | None = Field(default=None, validate_default=True)
     step: Annotated[_Float, Field(gt=0, le=1)] | None = Field(default=None, validate_default=True)
+    adapt_rho: Annotated[bool, Field(strict=True)] | None = Field(
+        default=None, validate_default=True
+    )
 
     # The rule each rule-specific key belongs to, and its default under that rule.
-    _OWNER: ClassVar[dict[str, tuple[str, float | str]]] = {
+    _OWNER: ClassVar[dict[str, tuple[str, float | str | bool]]] = {
         "step_size": ("pgd", "auto"),
         "rho": ("admm", 1.0),
         "step": ("sqp", 1.0),
+        "adapt_rho": ("admm", True),
     }
 
     @field_validator("step_size", mode="before")
@@ -208,11 +212,11 @@ class SolverSpec(_Frozen):
             raise _fail(f"expected a positive number or 'auto', got {shown(value)}")
         return number
 
-    @field_validator("step_size", "rho", "step")
+    @field_validator("step_size", "rho", "step", "adapt_rho")
     @classmethod
     def _belongs_to_rule(
-        cls, value: float | str | None, info: ValidationInfo
-    ) -> float | str | None:
+        cls, value: float | str | bool | None, info: ValidationInfo
+    ) -> float | str | bool | None:
         assert info.field_name is not None
         owner, default = cls._OWNER[info.field_name]
         rule = info.data.get("rule")

@@ -238,7 +238,7 @@ def _set_data_vjp(x, _A_bar, _b_bar, P, q, A, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 9f36e86b1b49f582): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 067e8c3f52ac79c9): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -506,40 +506,56 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     return phi_t(unit).mT  # (..., n, n)
 
 
-def _affine_factor(A):
-    """Cholesky factor of A A^T (..., m, m), computed once per solve and reused per iteration.
+def _affine_factor(A, b=None):
+    """W = (A Aᵀ)⁺, the pseudo-inverse of A Aᵀ (..., m, m), computed once per solve.
 
-    A must have full row rank; elements where it does not get a NaN factor (so only their
-    own results are NaN) instead of an exception for the whole batch.
+    Rank-revealing (an eigendecomposition of A Aᵀ): eigenvalues up to 10·m·eps·λmax count
+    as zero, so linearly dependent rows (a transport polytope's row and column sums, a sum
+    written twice) are handled, and w = W(Ay − b) is the minimum-norm multiplier. Where b
+    is given and not in the range of A beyond √eps relative to ‖b‖∞ (the dependent rows
+    ask for different values: no point satisfies them) the element's W is NaN, so only its
+    own results are NaN and the caller reports it, instead of an exception for the batch.
     """
-    L, info = torch.linalg.cholesky_ex(A @ A.mT)  # (..., m, m)
-    return torch.where((info == 0)[..., None, None], L, math.nan)
+    lam, U = torch.linalg.eigh(A @ A.mT)  # (..., m), (..., m, m)
+    m = lam.shape[-1]
+    floor = 10 * m * torch.finfo(lam.dtype).eps * lam.amax(-1, keepdim=True).clamp_min(0)
+    kept = lam > floor
+    inverse = torch.where(kept, 1 / torch.where(kept, lam, 1), 0)  # (..., m)
+    W = (U * inverse[..., None, :]) @ U.mT  # (..., m, m)
+    if b is None:
+        return W
+    range_b = ((U * kept[..., None, :].to(U.dtype)) @ (U.mT @ b[..., None]))[..., 0]
+    outside = (b - range_b).abs().amax(-1)  # ‖P_null b‖∞, the part of b no x reaches
+    scale = b.abs().amax(-1).clamp_min(torch.finfo(b.dtype).tiny)
+    consistent = outside <= torch.finfo(b.dtype).eps ** 0.5 * scale
+    return torch.where(consistent[..., None, None], W, math.nan)
 
 
-def _proj_affine(y, A, b, L):
-    """Projection onto {x : A x = b}: x = y - A^T w, w = (A A^T)^-1 (A y - b).
+def _proj_affine(y, A, b, W):
+    """Projection onto {x : A x = b}: x = y − Aᵀ w, w = (A Aᵀ)⁺ (A y − b).
 
-    L is the Cholesky factor from _affine_factor.
+    W is the pseudo-inverse from _affine_factor (any row rank; b consistent).
 
-    Shapes: y (..., n), A (..., m, n), b (..., m), L (..., m, m). Returns x (..., n).
+    Shapes: y (..., n), A (..., m, n), b (..., m), W (..., m, m). Returns x (..., n).
     """
     r = (A @ y[..., None]) - b[..., None]  # (..., m, 1)
-    w = torch.cholesky_solve(r, L)  # (..., m, 1)
+    w = W @ r  # (..., m, 1)
     return y - (A.mT @ w).squeeze(-1)  # (..., n)
 
 
-def _proj_affine_vjp(v, x, y, A, b, L):
+def _proj_affine_vjp(v, x, y, A, b, W):
     """VJP of _proj_affine; returns (y_bar, A_bar, b_bar).
 
-    With w = (A A^T)^-1 (A y - b) and s = (A A^T)^-1 A v: y_bar = v - A^T s, b_bar = s,
-    A_bar = -s x^T - w y_bar^T.
+    With W = (A Aᵀ)⁺, w = W(A y − b) and s = W A v: y_bar = v − Aᵀ s, b_bar = s,
+    A_bar = −s xᵀ − w y_barᵀ. With dependent rows these are the minimum-norm cotangents
+    (b_bar has no part along the dependent combinations); the part of y_bar is exact.
     """
     batch = torch.broadcast_shapes(
-        v.shape[:-1], x.shape[:-1], y.shape[:-1], A.shape[:-2], b.shape[:-1], L.shape[:-2]
+        v.shape[:-1], x.shape[:-1], y.shape[:-1], A.shape[:-2], b.shape[:-1], W.shape[:-2]
     )
     m, n = A.shape[-2:]
-    w = torch.cholesky_solve((A @ y[..., None]) - b[..., None], L)  # (..., m, 1)
-    s = torch.cholesky_solve(A @ v[..., None], L)  # (..., m, 1)
+    w = W @ ((A @ y[..., None]) - b[..., None])  # (..., m, 1)
+    s = W @ (A @ v[..., None])  # (..., m, 1)
     y_bar = v[..., None] - A.mT @ s  # (..., n, 1)
     A_bar = -(s @ x[..., None, :]) - (w @ y_bar.mT)  # (..., m, n)
     return (
@@ -824,18 +840,60 @@ def _progress(layer, what, info, seconds):
 
 def _report(layer, what, converged, detail):
     """Apply the non-convergence policy for the elements where ``converged`` is False."""
-    if layer.on_nonconvergence == "ignore" or bool(converged.all()):
+    _report_groups(layer, what, [(converged, detail)])
+
+
+def _report_groups(layer, what, groups):
+    """Apply the non-convergence policy once for a call: ``groups`` are (converged, detail)
+    pairs, one per reason; every group with a failed element becomes one clause of a single
+    warning (or error), so a call never emits more than one."""
+    if layer.on_nonconvergence == "ignore":
         return
-    if converged.dim() == 0:
-        where = "the (unbatched) input"
-    else:
-        bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        where = f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
-    message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
+    clauses = [
+        f"{_where(converged)} ({detail})"
+        for converged, detail in groups
+        if not bool(converged.all())
+    ]
+    if not clauses:
+        return
+    name = layer.__class__.__name__
+    message = f"{name}: {what} did not converge for {'; and for '.join(clauses)}"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
     warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
+
+
+def _where(converged):
+    """The elements where ``converged`` is False, as a message names them (at most ten)."""
+    if converged.dim() == 0:
+        return "the (unbatched) input"
+    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+
+
+def _trend(residual, halfway, bound, failed, iterations):
+    """The residual trend of the worst element in ``failed`` (residual/bound largest), for a
+    max_iter warning: where it was at iteration ``iterations // 2`` (``halfway``), where it
+    ended, and how many more iterations that rate would need; "" where nothing failed or
+    no halfway value was recorded."""
+    if halfway is None or not bool(failed.any()):
+        return ""
+    ratio = torch.where(failed, residual / bound.clamp_min(torch.finfo(bound.dtype).tiny), -1)
+    i = int(ratio.reshape(-1).argmax())
+    end, mid, goal = (float(t.reshape(-1)[i]) for t in (residual, halfway, bound))
+    half = iterations // 2
+    span = iterations - half
+    if not (math.isfinite(mid) and math.isfinite(end)) or mid <= 0 or end <= 0 or span <= 0:
+        return ""
+    text = f"; the worst fell from {mid:.2g} at iteration {half} to {end:.2g} at {iterations}"
+    rate = math.log(end / mid) / span  # log of the factor per iteration
+    if rate >= -1e-12:
+        return text + ", stalled: more iterations will not help"
+    more = math.log(goal / end) / rate if goal > 0 else math.inf
+    if not math.isfinite(more):
+        return text
+    return text + f", about {math.ceil(more):,} more iterations at that rate"
 
 
 def _caller_level(layer):
@@ -1098,6 +1156,7 @@ class _FeasibleSet:
     project_vjp: object
     unprepare_bars: object
     violation: object
+    empty: str = "the constraints admit no point"  # why a `nonempty` False element has none
 
 
 def _same(data):
@@ -1106,21 +1165,22 @@ def _same(data):
 
 def _affine_prepare(data):
     A, b = data
-    return A, b, _affine_factor(A)
+    return A, b, _affine_factor(A, b)
 
 
 def _affine_project(y, d, S):
-    """The projection, and where A has full row rank; elsewhere y itself (finite, reported)."""
-    A, b, L = S
-    ok = torch.isfinite(L).all(-1).all(-1)
-    x = torch.where(ok[..., None], _proj_affine(y, A, b, L), y)
+    """The projection, and where A x = b has a point (b in the range of A); elsewhere y
+    itself (finite, reported)."""
+    A, b, W = S
+    ok = torch.isfinite(W).all(-1).all(-1)
+    x = torch.where(ok[..., None], _proj_affine(y, A, b, W), y)
     return x, ok
 
 
 def _affine_project_vjp(v, x, y, d, S):
-    A, b, L = S
-    ok = torch.isfinite(L).all(-1).all(-1)
-    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, L)
+    A, b, W = S
+    ok = torch.isfinite(W).all(-1).all(-1)
+    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, W)
     y_bar = torch.where(ok[..., None], y_bar, 0)  # no projection there: nothing to fold
     A_bar = torch.where(ok[..., None, None], A_bar, 0)
     return y_bar, (A_bar, torch.where(ok[..., None], b_bar, 0))
@@ -1134,8 +1194,20 @@ def _affine_violation(x, S):
     return (_mv(A, x) - b).abs().amax(-1) / scale
 
 
+_AFFINE_EMPTY = (
+    "the equality constraints conflict: b is not in the range of A (linearly dependent rows "
+    "of A ask for different values, or a zero row for a nonzero value)"
+)
+
+
 _AFFINE = _FeasibleSet(
-    (2, 1, 2), _affine_prepare, _affine_project, _affine_project_vjp, _same, _affine_violation
+    (2, 1, 2),
+    _affine_prepare,
+    _affine_project,
+    _affine_project_vjp,
+    _same,
+    _affine_violation,
+    _AFFINE_EMPTY,
 )
 
 
@@ -1201,6 +1273,8 @@ class _Track:
         self.bound = torch.zeros_like(reference)
         self.runaway = torch.zeros_like(feasible)
         self.safe = start
+        self.steps, self.half = 0, layer.max_iter // 2
+        self.halfway = None  # the residuals at iteration max_iter // 2, for the warning's trend
 
     def step(self, x, x_new, found=None):
         """Record the step x → x_new (found: where a step exists); whether any is active."""
@@ -1210,6 +1284,9 @@ class _Track:
         bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
         self.residual = torch.where(self.active, step, self.residual)
         self.bound = torch.where(self.active, bound, self.bound)
+        self.steps += 1
+        if self.steps == self.half:
+            self.halfway = self.residual.detach().clone()
         self.active = self.active & (step > bound)
         if found is not None:
             self.active = self.active & found
@@ -1305,16 +1382,21 @@ def _pgd_finish(p, layer, x, start, track, d):
     )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
+    late = feasible & ~converged & ~track.met()
+    trend = _trend(residual, track.halfway, track.bound, late, layer.max_iter)
     detail = (
         f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the data's scale after "
-        f"{layer.max_iter} iterations, or a point that violates the constraints; raise "
+        f"{layer.max_iter} iterations{trend}, or a point that violates the constraints; raise "
         "max_iter, use step_size='auto' if a fixed step is set, or try rule 'admm' or 'sqp'"
     )
-    _report(layer, "the forward solve", converged | ~feasible, detail)
-    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
-    _report(layer, "the forward solve", ~diverged, detail)
-    empty = "the constraints admit no point"
-    _report(layer, "the forward solve", feasible | diverged, empty)
+    diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    empty = f"the constraints admit no point: {p.set.empty}"
+    groups = [
+        (converged | ~feasible, detail),
+        (~diverged, diverging),
+        (feasible | diverged, empty),
+    ]
+    _report_groups(layer, "the forward solve", groups)
     return x, (d, S)
 
 

@@ -83,7 +83,7 @@ class InequalityQp(torch.nn.Module):
         max_iter=10000,
         tol=1e-10,
         rho=1.0,
-        adapt_rho=False,
+        adapt_rho=True,
         backward_method="auto",
         backward_max_iter=500,
         backward_tol=1e-10,
@@ -257,7 +257,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, _bar3, _bar4, P, q, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 3edcaa7e13f95fc9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 2b14bcff035ab125): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -820,18 +820,60 @@ def _progress(layer, what, info, seconds):
 
 def _report(layer, what, converged, detail):
     """Apply the non-convergence policy for the elements where ``converged`` is False."""
-    if layer.on_nonconvergence == "ignore" or bool(converged.all()):
+    _report_groups(layer, what, [(converged, detail)])
+
+
+def _report_groups(layer, what, groups):
+    """Apply the non-convergence policy once for a call: ``groups`` are (converged, detail)
+    pairs, one per reason; every group with a failed element becomes one clause of a single
+    warning (or error), so a call never emits more than one."""
+    if layer.on_nonconvergence == "ignore":
         return
-    if converged.dim() == 0:
-        where = "the (unbatched) input"
-    else:
-        bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        where = f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
-    message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
+    clauses = [
+        f"{_where(converged)} ({detail})"
+        for converged, detail in groups
+        if not bool(converged.all())
+    ]
+    if not clauses:
+        return
+    name = layer.__class__.__name__
+    message = f"{name}: {what} did not converge for {'; and for '.join(clauses)}"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
     warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
+
+
+def _where(converged):
+    """The elements where ``converged`` is False, as a message names them (at most ten)."""
+    if converged.dim() == 0:
+        return "the (unbatched) input"
+    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+
+
+def _trend(residual, halfway, bound, failed, iterations):
+    """The residual trend of the worst element in ``failed`` (residual/bound largest), for a
+    max_iter warning: where it was at iteration ``iterations // 2`` (``halfway``), where it
+    ended, and how many more iterations that rate would need; "" where nothing failed or
+    no halfway value was recorded."""
+    if halfway is None or not bool(failed.any()):
+        return ""
+    ratio = torch.where(failed, residual / bound.clamp_min(torch.finfo(bound.dtype).tiny), -1)
+    i = int(ratio.reshape(-1).argmax())
+    end, mid, goal = (float(t.reshape(-1)[i]) for t in (residual, halfway, bound))
+    half = iterations // 2
+    span = iterations - half
+    if not (math.isfinite(mid) and math.isfinite(end)) or mid <= 0 or end <= 0 or span <= 0:
+        return ""
+    text = f"; the worst fell from {mid:.2g} at iteration {half} to {end:.2g} at {iterations}"
+    rate = math.log(end / mid) / span  # log of the factor per iteration
+    if rate >= -1e-12:
+        return text + ", stalled: more iterations will not help"
+    more = math.log(goal / end) / rate if goal > 0 else math.inf
+    if not math.isfinite(more):
+        return text
+    return text + f", about {math.ceil(more):,} more iterations at that rate"
 
 
 def _caller_level(layer):
@@ -1279,13 +1321,32 @@ def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
     return x, _admm_pack(z_new, u_new), ok
 
 
-def _admm_data_feasible(p, blocks, batch):
-    """False where a block's own data is empty: a box with lo > hi, a ball with r < 0."""
-    ok = torch.ones(batch, dtype=torch.bool, device=blocks[0][1][0].device)
-    for term, (_, data) in zip(p.terms, blocks):
+def _admm_data_empty(p, blocks, batch):
+    """(..., blocks) bool: True where a block's own data is empty (a box with lo > hi, a
+    ball with r < 0)."""
+    empty = torch.zeros(*batch, len(p.terms), dtype=torch.bool, device=blocks[0][1][0].device)
+    for i, (term, (_, data)) in enumerate(zip(p.terms, blocks)):
         if term.nonempty is not None:
-            ok = ok & term.nonempty(data)
-    return ok
+            empty[..., i] = ~term.nonempty(data)
+    return empty
+
+
+def _admm_conflicting(p, du):
+    """(..., blocks) bool: the constraint blocks an infeasibility certificate δ involves
+    (‖δᵢ‖∞ at least 1% of ‖δ‖∞): the blocks whose constraints conflict."""
+    sizes = [
+        d.abs().amax(-1) if term.support is not None else torch.zeros_like(d[..., 0])
+        for term, d in zip(p.terms, du)
+    ]
+    sizes = torch.stack(torch.broadcast_tensors(*sizes), -1)  # (..., blocks)
+    return sizes >= 0.01 * sizes.amax(-1, keepdim=True).clamp_min(torch.finfo(sizes.dtype).tiny)
+
+
+def _admm_conflict_text(p, conflict):
+    """The names of the blocks ``conflict`` marks (any element), for the message."""
+    marked = conflict.reshape(-1, conflict.shape[-1]).any(0).tolist() if conflict.numel() else []
+    names = [label for label, bad in zip(p.labels, marked) if bad]
+    return "; ".join(names) if names else "the constraints"
 
 
 def _admm_infeasible(p, blocks, du, eps):
@@ -1366,7 +1427,8 @@ class _AdmmRun:
         x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
         blocks = _admm_unpack(p, p.block_data(x, *values))
         rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
-        feasible = _admm_data_feasible(p, blocks, batch)
+        self.conflict = _admm_data_empty(p, blocks, batch)  # (..., blocks)
+        feasible = ~self.conflict.any(-1)
         z = [term.prox(_admm_apply(A, x), data, rho) for term, (A, data) in zip(p.terms, blocks)]
         s = _admm_pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
         self.p, self.layer, self.values, self.batch = p, layer, values, batch
@@ -1382,6 +1444,7 @@ class _AdmmRun:
         # not finite, which fails the comparison, so such an element stops without moving.
         self.bound = torch.zeros_like(self.residual)
         self.unbounded = torch.zeros_like(feasible)  # certified unbounded below
+        self.halfway = None
         self.started = feasible & self.factored
         self.active = self.started.clone()
 
@@ -1393,12 +1456,17 @@ class _AdmmRun:
         self.residual = torch.where(self.active, step, self.residual)
         self.bound = torch.where(self.active, layer.forward_tol * s_new.abs().amax(-1), self.bound)
         self.iterations = self.iterations + self.active.to(torch.int64)
+        if k + 1 == layer.max_iter // 2:
+            self.halfway = self.residual.detach().clone()  # for the warning's trend
         check = (k + 1) % _ADMM_CHECK_EVERY == 0
         if check:
             z, u = _admm_split(s, dims)
             z_new, u_new = _admm_split(s_new, dims)
             du = [b - a for a, b in zip(u, u_new)]
             certified = self.active & _admm_infeasible(self.p, self.blocks, du, self.eps)
+            if bool(certified.any()):
+                blocks = _admm_conflicting(self.p, du)
+                self.conflict = self.conflict | (certified[..., None] & blocks)
             self.feasible = self.feasible & ~certified
             self.active = self.active & ~certified
             if unbounded is not None:
@@ -1466,21 +1534,29 @@ class _AdmmRun:
         else:
             worst = 0.0
         rho = f" (ρ up to {float(self.rho.detach().max()):g})" if self.rho.numel() else ""
-        hint = "" if layer.adapt_rho else "try adapt_rho=True or another rho, "
+        hint = "another rho" if layer.adapt_rho else "adapt_rho=True or another rho"
+        late = feasible & solvable & ~(residual <= bound)
+        trend = _trend(residual.detach(), self.halfway, bound.detach(), late, layer.max_iter)
         detail = (
             f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the state's scale after "
-            f"{layer.max_iter} iterations{rho}; {hint}raise max_iter, or try rule 'sqp'"
+            f"{layer.max_iter} iterations{rho}{trend}; try {hint}, raise max_iter, or try "
+            "rule 'sqp'"
         )
-        _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
         singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"
         singular += " the directions the blocks leave free)"
-        _report(layer, "the forward solve", factored, singular)
-        if updated is not None:
-            failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
-            _report(layer, "the forward solve", updated | ~factored, failed)
-        detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
-        _report(layer, "the forward solve", ~diverged, detail)
-        _report(layer, "the forward solve", feasible | diverged, "the constraints admit no point")
+        failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
+        diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+        updated = torch.ones_like(factored) if updated is None else updated | ~factored
+        conflict = _admm_conflict_text(self.p, self.conflict & (~feasible & ~diverged)[..., None])
+        empty = f"the constraints admit no point: {conflict} conflict"
+        groups = [
+            (converged | ~feasible | ~solvable, detail),
+            (factored, singular),
+            (updated, failed),
+            (~diverged, diverging),
+            (feasible | diverged, empty),
+        ]
+        _report_groups(layer, "the forward solve", groups)
         return x, (self.s, self.rho, L, feasible & solvable)
 
 
@@ -1609,6 +1685,7 @@ PROBLEM = types.SimpleNamespace(
     terms=(_ADMM_BOX, _ADMM_BOX),
     matrices=(False, True),
     data_ranks=(1, 1, 2, 1, 1),
+    labels=("constraints[1] (-1 \u2264 x \u2264 1)", "constraints[0] (G x \u2264 h)"),
     objective_grad_indices=(0, 1),
     block_grad_indices=(2, 3),
     objective=_objective,

@@ -287,7 +287,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 b7c89646cbc343a9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 512532f475d91af2): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -975,18 +975,36 @@ def _progress(layer, what, info, seconds):
 
 def _report(layer, what, converged, detail):
     """Apply the non-convergence policy for the elements where ``converged`` is False."""
-    if layer.on_nonconvergence == "ignore" or bool(converged.all()):
+    _report_groups(layer, what, [(converged, detail)])
+
+
+def _report_groups(layer, what, groups):
+    """Apply the non-convergence policy once for a call: ``groups`` are (converged, detail)
+    pairs, one per reason; every group with a failed element becomes one clause of a single
+    warning (or error), so a call never emits more than one."""
+    if layer.on_nonconvergence == "ignore":
         return
-    if converged.dim() == 0:
-        where = "the (unbatched) input"
-    else:
-        bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        where = f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
-    message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
+    clauses = [
+        f"{_where(converged)} ({detail})"
+        for converged, detail in groups
+        if not bool(converged.all())
+    ]
+    if not clauses:
+        return
+    name = layer.__class__.__name__
+    message = f"{name}: {what} did not converge for {'; and for '.join(clauses)}"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
     warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
+
+
+def _where(converged):
+    """The elements where ``converged`` is False, as a message names them (at most ten)."""
+    if converged.dim() == 0:
+        return "the (unbatched) input"
+    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
 
 
 def _caller_level(layer):

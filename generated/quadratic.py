@@ -209,7 +209,7 @@ def _gradient_vjp(x, _u, Q, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 71b8ccff5b082238): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 41e531b1d349d1f3): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -752,18 +752,60 @@ def _progress(layer, what, info, seconds):
 
 def _report(layer, what, converged, detail):
     """Apply the non-convergence policy for the elements where ``converged`` is False."""
-    if layer.on_nonconvergence == "ignore" or bool(converged.all()):
+    _report_groups(layer, what, [(converged, detail)])
+
+
+def _report_groups(layer, what, groups):
+    """Apply the non-convergence policy once for a call: ``groups`` are (converged, detail)
+    pairs, one per reason; every group with a failed element becomes one clause of a single
+    warning (or error), so a call never emits more than one."""
+    if layer.on_nonconvergence == "ignore":
         return
-    if converged.dim() == 0:
-        where = "the (unbatched) input"
-    else:
-        bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        where = f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
-    message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
+    clauses = [
+        f"{_where(converged)} ({detail})"
+        for converged, detail in groups
+        if not bool(converged.all())
+    ]
+    if not clauses:
+        return
+    name = layer.__class__.__name__
+    message = f"{name}: {what} did not converge for {'; and for '.join(clauses)}"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
     warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
+
+
+def _where(converged):
+    """The elements where ``converged`` is False, as a message names them (at most ten)."""
+    if converged.dim() == 0:
+        return "the (unbatched) input"
+    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+
+
+def _trend(residual, halfway, bound, failed, iterations):
+    """The residual trend of the worst element in ``failed`` (residual/bound largest), for a
+    max_iter warning: where it was at iteration ``iterations // 2`` (``halfway``), where it
+    ended, and how many more iterations that rate would need; "" where nothing failed or
+    no halfway value was recorded."""
+    if halfway is None or not bool(failed.any()):
+        return ""
+    ratio = torch.where(failed, residual / bound.clamp_min(torch.finfo(bound.dtype).tiny), -1)
+    i = int(ratio.reshape(-1).argmax())
+    end, mid, goal = (float(t.reshape(-1)[i]) for t in (residual, halfway, bound))
+    half = iterations // 2
+    span = iterations - half
+    if not (math.isfinite(mid) and math.isfinite(end)) or mid <= 0 or end <= 0 or span <= 0:
+        return ""
+    text = f"; the worst fell from {mid:.2g} at iteration {half} to {end:.2g} at {iterations}"
+    rate = math.log(end / mid) / span  # log of the factor per iteration
+    if rate >= -1e-12:
+        return text + ", stalled: more iterations will not help"
+    more = math.log(goal / end) / rate if goal > 0 else math.inf
+    if not math.isfinite(more):
+        return text
+    return text + f", about {math.ceil(more):,} more iterations at that rate"
 
 
 def _caller_level(layer):
@@ -1026,6 +1068,7 @@ class _FeasibleSet:
     project_vjp: object
     unprepare_bars: object
     violation: object
+    empty: str = "the constraints admit no point"  # why a `nonempty` False element has none
 
 
 def _same(data):
@@ -1113,6 +1156,8 @@ class _Track:
         self.bound = torch.zeros_like(reference)
         self.runaway = torch.zeros_like(feasible)
         self.safe = start
+        self.steps, self.half = 0, layer.max_iter // 2
+        self.halfway = None  # the residuals at iteration max_iter // 2, for the warning's trend
 
     def step(self, x, x_new, found=None):
         """Record the step x → x_new (found: where a step exists); whether any is active."""
@@ -1122,6 +1167,9 @@ class _Track:
         bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
         self.residual = torch.where(self.active, step, self.residual)
         self.bound = torch.where(self.active, bound, self.bound)
+        self.steps += 1
+        if self.steps == self.half:
+            self.halfway = self.residual.detach().clone()
         self.active = self.active & (step > bound)
         if found is not None:
             self.active = self.active & found
@@ -1217,16 +1265,21 @@ def _pgd_finish(p, layer, x, start, track, d):
     )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
+    late = feasible & ~converged & ~track.met()
+    trend = _trend(residual, track.halfway, track.bound, late, layer.max_iter)
     detail = (
         f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the data's scale after "
-        f"{layer.max_iter} iterations, or a point that violates the constraints; raise "
+        f"{layer.max_iter} iterations{trend}, or a point that violates the constraints; raise "
         "max_iter, use step_size='auto' if a fixed step is set, or try rule 'admm' or 'sqp'"
     )
-    _report(layer, "the forward solve", converged | ~feasible, detail)
-    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
-    _report(layer, "the forward solve", ~diverged, detail)
-    empty = "the constraints admit no point"
-    _report(layer, "the forward solve", feasible | diverged, empty)
+    diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    empty = f"the constraints admit no point: {p.set.empty}"
+    groups = [
+        (converged | ~feasible, detail),
+        (~diverged, diverging),
+        (feasible | diverged, empty),
+    ]
+    _report_groups(layer, "the forward solve", groups)
     return x, (d, S)
 
 

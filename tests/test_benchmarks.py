@@ -121,3 +121,20 @@ def test_quick_convergence_study(quick_run):
     for method in ("lfpi", "gmres", "direct"):
         assert float(last[f"fold-{method}_err"]) <= 1e-8
     assert float(last["unrolled_err"]) > float(last["fold-direct_err"])
+
+
+def test_rules_table_every_rule_converges_and_agrees():
+    """benchmarks/rules.py --quick: every problem under every rule that states it converges
+    in every element, forward and backward, and its gradient equals the first rule's."""
+    cmd = [sys.executable, "benchmarks/rules.py", "--quick", "--repeats", "1"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 14
+    rules = {(row[0].strip("| "), row[2]) for row in rows}
+    assert ("box QP (n=20)", "sqp") in rules and ("lasso (n=20)", "admm") in rules
+    for row in rows:
+        done, total = row[6].split("/")
+        assert done == total, row
+        diff = row[7].strip(" |")
+        assert diff == "—" or float(diff) < 1e-8, row

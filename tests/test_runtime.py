@@ -641,13 +641,35 @@ def test_affine_forward(dtype):
     torch.testing.assert_close(x.double(), ref, rtol=tol, atol=tol)
 
 
-def test_affine_rank_deficient_element_is_isolated():
+def test_affine_dependent_rows_conflicting_b_is_isolated():
     y, A, b = _affine_data(41, batch=(3,))
     A = A.clone()
-    A[1, 1] = A[1, 0]
-    L = PR._affine_factor(A)
-    x = PR._proj_affine(y, A, b, L)
+    A[1, 1] = A[1, 0]  # element 1: its two rows are equal, and b asks for two values
+    W = PR._affine_factor(A, b)
+    x = PR._proj_affine(y, A, b, W)
     assert bool(x[[0, 2]].isfinite().all()) and not bool(x[1].isfinite().all())
+
+
+def test_affine_dependent_rows_with_consistent_b_project_exactly():
+    """Redundant equalities (a row repeated, a row the sum of two others): the projection
+    onto the same set as the independent rows alone, by the pseudo-inverse."""
+    y, A, _ = _affine_data(44, batch=(3,), m=2, n=6)
+    x0 = torch.randn(3, 6, dtype=F64, generator=torch.Generator().manual_seed(45))
+    A3 = torch.cat([A, A[..., :1, :] + A[..., 1:, :], A[..., :1, :]], -2)  # rank 2 of 4
+    b3 = (A3 @ x0[..., None])[..., 0]
+    W = PR._affine_factor(A3, b3)
+    x = PR._proj_affine(y, A3, b3, W)
+    b = (A @ x0[..., None])[..., 0]
+    ref = PR._proj_affine(y, A, b, PR._affine_factor(A, b))
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-12)
+    # The cotangent of y is the same; b's is the minimum-norm one (orthogonal to the
+    # dependent combinations, here (1, 1, -1, 0) and (1, 0, 0, -1)).
+    v = torch.randn(3, 6, dtype=F64, generator=torch.Generator().manual_seed(46))
+    y_bar, _, b_bar = PR._proj_affine_vjp(v, x, y, A3, b3, W)
+    y_ref, _, _ = PR._proj_affine_vjp(v, ref, y, A, b, PR._affine_factor(A, b))
+    torch.testing.assert_close(y_bar, y_ref, rtol=0, atol=1e-12)
+    null = torch.tensor([[1.0, 1.0, -1.0, 0.0], [1.0, 0.0, 0.0, -1.0]], dtype=F64)
+    assert float((b_bar @ null.T).abs().max()) < 1e-12
 
 
 def test_affine_vjp_matches_autograd_and_gradcheck():

@@ -73,6 +73,15 @@ class Block:
     data: tuple[Expr, Expr]  # l1: (offset o, weight c); box: (lo, hi); ball: (center, radius)
     text: str  # gᵢ in readable math (⟨z⟩ stands for the block's zᵢ), for the docstring
     constraint: str = ""  # the constraint it enforces, for the docstring ("" for an l1 term)
+    sources: tuple[int, ...] = ()  # the spec's constraints[i] it comes from (messages name them)
+
+    @property
+    def label(self) -> str:
+        """How a run-time message names the block: its constraints[i] and its math."""
+        if not self.sources:
+            return f"the objective's term {self.text}"
+        where = ", ".join(f"constraints[{i}]" for i in self.sources)
+        return f"{where} ({self.constraint})"
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class AdmmPlan:
     blocks: tuple[Block, ...]
     quadratic: bool
     rho: float
+    adapt_rho: bool
     functions: tuple[Derived, ...]
     objective_grad_params: tuple[str, ...]  # grad params reached through ∇f₀
     block_grad_params: tuple[str, ...]  # grad params reached through the block data
@@ -102,13 +112,14 @@ class AdmmPlan:
             ("terms", tuple(Ref(PROXES[b.kind]) for b in self.blocks)),
             ("matrices", tuple(b.matrix is not None for b in self.blocks)),
             ("data_ranks", tuple(ranks)),
+            ("labels", tuple(b.label for b in self.blocks)),
             ("objective_grad_indices", grad_indices(problem, self.objective_grad_params)),
             ("block_grad_indices", grad_indices(problem, self.block_grad_params)),
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
         settings = (
             Setting("rho", self.rho, Ref(ADMM["check_rho"])),
-            Setting("adapt_rho", False, Ref(ADMM["check_adapt_rho"])),
+            Setting("adapt_rho", self.adapt_rho, Ref(ADMM["check_adapt_rho"])),
         )
         return Emission(tuple(record), settings)
 
@@ -238,6 +249,7 @@ def plan(problem: Problem) -> AdmmPlan:
         blocks=blocks,
         quadratic=quadratic,
         rho=settings.rho,
+        adapt_rho=settings.adapt_rho,
         functions=tuple(functions),
         objective_grad_params=obj_params,
         block_grad_params=block_params,
@@ -484,7 +496,7 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             ball = f"‖⟨z⟩ − {math_str(c.center)}‖ ≤ {math_str(c.radius)}"
             text = f"indicator of {ball}, ⟨z⟩ = {x.name}"
             constraint = ball.replace("⟨z⟩", x.name)
-            balls.append(Block("ball", None, (center, c.radius), text, constraint))
+            balls.append(Block("ball", None, (center, c.radius), text, constraint, (c.source,)))
         else:
             assert isinstance(c, General)
             rel = c.relation
@@ -513,5 +525,7 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             lo_text, hi_text = "", f" = {math_str(box.upper)}"
         text = f"indicator of {lo_text}⟨z⟩{hi_text}, ⟨z⟩ = {z}"
         constraint = f"{lo_text}{z}{hi_text}"
-        blocks.append(Block("box", _matrix_or_none(box.matrix), (lo, hi), text, constraint))
+        sources = tuple(sorted({i for i in (box.lower_source, box.upper_source) if i is not None}))
+        matrix = _matrix_or_none(box.matrix)
+        blocks.append(Block("box", matrix, (lo, hi), text, constraint, sources))
     return blocks + balls

@@ -19,7 +19,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _report
+from foldgen.runtime.layer import SolveInfo, _adjoint, _report_groups, _trend
 from foldgen.runtime.projections import _proj_ball, _proj_ball_vjp, _proj_box, _proj_box_vjp
 from foldgen.runtime.prox import _prox_l1, _prox_l1_vjp
 
@@ -354,13 +354,32 @@ def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
 # ---------------------------------------------------------------------------- certificates
 
 
-def _admm_data_feasible(p, blocks, batch):
-    """False where a block's own data is empty: a box with lo > hi, a ball with r < 0."""
-    ok = torch.ones(batch, dtype=torch.bool, device=blocks[0][1][0].device)
-    for term, (_, data) in zip(p.terms, blocks):
+def _admm_data_empty(p, blocks, batch):
+    """(..., blocks) bool: True where a block's own data is empty (a box with lo > hi, a
+    ball with r < 0)."""
+    empty = torch.zeros(*batch, len(p.terms), dtype=torch.bool, device=blocks[0][1][0].device)
+    for i, (term, (_, data)) in enumerate(zip(p.terms, blocks)):
         if term.nonempty is not None:
-            ok = ok & term.nonempty(data)
-    return ok
+            empty[..., i] = ~term.nonempty(data)
+    return empty
+
+
+def _admm_conflicting(p, du):
+    """(..., blocks) bool: the constraint blocks an infeasibility certificate δ involves
+    (‖δᵢ‖∞ at least 1% of ‖δ‖∞): the blocks whose constraints conflict."""
+    sizes = [
+        d.abs().amax(-1) if term.support is not None else torch.zeros_like(d[..., 0])
+        for term, d in zip(p.terms, du)
+    ]
+    sizes = torch.stack(torch.broadcast_tensors(*sizes), -1)  # (..., blocks)
+    return sizes >= 0.01 * sizes.amax(-1, keepdim=True).clamp_min(torch.finfo(sizes.dtype).tiny)
+
+
+def _admm_conflict_text(p, conflict):
+    """The names of the blocks ``conflict`` marks (any element), for the message."""
+    marked = conflict.reshape(-1, conflict.shape[-1]).any(0).tolist() if conflict.numel() else []
+    names = [label for label, bad in zip(p.labels, marked) if bad]
+    return "; ".join(names) if names else "the constraints"
 
 
 def _admm_infeasible(p, blocks, du, eps):
@@ -444,7 +463,8 @@ class _AdmmRun:
         x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
         blocks = _admm_unpack(p, p.block_data(x, *values))
         rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
-        feasible = _admm_data_feasible(p, blocks, batch)
+        self.conflict = _admm_data_empty(p, blocks, batch)  # (..., blocks)
+        feasible = ~self.conflict.any(-1)
         z = [term.prox(_admm_apply(A, x), data, rho) for term, (A, data) in zip(p.terms, blocks)]
         s = _admm_pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
         self.p, self.layer, self.values, self.batch = p, layer, values, batch
@@ -460,6 +480,7 @@ class _AdmmRun:
         # not finite, which fails the comparison, so such an element stops without moving.
         self.bound = torch.zeros_like(self.residual)
         self.unbounded = torch.zeros_like(feasible)  # certified unbounded below
+        self.halfway = None
         self.started = feasible & self.factored
         self.active = self.started.clone()
 
@@ -471,12 +492,17 @@ class _AdmmRun:
         self.residual = torch.where(self.active, step, self.residual)
         self.bound = torch.where(self.active, layer.forward_tol * s_new.abs().amax(-1), self.bound)
         self.iterations = self.iterations + self.active.to(torch.int64)
+        if k + 1 == layer.max_iter // 2:
+            self.halfway = self.residual.detach().clone()  # for the warning's trend
         check = (k + 1) % _ADMM_CHECK_EVERY == 0
         if check:
             z, u = _admm_split(s, dims)
             z_new, u_new = _admm_split(s_new, dims)
             du = [b - a for a, b in zip(u, u_new)]
             certified = self.active & _admm_infeasible(self.p, self.blocks, du, self.eps)
+            if bool(certified.any()):
+                blocks = _admm_conflicting(self.p, du)
+                self.conflict = self.conflict | (certified[..., None] & blocks)
             self.feasible = self.feasible & ~certified
             self.active = self.active & ~certified
             if unbounded is not None:
@@ -544,21 +570,29 @@ class _AdmmRun:
         else:
             worst = 0.0
         rho = f" (ρ up to {float(self.rho.detach().max()):g})" if self.rho.numel() else ""
-        hint = "" if layer.adapt_rho else "try adapt_rho=True or another rho, "
+        hint = "another rho" if layer.adapt_rho else "adapt_rho=True or another rho"
+        late = feasible & solvable & ~(residual <= bound)
+        trend = _trend(residual.detach(), self.halfway, bound.detach(), late, layer.max_iter)
         detail = (
             f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the state's scale after "
-            f"{layer.max_iter} iterations{rho}; {hint}raise max_iter, or try rule 'sqp'"
+            f"{layer.max_iter} iterations{rho}{trend}; try {hint}, raise max_iter, or try "
+            "rule 'sqp'"
         )
-        _report(layer, "the forward solve", converged | ~feasible | ~solvable, detail)
         singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"
         singular += " the directions the blocks leave free)"
-        _report(layer, "the forward solve", factored, singular)
-        if updated is not None:
-            failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
-            _report(layer, "the forward solve", updated | ~factored, failed)
-        detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
-        _report(layer, "the forward solve", ~diverged, detail)
-        _report(layer, "the forward solve", feasible | diverged, "the constraints admit no point")
+        failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
+        diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+        updated = torch.ones_like(factored) if updated is None else updated | ~factored
+        conflict = _admm_conflict_text(self.p, self.conflict & (~feasible & ~diverged)[..., None])
+        empty = f"the constraints admit no point: {conflict} conflict"
+        groups = [
+            (converged | ~feasible | ~solvable, detail),
+            (factored, singular),
+            (updated, failed),
+            (~diverged, diverging),
+            (feasible | diverged, empty),
+        ]
+        _report_groups(layer, "the forward solve", groups)
         return x, (self.s, self.rho, L, feasible & solvable)
 
 

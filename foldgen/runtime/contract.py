@@ -110,6 +110,7 @@ class AdmmProblem(Problem, SmoothObjective, Protocol):
     terms: tuple[Any, ...]  # per block, its foldgen.runtime.admm._AdmmProx record
     matrices: tuple[bool, ...]  # per block, whether zᵢ = Aᵢ x has a matrix (else zᵢ = x)
     data_ranks: tuple[int, ...]  # core ranks of block_data's outputs
+    labels: tuple[str, ...]  # per block, how messages name it (its constraints[i] and math)
     objective_grad_indices: tuple[int, ...]  # inputs ∇f₀ depends on
     block_grad_indices: tuple[int, ...]  # inputs the block data depend on
 

@@ -297,18 +297,60 @@ def _progress(layer, what, info, seconds):
 
 def _report(layer, what, converged, detail):
     """Apply the non-convergence policy for the elements where ``converged`` is False."""
-    if layer.on_nonconvergence == "ignore" or bool(converged.all()):
+    _report_groups(layer, what, [(converged, detail)])
+
+
+def _report_groups(layer, what, groups):
+    """Apply the non-convergence policy once for a call: ``groups`` are (converged, detail)
+    pairs, one per reason; every group with a failed element becomes one clause of a single
+    warning (or error), so a call never emits more than one."""
+    if layer.on_nonconvergence == "ignore":
         return
-    if converged.dim() == 0:
-        where = "the (unbatched) input"
-    else:
-        bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        where = f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
-    message = f"{layer.__class__.__name__}: {what} did not converge for {where} ({detail})"
+    clauses = [
+        f"{_where(converged)} ({detail})"
+        for converged, detail in groups
+        if not bool(converged.all())
+    ]
+    if not clauses:
+        return
+    name = layer.__class__.__name__
+    message = f"{name}: {what} did not converge for {'; and for '.join(clauses)}"
     if layer.on_nonconvergence == "raise":
         raise ConvergenceError(message)
     warnings.warn(message, ConvergenceWarning, stacklevel=_caller_level(layer))
+
+
+def _where(converged):
+    """The elements where ``converged`` is False, as a message names them (at most ten)."""
+    if converged.dim() == 0:
+        return "the (unbatched) input"
+    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+
+
+def _trend(residual, halfway, bound, failed, iterations):
+    """The residual trend of the worst element in ``failed`` (residual/bound largest), for a
+    max_iter warning: where it was at iteration ``iterations // 2`` (``halfway``), where it
+    ended, and how many more iterations that rate would need; "" where nothing failed or
+    no halfway value was recorded."""
+    if halfway is None or not bool(failed.any()):
+        return ""
+    ratio = torch.where(failed, residual / bound.clamp_min(torch.finfo(bound.dtype).tiny), -1)
+    i = int(ratio.reshape(-1).argmax())
+    end, mid, goal = (float(t.reshape(-1)[i]) for t in (residual, halfway, bound))
+    half = iterations // 2
+    span = iterations - half
+    if not (math.isfinite(mid) and math.isfinite(end)) or mid <= 0 or end <= 0 or span <= 0:
+        return ""
+    text = f"; the worst fell from {mid:.2g} at iteration {half} to {end:.2g} at {iterations}"
+    rate = math.log(end / mid) / span  # log of the factor per iteration
+    if rate >= -1e-12:
+        return text + ", stalled: more iterations will not help"
+    more = math.log(goal / end) / rate if goal > 0 else math.inf
+    if not math.isfinite(more):
+        return text
+    return text + f", about {math.ceil(more):,} more iterations at that rate"
 
 
 def _caller_level(layer):

@@ -18,7 +18,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _report
+from foldgen.runtime.layer import SolveInfo, _adjoint, _report_groups, _trend
 
 _RUNAWAY = 0.5
 _CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
@@ -80,6 +80,8 @@ class _Track:
         self.bound = torch.zeros_like(reference)
         self.runaway = torch.zeros_like(feasible)
         self.safe = start
+        self.steps, self.half = 0, layer.max_iter // 2
+        self.halfway = None  # the residuals at iteration max_iter // 2, for the warning's trend
 
     def step(self, x, x_new, found=None):
         """Record the step x → x_new (found: where a step exists); whether any is active."""
@@ -89,6 +91,9 @@ class _Track:
         bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
         self.residual = torch.where(self.active, step, self.residual)
         self.bound = torch.where(self.active, bound, self.bound)
+        self.steps += 1
+        if self.steps == self.half:
+            self.halfway = self.residual.detach().clone()
         self.active = self.active & (step > bound)
         if found is not None:
             self.active = self.active & found
@@ -281,16 +286,21 @@ def _pgd_finish(p, layer, x, start, track, d):
     )
     residual = track.residual.detach()  # unrolled (under autograd) it may carry a graph
     worst = float(torch.where(feasible, residual, 0).max()) if x.numel() else 0.0
+    late = feasible & ~converged & ~track.met()
+    trend = _trend(residual, track.halfway, track.bound, late, layer.max_iter)
     detail = (
         f"residual up to {worst:.3g} > tol {layer.forward_tol:g} × the data's scale after "
-        f"{layer.max_iter} iterations, or a point that violates the constraints; raise "
+        f"{layer.max_iter} iterations{trend}, or a point that violates the constraints; raise "
         "max_iter, use step_size='auto' if a fixed step is set, or try rule 'admm' or 'sqp'"
     )
-    _report(layer, "the forward solve", converged | ~feasible, detail)
-    detail = "the iterates diverged (unbounded below?); the last finite iterate is returned"
-    _report(layer, "the forward solve", ~diverged, detail)
-    empty = "the constraints admit no point"
-    _report(layer, "the forward solve", feasible | diverged, empty)
+    diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
+    empty = f"the constraints admit no point: {p.set.empty}"
+    groups = [
+        (converged | ~feasible, detail),
+        (~diverged, diverging),
+        (feasible | diverged, empty),
+    ]
+    _report_groups(layer, "the forward solve", groups)
     return x, (d, S)
 
 

@@ -138,40 +138,56 @@ def _proj_box_sum_vjp(v, x, lo, hi, d):
     return y_bar, lo_bar, hi_bar, v_bar
 
 
-def _affine_factor(A):
-    """Cholesky factor of A A^T (..., m, m), computed once per solve and reused per iteration.
+def _affine_factor(A, b=None):
+    """W = (A Aᵀ)⁺, the pseudo-inverse of A Aᵀ (..., m, m), computed once per solve.
 
-    A must have full row rank; elements where it does not get a NaN factor (so only their
-    own results are NaN) instead of an exception for the whole batch.
+    Rank-revealing (an eigendecomposition of A Aᵀ): eigenvalues up to 10·m·eps·λmax count
+    as zero, so linearly dependent rows (a transport polytope's row and column sums, a sum
+    written twice) are handled, and w = W(Ay − b) is the minimum-norm multiplier. Where b
+    is given and not in the range of A beyond √eps relative to ‖b‖∞ (the dependent rows
+    ask for different values: no point satisfies them) the element's W is NaN, so only its
+    own results are NaN and the caller reports it, instead of an exception for the batch.
     """
-    L, info = torch.linalg.cholesky_ex(A @ A.mT)  # (..., m, m)
-    return torch.where((info == 0)[..., None, None], L, math.nan)
+    lam, U = torch.linalg.eigh(A @ A.mT)  # (..., m), (..., m, m)
+    m = lam.shape[-1]
+    floor = 10 * m * torch.finfo(lam.dtype).eps * lam.amax(-1, keepdim=True).clamp_min(0)
+    kept = lam > floor
+    inverse = torch.where(kept, 1 / torch.where(kept, lam, 1), 0)  # (..., m)
+    W = (U * inverse[..., None, :]) @ U.mT  # (..., m, m)
+    if b is None:
+        return W
+    range_b = ((U * kept[..., None, :].to(U.dtype)) @ (U.mT @ b[..., None]))[..., 0]
+    outside = (b - range_b).abs().amax(-1)  # ‖P_null b‖∞, the part of b no x reaches
+    scale = b.abs().amax(-1).clamp_min(torch.finfo(b.dtype).tiny)
+    consistent = outside <= torch.finfo(b.dtype).eps ** 0.5 * scale
+    return torch.where(consistent[..., None, None], W, math.nan)
 
 
-def _proj_affine(y, A, b, L):
-    """Projection onto {x : A x = b}: x = y - A^T w, w = (A A^T)^-1 (A y - b).
+def _proj_affine(y, A, b, W):
+    """Projection onto {x : A x = b}: x = y − Aᵀ w, w = (A Aᵀ)⁺ (A y − b).
 
-    L is the Cholesky factor from _affine_factor.
+    W is the pseudo-inverse from _affine_factor (any row rank; b consistent).
 
-    Shapes: y (..., n), A (..., m, n), b (..., m), L (..., m, m). Returns x (..., n).
+    Shapes: y (..., n), A (..., m, n), b (..., m), W (..., m, m). Returns x (..., n).
     """
     r = (A @ y[..., None]) - b[..., None]  # (..., m, 1)
-    w = torch.cholesky_solve(r, L)  # (..., m, 1)
+    w = W @ r  # (..., m, 1)
     return y - (A.mT @ w).squeeze(-1)  # (..., n)
 
 
-def _proj_affine_vjp(v, x, y, A, b, L):
+def _proj_affine_vjp(v, x, y, A, b, W):
     """VJP of _proj_affine; returns (y_bar, A_bar, b_bar).
 
-    With w = (A A^T)^-1 (A y - b) and s = (A A^T)^-1 A v: y_bar = v - A^T s, b_bar = s,
-    A_bar = -s x^T - w y_bar^T.
+    With W = (A Aᵀ)⁺, w = W(A y − b) and s = W A v: y_bar = v − Aᵀ s, b_bar = s,
+    A_bar = −s xᵀ − w y_barᵀ. With dependent rows these are the minimum-norm cotangents
+    (b_bar has no part along the dependent combinations); the part of y_bar is exact.
     """
     batch = torch.broadcast_shapes(
-        v.shape[:-1], x.shape[:-1], y.shape[:-1], A.shape[:-2], b.shape[:-1], L.shape[:-2]
+        v.shape[:-1], x.shape[:-1], y.shape[:-1], A.shape[:-2], b.shape[:-1], W.shape[:-2]
     )
     m, n = A.shape[-2:]
-    w = torch.cholesky_solve((A @ y[..., None]) - b[..., None], L)  # (..., m, 1)
-    s = torch.cholesky_solve(A @ v[..., None], L)  # (..., m, 1)
+    w = W @ ((A @ y[..., None]) - b[..., None])  # (..., m, 1)
+    s = W @ (A @ v[..., None])  # (..., m, 1)
     y_bar = v[..., None] - A.mT @ s  # (..., n, 1)
     A_bar = -(s @ x[..., None, :]) - (w @ y_bar.mT)  # (..., m, n)
     return (
@@ -192,13 +208,16 @@ def _proj_halfspace(y, a, b):
 def _proj_halfspace_vjp(v, y, a, b):
     """VJP of _proj_halfspace; returns (y_bar, a_bar, b_bar).
 
-    Inactive (a^T y <= b): identity, a_bar = b_bar = 0. Active, with t = (a^T y - b) / |a|^2,
+    Inactive (a^T y < b): identity, a_bar = b_bar = 0. Active, with t = (a^T y - b) / |a|^2,
     x = y - t a and c = a^T v / |a|^2: y_bar = v - c a, b_bar = c, a_bar = -c x - t y_bar.
+    A point on the plane to within 4 ulps of its terms counts as active (weakly active: the
+    tangent-plane element of the generalized Jacobian, as the box and capped simplex do).
     """
     aa = (a * a).sum(-1)  # (...)
     aa_safe = torch.where(aa > 0, aa, 1)
     excess = (a * y).sum(-1) - b
-    active = (excess > 0) & (aa > 0)  # (...)
+    margin = 4 * torch.finfo(y.dtype).eps * ((a * y).abs().sum(-1) + b.abs())
+    active = (excess >= -margin) & (aa > 0)  # (...)
     t = torch.where(active, excess / aa_safe, 0)[..., None]  # (..., 1)
     c = torch.where(active, (a * v).sum(-1) / aa_safe, 0)  # (...)
     y_bar = v - c[..., None] * a  # (..., n); equals v where inactive (c = 0)
@@ -227,12 +246,14 @@ def _proj_ball_vjp(v, y, c, r):
 
     Outside, with delta = y - c: y_bar = (r / |delta|)(v - delta (delta^T v) / |delta|^2),
     c_bar = v - y_bar, r_bar = delta^T v / |delta|. Inside: y_bar = v, c_bar = r_bar = 0.
-    r < 0 is taken as r = 0, as in the forward.
+    A point on the sphere to within 4 ulps counts as outside (weakly active: the boundary's
+    element of the generalized Jacobian, as the other projections choose). r < 0 is taken
+    as r = 0, as in the forward.
     """
     r = r.clamp_min(0)
     delta = y - c  # (..., n)
     dist = torch.linalg.vector_norm(delta, dim=-1)  # (...)
-    outside = dist > r
+    outside = (dist >= r * (1 - 4 * torch.finfo(y.dtype).eps)) & (dist > 0)
     dist_safe = torch.where(outside, dist, 1)
     unit = delta / dist_safe[..., None]  # (..., n)
     radial = (unit * v).sum(-1)  # (...)

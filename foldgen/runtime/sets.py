@@ -38,6 +38,7 @@ class _FeasibleSet:
     project_vjp: object
     unprepare_bars: object
     violation: object
+    empty: str = "the constraints admit no point"  # why a `nonempty` False element has none
 
 
 def _same(data):
@@ -96,7 +97,15 @@ def _box_violation(x, S):
     return excess / _magnitude(x, lo, hi)
 
 
-_BOX = _FeasibleSet((1, 1), _same, _box_project, _box_project_vjp, _same, _box_violation)
+_BOX = _FeasibleSet(
+    (1, 1),
+    _same,
+    _box_project,
+    _box_project_vjp,
+    _same,
+    _box_violation,
+    "the bounds conflict: a lower bound exceeds its upper bound",
+)
 
 
 # lo ≤ x ≤ hi with Σx = k, projected in the metric diag(d)⁻¹ of the step.
@@ -122,17 +131,24 @@ def _box_sum_violation(x, S):
 
 
 _BOX_SUM = _FeasibleSet(
-    (1, 1, 0), _same, _box_sum_project, _box_sum_project_vjp, _same, _box_sum_violation
+    (1, 1, 0),
+    _same,
+    _box_sum_project,
+    _box_sum_project_vjp,
+    _same,
+    _box_sum_violation,
+    "the bounds and the sum constraint conflict: lo > hi somewhere, or sum(lo) > k, or "
+    "sum(hi) < k",
 )
 
 
-# The affine set A x = b (one Cholesky factor of A Aᵀ per solve); a single row a·x = b is
-# lifted to a 1 × n system.
+# The affine set A x = b (one pseudo-inverse of A Aᵀ per solve, rank-revealing: dependent
+# rows are allowed where b is consistent); a single row a·x = b is lifted to a 1 × n system.
 
 
 def _affine_prepare(data):
     A, b = data
-    return A, b, _affine_factor(A)
+    return A, b, _affine_factor(A, b)
 
 
 def _affine_row_prepare(data):
@@ -141,17 +157,18 @@ def _affine_row_prepare(data):
 
 
 def _affine_project(y, d, S):
-    """The projection, and where A has full row rank; elsewhere y itself (finite, reported)."""
-    A, b, L = S
-    ok = torch.isfinite(L).all(-1).all(-1)
-    x = torch.where(ok[..., None], _proj_affine(y, A, b, L), y)
+    """The projection, and where A x = b has a point (b in the range of A); elsewhere y
+    itself (finite, reported)."""
+    A, b, W = S
+    ok = torch.isfinite(W).all(-1).all(-1)
+    x = torch.where(ok[..., None], _proj_affine(y, A, b, W), y)
     return x, ok
 
 
 def _affine_project_vjp(v, x, y, d, S):
-    A, b, L = S
-    ok = torch.isfinite(L).all(-1).all(-1)
-    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, L)
+    A, b, W = S
+    ok = torch.isfinite(W).all(-1).all(-1)
+    y_bar, A_bar, b_bar = _proj_affine_vjp(v, x, y, A, b, W)
     y_bar = torch.where(ok[..., None], y_bar, 0)  # no projection there: nothing to fold
     A_bar = torch.where(ok[..., None, None], A_bar, 0)
     return y_bar, (A_bar, torch.where(ok[..., None], b_bar, 0))
@@ -170,8 +187,18 @@ def _affine_row_unprepare(bars):
     return A_bar[..., 0, :], b_bar[..., 0]
 
 
+_AFFINE_EMPTY = (
+    "the equality constraints conflict: b is not in the range of A (linearly dependent rows "
+    "of A ask for different values, or a zero row for a nonzero value)"
+)
 _AFFINE = _FeasibleSet(
-    (2, 1, 2), _affine_prepare, _affine_project, _affine_project_vjp, _same, _affine_violation
+    (2, 1, 2),
+    _affine_prepare,
+    _affine_project,
+    _affine_project_vjp,
+    _same,
+    _affine_violation,
+    _AFFINE_EMPTY,
 )
 _AFFINE_ROW = _FeasibleSet(
     (2, 1, 2),
@@ -180,6 +207,7 @@ _AFFINE_ROW = _FeasibleSet(
     _affine_project_vjp,
     _affine_row_unprepare,
     _affine_violation,
+    _AFFINE_EMPTY,
 )
 
 
@@ -205,7 +233,13 @@ def _halfspace_violation(x, S):
 
 
 _HALFSPACE = _FeasibleSet(
-    (1, 0), _same, _halfspace_project, _halfspace_project_vjp, _same, _halfspace_violation
+    (1, 0),
+    _same,
+    _halfspace_project,
+    _halfspace_project_vjp,
+    _same,
+    _halfspace_violation,
+    "the half-space is empty: a = 0 with b < 0",
 )
 
 
@@ -230,4 +264,12 @@ def _ball_violation(x, S):
     return (_norm(x - c) - r).clamp_min(0) / scale.clamp_min(torch.finfo(x.dtype).tiny)
 
 
-_BALL = _FeasibleSet((1, 0), _same, _ball_project, _ball_project_vjp, _same, _ball_violation)
+_BALL = _FeasibleSet(
+    (1, 0),
+    _same,
+    _ball_project,
+    _ball_project_vjp,
+    _same,
+    _ball_violation,
+    "the ball is empty: its radius is negative",
+)
