@@ -154,6 +154,9 @@ class SqpPlan:
             "    Φᵀv = v − α(0, v_λ, v_ν) − α(∇²ₓₓL w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν, 0, 0)",
             "    Ψ_θᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν]",
             "",
+            "Where the active and equality rows are linearly dependent (a degenerate vertex, a",
+            "redundant equality), K has −P in its multiplier block, P the projector onto their",
+            "left null space: nonsingular, the same x-part, minimum-norm multipliers.",
             "With the exact Hessian (δ = 0) and α = 1, Φ = 0: one KKT solve, i.e. implicit",
             "differentiation of the KKT conditions. The gradient flows to "
             + (", ".join(self.grad_params) or "no parameter")
