@@ -67,6 +67,8 @@ class Bound:
     lower: Expr | None  # broadcast to the variable's shape
     upper: Expr | None
     sources: tuple[int, ...]  # constraint indices, for messages
+    lower_source: int | None = None  # the constraint index of each side, for messages
+    upper_source: int | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,8 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
             lowers[v][0] if v in lowers else None,
             uppers[v][0] if v in uppers else None,
             tuple(sorted({t[v][1] for t in (lowers, uppers) if v in t})),
+            lowers[v][1] if v in lowers else None,
+            uppers[v][1] if v in uppers else None,
         )
         for v in var_leaves.values()
         if v in lowers or v in uppers

@@ -35,6 +35,9 @@ w = K⁻¹v = (w_x, w_λ, w_ν) (K is symmetric; inactive rows hold λᵢ = 0):
     Φᵀv = v − α(0, v_λ, v_ν) − α(∇²ₓₓL w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν, 0, 0)
     Ψ_θᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν]
 
+Where the active and equality rows are linearly dependent (a degenerate vertex, a
+redundant equality), K has −P in its multiplier block, P the projector onto their
+left null space: nonsingular, the same x-part, minimum-norm multipliers.
 With the exact Hessian (δ = 0) and α = 1, Φ = 0: one KKT solve, i.e. implicit
 differentiation of the KKT conditions. The gradient flows to p.
 No autograd runs through the solver: the backward evaluates these expressions inside
@@ -287,7 +290,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 512532f475d91af2): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 8fe24fd0a882e372): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -579,32 +582,98 @@ def _qp_max_step(z, dz):
     return ratio.amin(-1) if ratio.shape[-1] else z.new_full(z.shape[:-1], math.inf)
 
 
+def _qp_svd(C):
+    """``torch.linalg.svd(C, full_matrices=True)``'s U and S; where LAPACK fails on some
+    element (torch then raises for the whole batch), element by element, NaN for those."""
+    try:
+        U, S, _ = torch.linalg.svd(C, full_matrices=True)
+        return U, S
+    except torch.linalg.LinAlgError:
+        k, r = C.shape[-2], min(C.shape[-2:])
+        out = []
+        for c in C:
+            try:
+                u, s, _ = torch.linalg.svd(c, full_matrices=True)
+            except torch.linalg.LinAlgError:
+                u, s = c.new_full((k, k), math.nan), c.new_full((r,), math.nan)
+            out.append((u, s))
+        return torch.stack([u for u, _ in out]), torch.stack([s for _, s in out])
+
+
+def _qp_null_projector(C, rows):
+    """The orthogonal projector (..., k, k) onto the left null space of the rows of C
+    (..., k, n) that ``rows`` (..., k, bool) selects, zero outside them: Σ uⱼuⱼᵀ over C's
+    left singular vectors of singular value at most 10·max(k, n)·eps·σ_max (and those past
+    n). Zero where the selected rows are linearly independent, so a KKT matrix with −P in
+    its multiplier block is the usual one there, and nonsingular where rows are redundant.
+
+    Screened first: the Cholesky factor of the Gram matrix of the selected rows, normalised,
+    has its j-th pivot the sine of the angle between row j and the rows before it; only
+    elements with a pivot below 10·√(k·eps) (rounding in the Gram matrix is eps) or a zero
+    row get the SVD. Constant data for the derivative (computed without autograd)."""
+    batch = torch.broadcast_shapes(C.shape[:-2], rows.shape[:-1])
+    k, n = C.shape[-2:]
+    P = C.new_zeros(*batch, k, k)
+    if k == 0:
+        return P
+    m = rows.to(C.dtype).expand(*batch, k)
+    C = (C.detach() * m[..., None]).expand(*batch, k, n)
+    eps = torch.finfo(C.dtype).eps
+    gram = C @ C.mT
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()
+    inverse = torch.where(norms > 0, 1 / norms, 0)  # a zero selected row: a zero pivot
+    gram = inverse[..., :, None] * gram * inverse[..., None, :] + torch.diag_embed(1 - m)
+    L, info = torch.linalg.cholesky_ex(gram)
+    pivots = torch.diagonal(L, dim1=-2, dim2=-1)
+    suspect = ~((info == 0) & (pivots > 10 * (k * eps) ** 0.5).all(-1))
+    if not bool(suspect.any()):
+        return P
+    index = suspect.reshape(-1).nonzero()[:, 0]
+    chosen, selected = C.reshape(-1, k, n)[index], m.reshape(-1, k)[index]
+    finite = torch.isfinite(chosen).all(-1).all(-1)
+    U, S = _qp_svd(torch.where(finite[..., None, None], chosen, 0))
+    limit = 10 * max(k, n) * eps * S[..., :1]
+    null = torch.ones_like(selected, dtype=torch.bool)
+    null[..., : S.shape[-1]] = ~(S > limit)  # NaN where the SVD failed: the element fails
+    found = (U * null[..., None, :].to(U.dtype)) @ U.mT
+    good = finite & torch.isfinite(S).all(-1)  # else NaN: a K with P fails as singular
+    found = torch.where(good[..., None, None], found, math.nan)
+    found = found * selected[..., :, None] * selected[..., None, :]
+    P = P.reshape(-1, k, k).index_copy(0, index, found)
+    return P.reshape(*batch, k, k)
+
+
 def _kkt_matrix(H, G, A, active):
     """The KKT matrix of the QP on an active set, (..., n + p + q) square and symmetric:
 
     [ H        Gᵀ M     Aᵀ ]      M = diag(active): active rows hold G_i d = b_i,
-    [ M G      I − M    0  ]      inactive rows hold λ_i = 0.
-    [ A        0        0  ]
+    [ M G      I − M    0  ]  − P  inactive rows hold λ_i = 0; P (on the multiplier rows)
+    [ A        0        0  ]      the projector onto the left null space of [M G; A].
+
+    P is zero unless the active and equality rows are linearly dependent (a degenerate vertex,
+    a constraint written twice); there it makes K nonsingular with the same x-part of K⁻¹,
+    and the multipliers of consistent data the minimum-norm ones (orthogonal to P's range).
     """
     p, q = G.shape[-2], A.shape[-2]
-    m = active.to(H.dtype)
-    batch = torch.broadcast_shapes(H.shape[:-2], G.shape[:-2], A.shape[:-2], m.shape[:-1])
+    batch = torch.broadcast_shapes(H.shape[:-2], G.shape[:-2], A.shape[:-2], active.shape[:-1])
     n = H.shape[-1]
     H, G, A = H.expand(*batch, n, n), G.expand(*batch, p, n), A.expand(*batch, q, n)
-    m = m.expand(*batch, p)
+    m = active.to(H.dtype).expand(*batch, p)
     MG = m[..., :, None] * G
-    top = torch.cat([H, MG.mT, A.mT], dim=-1)
-    middle = torch.cat(
-        [MG, torch.diag_embed(1 - m).expand(*batch, p, p), G.new_zeros(*batch, p, q)], -1
-    )
-    bottom = torch.cat([A, A.new_zeros(*batch, q, p + q)], dim=-1)
-    return torch.cat([top, middle, bottom], dim=-2)
+    C = torch.cat([MG, A], dim=-2)  # (..., p + q, n)
+    rows = torch.cat([active.expand(*batch, p), active.new_ones(*batch, q)], dim=-1)
+    corner = torch.diag_embed(torch.cat([1 - m, m.new_zeros(*batch, q)], dim=-1))
+    corner = corner - _qp_null_projector(C, rows)
+    top = torch.cat([H, C.mT], dim=-1)
+    bottom = torch.cat([C, corner], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
 
 
 def _qp_polish(H, c, G, b, A, e, active, tol):
     """The QP's solution on an active set from its KKT system; ``ok`` where it is the QP's
-    solution: the system solved (residual ≤ tol, relative), λ ≥ −tol (relative) and
-    G d ≤ b + tol."""
+    solution: the system solved (residual ≤ tol, relative), the active and equality rows
+    held (to tol, relative: redundant rows with inconsistent data fail here), λ ≥ −tol
+    (relative) and G d ≤ b + tol."""
     n, p = H.shape[-1], G.shape[-2]
     K = _kkt_matrix(H, G, A, active)
     batch = K.shape[:-2]
@@ -617,6 +686,9 @@ def _qp_polish(H, c, G, b, A, e, active, tol):
     slack = b - (G @ d[..., None])[..., 0]
     ok = (info == 0) & torch.isfinite(sol).all(-1)
     ok = ok & (error <= tol * (1 + rhs.abs().amax(-1)))
+    held = torch.cat([torch.where(active, slack, 0), (A @ d[..., None])[..., 0] - e], -1)
+    if held.shape[-1]:
+        ok = ok & (held.abs().amax(-1) <= tol * (1 + rhs[..., n:].abs().amax(-1)))
     if p:
         ok = ok & (lam >= -tol * (1 + lam.abs().amax(-1, keepdim=True))).all(-1)
         ok = ok & (slack >= -tol).all(-1)  # absolute: a violated row means a wrong active set
@@ -629,7 +701,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     Mehrotra predictor-corrector from d = 0, s = max(b, 1), λ = 1, with one step length for
     primal and dual (0.99 of the way to the boundary), stopped per element when the scaled
     residuals fall below √eps and the duality measure below eps^¾; then polished on its
-    active set. Returns d, λ ≥ 0, ν and ``solved``: True where the interior point converged
+    active set. Redundant equality rows (A of deficient row rank) get −P in the reduced
+    system's (ν, ν) block, P the projector onto A's left null space: nonsingular, ν stays in
+    A's range (minimum norm), and data with P e beyond √eps (relative) have no point. Where
+    the active rows are dependent too (a degenerate vertex) the polish's multipliers are the
+    minimum-norm ones; rows where those are negative leave the active set and it is polished
+    again (at most twice). Returns d, λ ≥ 0, ν and ``solved``: True where the interior point converged
     or the polished point passed its checks (primal feasible, λ ≥ 0), False otherwise (an
     infeasible QP, or a singular system).
     """
@@ -646,7 +723,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     scale_p = 1 + torch.cat([b, e], -1).abs().amax(-1) if p + q else torch.ones_like(scale_d)
     done = ~todo
     solved = torch.zeros_like(todo)
-    zeros_q = torch.zeros(*batch, q, q, dtype=dtype, device=device)
+    # Redundant equality rows: −P in the (ν, ν) block; inconsistent data have no point.
+    P_eq = _qp_null_projector(A, torch.ones(q, dtype=torch.bool, device=device))
+    if q:
+        inconsistent = ~((P_eq @ e[..., None])[..., 0].abs().amax(-1) <= tol * scale_p)
+        done = done | inconsistent
+    corner = -P_eq.expand(*batch, q, q)
     for _ in range(max_iter):
         Gd = (G @ d[..., None])[..., 0]
         r_d = (H @ d[..., None])[..., 0] + c + (G.mT @ lam[..., None])[..., 0]
@@ -666,7 +748,7 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         K = torch.cat(
             [
                 torch.cat([M, A.mT.expand(*batch, n, q)], -1),
-                torch.cat([A.expand(*batch, q, n), zeros_q], -1),
+                torch.cat([A.expand(*batch, q, n), corner], -1),
             ],
             -2,
         )
@@ -689,7 +771,21 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         keep = done[..., None]
         d, s, lam, nu = (torch.where(keep, z, z_new) for z, z_new in zip((d, s, lam, nu), step))
     # Polish: the exact solution on the identified active set, where it is the QP's solution.
-    d_p, lam_p, nu_p, ok = _qp_polish(H, c, G, b, A, e, lam > s, 100 * tol)
+    active = lam > s
+    d_p, lam_p, nu_p, ok = _qp_polish(H, c, G, b, A, e, active, 100 * tol)
+    for _ in range(2 if p else 0):
+        # Dependent active rows (more active rows than the vertex needs): the minimum-norm
+        # multipliers may be negative where nonnegative ones exist; drop those rows.
+        negative = lam_p < -100 * tol * (1 + lam_p.abs().amax(-1, keepdim=True))
+        again = todo & ~ok & negative.any(-1) & torch.isfinite(lam_p).all(-1)
+        if not bool(again.any()):
+            break
+        active = torch.where(again[..., None], active & ~negative, active)
+        retried = _qp_polish(H, c, G, b, A, e, active, 100 * tol)
+        d_p, lam_p, nu_p, ok = (
+            torch.where(again[..., None] if t.dim() > again.dim() else again, t_new, t)
+            for t, t_new in zip((d_p, lam_p, nu_p, ok), retried)
+        )
     # A polished point that passes its checks is feasible and a KKT point: solved, even where
     # rounding kept the interior point from its own tolerance.
     ok = ok & todo
@@ -1404,7 +1500,14 @@ def _sqp_regularization(H, J_g, J_h, active):
     H = torch.where(ok[..., None, None], H, eye)
     M = torch.where(ok[..., None, None], M, 0)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
-    P = eye - _sqp_each(torch.linalg.pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
+    # Rank-revealing as the QP's null projector: dependent rows (a degenerate vertex, a
+    # redundant equality) count once.
+    rtol = 10 * max(M.shape[-2:]) * torch.finfo(H.dtype).eps
+
+    def pinv(A):
+        return torch.linalg.pinv(A, rtol=rtol)
+
+    P = eye - _sqp_each(pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
     ok = ok & torch.isfinite(R).all((-2, -1))
     R = torch.where(ok[..., None, None], R, eye)
@@ -1547,6 +1650,7 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         far = ~(x.abs().amax(-1) <= 1e12 * reference)  # also where x is not finite
         bounded = bounded & ~(active & far) & (huge_steps < 3)
         active = active & found & bounded & (norm > layer.forward_tol)
+    no_point = ~feasible  # a linearised QP had no solution
     feasible = feasible & bounded
     x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
     violation = _sqp_violation(p, x, values)
@@ -1566,9 +1670,11 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     layer.multipliers = (lam, nu)  # also in info.multipliers; kept for existing callers
     late = feasible & ~converged
     detail = _sqp_why(layer, residual, violation, satisfied, broken, late)
-    _report(layer, "the forward solve", ~late, detail)
-    reason = "infeasible (a linearised QP has no point) or unbounded"
-    _report(layer, "the forward solve", feasible, reason)
+    groups = [(~late, detail)]
+    if layer.on_nonconvergence != "ignore" and not bool(feasible.all()):
+        reason = _sqp_infeasible_why(p, x, values, no_point, ~feasible & ~no_point)
+        groups.append((feasible, reason))
+    _report_groups(layer, "the forward solve", groups)
     return x, (lam, nu, step, block_sizes, feasible & ~broken)
 
 
@@ -1588,6 +1694,82 @@ def _sqp_why(layer, residual, violation, satisfied, broken, late):
         reasons.append(f"constraint violation up to {worst:.3g}")
     if bool((late & broken).any()):
         reasons.append("f, ∇f, the constraints or ∇²ₓₓL not finite at an iterate")
+    return "; ".join(reasons)
+
+
+def _sqp_elements(mask):
+    """The batch elements where ``mask`` holds, as `_report` names them (at most 10)."""
+    if mask.dim() == 0:
+        return "the input"
+    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return "element(s) " + ", ".join(map(str, found[:10])) + more
+
+
+def _sqp_conflicts(p, x, values, which):
+    """Per element where ``which``: the blocks in conflict at x, as a (..., blocks) bool.
+
+    They are the blocks the least-squares point of the linearised constraints leaves
+    violated, from the (always feasible) QP in (d, u)
+
+        min ½‖u‖² + ½‖h + J_h d‖² + ½ε‖d‖²   s.t.   g + J_g d ≤ u,
+
+    ε = √eps: its residual r = ((g + J_g d)₊, h + J_h d) is the constraints' least violation,
+    and r ≠ 0 exactly on the rows of a Farkas certificate (Jᵀ r = 0), the rows that cannot
+    hold together. A block is named where its largest entry of r is above 10⁻³ of the
+    element's largest (and above 100√eps). Where that QP fails, the blocks x violates."""
+    g, h, block_sizes = _sqp_constraints(p, x, values)
+    J_g, J_h = _sqp_jacobians(p, x, values, block_sizes)
+    finite = torch.isfinite(torch.cat([g, h], -1)).all(-1)
+    finite = finite & torch.isfinite(torch.cat([J_g, J_h], -2)).all((-2, -1))
+    g, h = (torch.where(finite[..., None], t, 0) for t in (g, h))
+    J_g, J_h = (torch.where(finite[..., None, None], t, 0) for t in (J_g, J_h))
+    batch, n, rows = x.shape[:-1], x.shape[-1], g.shape[-1]
+    eps = torch.finfo(x.dtype).eps
+    eye = torch.eye(n + rows, dtype=x.dtype, device=x.device)
+    H = eye.expand(*batch, n + rows, n + rows).clone()
+    H[..., :n, :n] = eps**0.5 * H[..., :n, :n] + J_h.mT @ J_h
+    c = torch.cat([(J_h.mT @ h[..., None])[..., 0], g.new_zeros(*batch, rows)], -1)
+    G = torch.cat([J_g, -eye[:rows, :rows].expand(*batch, rows, rows)], -1)
+    A, e = x.new_zeros(*batch, 0, n + rows), x.new_zeros(*batch, 0)
+    d, _, _, solved = _qp_solve(H, c, G, -g, A, e, which & finite)
+    d = torch.where(solved[..., None], d[..., :n], 0)
+    r = torch.cat(
+        [(g + (J_g @ d[..., None])[..., 0]).clamp_min(0), h + (J_h @ d[..., None])[..., 0]], -1
+    )
+    r = torch.where(solved[..., None], r.abs(), torch.cat([g.clamp_min(0), h.abs()], -1))
+    split = _sqp_split(r, block_sizes[0] + block_sizes[1], p.ineq_ranks + p.eq_ranks)
+    per_block = [b[..., None] if b.dim() == len(batch) else b for b in split]
+    worst = torch.stack([b.amax(-1) if b.shape[-1] else b.new_zeros(batch) for b in per_block], -1)
+    largest = worst.amax(-1, keepdim=True) if worst.shape[-1] else worst.new_zeros(*batch, 1)
+    limit = torch.clamp(1e-3 * largest, min=100 * eps**0.5)
+    return (worst > limit) & which[..., None]
+
+
+def _sqp_infeasible_why(p, x, values, no_point, unbounded):
+    """Why the elements without a point (``no_point``) or ``unbounded`` are infeasible: the
+    conflicting blocks by name (`_sqp_conflicts`), elements grouped by the blocks they name."""
+    reasons = []
+    if bool(no_point.any()):
+        labels = tuple(p.ineq_labels) + tuple(p.eq_labels)
+        named = _sqp_conflicts(p, x, values, no_point)
+        groups: dict = {}
+        for key in torch.unique(named[no_point], dim=0).tolist() if named.shape[-1] else [[]]:
+            row = torch.tensor(key, dtype=torch.bool, device=named.device)
+            mask = no_point & (named == row).all(-1) if named.shape[-1] else no_point
+            groups[tuple(label for label, on in zip(labels, key) if on)] = mask
+        parts = []
+        for blocks, mask in sorted(groups.items(), key=lambda item: -int(item[1].sum())):
+            where = _sqp_elements(mask)
+            if blocks[1:]:
+                parts.append(f"{', '.join(blocks[:-1])} and {blocks[-1]} conflict at {where}")
+            elif blocks:
+                parts.append(f"{blocks[0]} cannot hold at {where}")
+            else:
+                parts.append(f"no conflicting block identified at {where}")
+        reasons.append("infeasible, a linearised QP has no point: " + "; ".join(parts))
+    if bool(unbounded.any()):
+        reasons.append(f"unbounded (the steps or iterates ran away) at {_sqp_elements(unbounded)}")
     return "; ".join(reasons)
 
 
@@ -1760,6 +1942,8 @@ PROBLEM = types.SimpleNamespace(
     ineq_jacobian=_sqp_inequality_jacobian,
     eq_jacobian=_sqp_equality_jacobian,
     kkt_grad_indices=(0,),
+    ineq_labels=("constraints[1] (g0: G y \u2212 h \u2264 0)",),
+    eq_labels=("constraints[0] (h0: A y \u2212 b = 0)",),
     objective=_objective,
     gradient=_gradient,
     init=_init,

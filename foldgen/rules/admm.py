@@ -475,9 +475,11 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
     for bound in problem.bounds:
         eye = E.Eye(n)
         if bound.lower is not None:
-            add(eye, ">=", E.broadcast(bound.lower, x.shape), bound.sources[0])
+            side = bound.lower_source if bound.lower_source is not None else bound.sources[0]
+            add(eye, ">=", E.broadcast(bound.lower, x.shape), side)
         if bound.upper is not None:
-            add(eye, "<=", E.broadcast(bound.upper, x.shape), bound.sources[-1])
+            side = bound.upper_source if bound.upper_source is not None else bound.sources[-1]
+            add(eye, "<=", E.broadcast(bound.upper, x.shape), side)
     for c in problem.constraints:
         if isinstance(c, AffineEq):
             if c.A.rank == 1:

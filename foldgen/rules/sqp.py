@@ -69,6 +69,15 @@ class Block:
 
     expr: Expr
     text: str  # readable, for the docstring
+    source: int | None = None  # the spec's constraint index it comes from
+
+    def label(self, name: str, relation: str) -> str:
+        """How messages name the block: its constraint index and its docstring line
+        (``constraints[1] (g0: Σ(x) ≤ 0)``), shortened; printed by foldgen from the IR, so
+        it holds names, numbers and operators, never the spec's own text."""
+        text = self.text if len(self.text) <= 60 else self.text[:59] + "…"
+        line = f"{name}: {text} {relation} 0"
+        return line if self.source is None else f"constraints[{self.source}] ({line})"
 
     @property
     def rank(self) -> int:
@@ -101,6 +110,8 @@ class SqpPlan:
             ),
             ("eq_jacobian", Ref(SQP["equality_jacobian"] if self.equalities else NO_JACOBIAN)),
             ("kkt_grad_indices", grad_indices(problem, self.grad_params)),
+            ("ineq_labels", tuple(b.label(f"g{i}", "≤") for i, b in enumerate(self.inequalities))),
+            ("eq_labels", tuple(b.label(f"h{i}", "=") for i, b in enumerate(self.equalities))),
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
         settings = problem.solver
@@ -143,6 +154,9 @@ class SqpPlan:
             "    Φᵀv = v − α(0, v_λ, v_ν) − α(∇²ₓₓL w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν, 0, 0)",
             "    Ψ_θᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν]",
             "",
+            "Where the active and equality rows are linearly dependent (a degenerate vertex, a",
+            "redundant equality), K has −P in its multiplier block, P the projector onto their",
+            "left null space: nonsingular, the same x-part, minimum-norm multipliers.",
             "With the exact Hessian (δ = 0) and α = 1, Φ = 0: one KKT solve, i.e. implicit",
             "differentiation of the KKT conditions. The gradient flows to "
             + (", ".join(self.grad_params) or "no parameter")
@@ -266,26 +280,27 @@ def _bound_blocks(b: Bound, x: Leaf) -> list[Block]:
     out = []
     if b.lower is not None:
         lo = E.broadcast(b.lower, x.shape)
-        out.append(_make(E.sub(lo, x)))
+        out.append(_make(E.sub(lo, x), b.lower_source))
     if b.upper is not None:
         hi = E.broadcast(b.upper, x.shape)
-        out.append(_make(E.sub(x, hi)))
+        out.append(_make(E.sub(x, hi), b.upper_source))
     return out
 
 
 def _block(problem: Problem, c, x: Leaf) -> tuple[str, Block]:
     """('ineq' | 'eq', the block) for one constraint family."""
     if isinstance(c, AffineEq):
-        return "eq", _make(E.sub(E.matmul(c.A, x), c.b))
+        return "eq", _make(E.sub(E.matmul(c.A, x), c.b), c.source)
     if isinstance(c, SumEq):
-        return "eq", _make(E.sub(E.sum_(x), c.k))
+        return "eq", _make(E.sub(E.sum_(x), c.k), c.source)
     if isinstance(c, HalfSpace):
-        return "ineq", _make(E.sub(E.matmul(c.a, x), c.b))
+        return "ineq", _make(E.sub(E.matmul(c.a, x), c.b), c.source)
     if isinstance(c, Ball):
         # Squared, so the block is smooth at the centre: ‖x − c‖² − r² ≤ 0.
         diff = E.sub(x, E.broadcast(c.center, x.shape))
         return "ineq", _make(
-            E.sub(E.sum_(E.power(diff, E.const(2.0))), E.power(c.radius, E.const(2.0)))
+            E.sub(E.sum_(E.power(diff, E.const(2.0))), E.power(c.radius, E.const(2.0))),
+            c.source,
         )
     assert isinstance(c, General)
     rel = c.relation
@@ -301,8 +316,8 @@ def _block(problem: Problem, c, x: Leaf) -> tuple[str, Block]:
             path, "rule 'sqp' supports scalar and vector constraints, not matrix ones"
         )
     _require_smooth(problem, e, path)
-    return kind, _make(e)
+    return kind, _make(e, c.source)
 
 
-def _make(e: Expr) -> Block:
-    return Block(e, math_str(e))
+def _make(e: Expr, source: int | None = None) -> Block:
+    return Block(e, math_str(e), source)

@@ -148,6 +148,8 @@ class SqpProblem(Problem, Protocol):
 
     ineq_ranks: tuple[int, ...]
     eq_ranks: tuple[int, ...]
+    ineq_labels: tuple[str, ...]  # each block's name in messages: constraints[i] (g0: …)
+    eq_labels: tuple[str, ...]
     kkt_grad_indices: tuple[int, ...]  # inputs the KKT system depends on
     ineq_values: Callable[..., Any]  # `_sqp_inequalities` or `_sqp_no_constraints`
     eq_values: Callable[..., Any]  # `_sqp_equalities` or `_sqp_no_constraints`

@@ -51,32 +51,98 @@ def _qp_max_step(z, dz):
     return ratio.amin(-1) if ratio.shape[-1] else z.new_full(z.shape[:-1], math.inf)
 
 
+def _qp_svd(C):
+    """``torch.linalg.svd(C, full_matrices=True)``'s U and S; where LAPACK fails on some
+    element (torch then raises for the whole batch), element by element, NaN for those."""
+    try:
+        U, S, _ = torch.linalg.svd(C, full_matrices=True)
+        return U, S
+    except torch.linalg.LinAlgError:
+        k, r = C.shape[-2], min(C.shape[-2:])
+        out = []
+        for c in C:
+            try:
+                u, s, _ = torch.linalg.svd(c, full_matrices=True)
+            except torch.linalg.LinAlgError:
+                u, s = c.new_full((k, k), math.nan), c.new_full((r,), math.nan)
+            out.append((u, s))
+        return torch.stack([u for u, _ in out]), torch.stack([s for _, s in out])
+
+
+def _qp_null_projector(C, rows):
+    """The orthogonal projector (..., k, k) onto the left null space of the rows of C
+    (..., k, n) that ``rows`` (..., k, bool) selects, zero outside them: Σ uⱼuⱼᵀ over C's
+    left singular vectors of singular value at most 10·max(k, n)·eps·σ_max (and those past
+    n). Zero where the selected rows are linearly independent, so a KKT matrix with −P in
+    its multiplier block is the usual one there, and nonsingular where rows are redundant.
+
+    Screened first: the Cholesky factor of the Gram matrix of the selected rows, normalised,
+    has its j-th pivot the sine of the angle between row j and the rows before it; only
+    elements with a pivot below 10·√(k·eps) (rounding in the Gram matrix is eps) or a zero
+    row get the SVD. Constant data for the derivative (computed without autograd)."""
+    batch = torch.broadcast_shapes(C.shape[:-2], rows.shape[:-1])
+    k, n = C.shape[-2:]
+    P = C.new_zeros(*batch, k, k)
+    if k == 0:
+        return P
+    m = rows.to(C.dtype).expand(*batch, k)
+    C = (C.detach() * m[..., None]).expand(*batch, k, n)
+    eps = torch.finfo(C.dtype).eps
+    gram = C @ C.mT
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()
+    inverse = torch.where(norms > 0, 1 / norms, 0)  # a zero selected row: a zero pivot
+    gram = inverse[..., :, None] * gram * inverse[..., None, :] + torch.diag_embed(1 - m)
+    L, info = torch.linalg.cholesky_ex(gram)
+    pivots = torch.diagonal(L, dim1=-2, dim2=-1)
+    suspect = ~((info == 0) & (pivots > 10 * (k * eps) ** 0.5).all(-1))
+    if not bool(suspect.any()):
+        return P
+    index = suspect.reshape(-1).nonzero()[:, 0]
+    chosen, selected = C.reshape(-1, k, n)[index], m.reshape(-1, k)[index]
+    finite = torch.isfinite(chosen).all(-1).all(-1)
+    U, S = _qp_svd(torch.where(finite[..., None, None], chosen, 0))
+    limit = 10 * max(k, n) * eps * S[..., :1]
+    null = torch.ones_like(selected, dtype=torch.bool)
+    null[..., : S.shape[-1]] = ~(S > limit)  # NaN where the SVD failed: the element fails
+    found = (U * null[..., None, :].to(U.dtype)) @ U.mT
+    good = finite & torch.isfinite(S).all(-1)  # else NaN: a K with P fails as singular
+    found = torch.where(good[..., None, None], found, math.nan)
+    found = found * selected[..., :, None] * selected[..., None, :]
+    P = P.reshape(-1, k, k).index_copy(0, index, found)
+    return P.reshape(*batch, k, k)
+
+
 def _kkt_matrix(H, G, A, active):
     """The KKT matrix of the QP on an active set, (..., n + p + q) square and symmetric:
 
     [ H        Gᵀ M     Aᵀ ]      M = diag(active): active rows hold G_i d = b_i,
-    [ M G      I − M    0  ]      inactive rows hold λ_i = 0.
-    [ A        0        0  ]
+    [ M G      I − M    0  ]  − P  inactive rows hold λ_i = 0; P (on the multiplier rows)
+    [ A        0        0  ]      the projector onto the left null space of [M G; A].
+
+    P is zero unless the active and equality rows are linearly dependent (a degenerate vertex,
+    a constraint written twice); there it makes K nonsingular with the same x-part of K⁻¹,
+    and the multipliers of consistent data the minimum-norm ones (orthogonal to P's range).
     """
     p, q = G.shape[-2], A.shape[-2]
-    m = active.to(H.dtype)
-    batch = torch.broadcast_shapes(H.shape[:-2], G.shape[:-2], A.shape[:-2], m.shape[:-1])
+    batch = torch.broadcast_shapes(H.shape[:-2], G.shape[:-2], A.shape[:-2], active.shape[:-1])
     n = H.shape[-1]
     H, G, A = H.expand(*batch, n, n), G.expand(*batch, p, n), A.expand(*batch, q, n)
-    m = m.expand(*batch, p)
+    m = active.to(H.dtype).expand(*batch, p)
     MG = m[..., :, None] * G
-    top = torch.cat([H, MG.mT, A.mT], dim=-1)
-    middle = torch.cat(
-        [MG, torch.diag_embed(1 - m).expand(*batch, p, p), G.new_zeros(*batch, p, q)], -1
-    )
-    bottom = torch.cat([A, A.new_zeros(*batch, q, p + q)], dim=-1)
-    return torch.cat([top, middle, bottom], dim=-2)
+    C = torch.cat([MG, A], dim=-2)  # (..., p + q, n)
+    rows = torch.cat([active.expand(*batch, p), active.new_ones(*batch, q)], dim=-1)
+    corner = torch.diag_embed(torch.cat([1 - m, m.new_zeros(*batch, q)], dim=-1))
+    corner = corner - _qp_null_projector(C, rows)
+    top = torch.cat([H, C.mT], dim=-1)
+    bottom = torch.cat([C, corner], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
 
 
 def _qp_polish(H, c, G, b, A, e, active, tol):
     """The QP's solution on an active set from its KKT system; ``ok`` where it is the QP's
-    solution: the system solved (residual ≤ tol, relative), λ ≥ −tol (relative) and
-    G d ≤ b + tol."""
+    solution: the system solved (residual ≤ tol, relative), the active and equality rows
+    held (to tol, relative: redundant rows with inconsistent data fail here), λ ≥ −tol
+    (relative) and G d ≤ b + tol."""
     n, p = H.shape[-1], G.shape[-2]
     K = _kkt_matrix(H, G, A, active)
     batch = K.shape[:-2]
@@ -89,6 +155,9 @@ def _qp_polish(H, c, G, b, A, e, active, tol):
     slack = b - (G @ d[..., None])[..., 0]
     ok = (info == 0) & torch.isfinite(sol).all(-1)
     ok = ok & (error <= tol * (1 + rhs.abs().amax(-1)))
+    held = torch.cat([torch.where(active, slack, 0), (A @ d[..., None])[..., 0] - e], -1)
+    if held.shape[-1]:
+        ok = ok & (held.abs().amax(-1) <= tol * (1 + rhs[..., n:].abs().amax(-1)))
     if p:
         ok = ok & (lam >= -tol * (1 + lam.abs().amax(-1, keepdim=True))).all(-1)
         ok = ok & (slack >= -tol).all(-1)  # absolute: a violated row means a wrong active set
@@ -101,7 +170,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     Mehrotra predictor-corrector from d = 0, s = max(b, 1), λ = 1, with one step length for
     primal and dual (0.99 of the way to the boundary), stopped per element when the scaled
     residuals fall below √eps and the duality measure below eps^¾; then polished on its
-    active set. Returns d, λ ≥ 0, ν and ``solved``: True where the interior point converged
+    active set. Redundant equality rows (A of deficient row rank) get −P in the reduced
+    system's (ν, ν) block, P the projector onto A's left null space: nonsingular, ν stays in
+    A's range (minimum norm), and data with P e beyond √eps (relative) have no point. Where
+    the active rows are dependent too (a degenerate vertex) the polish's multipliers are the
+    minimum-norm ones; rows where those are negative leave the active set and it is polished
+    again (at most twice). Returns d, λ ≥ 0, ν and ``solved``: True where the interior point converged
     or the polished point passed its checks (primal feasible, λ ≥ 0), False otherwise (an
     infeasible QP, or a singular system).
     """
@@ -118,7 +192,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     scale_p = 1 + torch.cat([b, e], -1).abs().amax(-1) if p + q else torch.ones_like(scale_d)
     done = ~todo
     solved = torch.zeros_like(todo)
-    zeros_q = torch.zeros(*batch, q, q, dtype=dtype, device=device)
+    # Redundant equality rows: −P in the (ν, ν) block; inconsistent data have no point.
+    P_eq = _qp_null_projector(A, torch.ones(q, dtype=torch.bool, device=device))
+    if q:
+        inconsistent = ~((P_eq @ e[..., None])[..., 0].abs().amax(-1) <= tol * scale_p)
+        done = done | inconsistent
+    corner = -P_eq.expand(*batch, q, q)
     for _ in range(max_iter):
         Gd = (G @ d[..., None])[..., 0]
         r_d = (H @ d[..., None])[..., 0] + c + (G.mT @ lam[..., None])[..., 0]
@@ -138,7 +217,7 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         K = torch.cat(
             [
                 torch.cat([M, A.mT.expand(*batch, n, q)], -1),
-                torch.cat([A.expand(*batch, q, n), zeros_q], -1),
+                torch.cat([A.expand(*batch, q, n), corner], -1),
             ],
             -2,
         )
@@ -161,7 +240,21 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         keep = done[..., None]
         d, s, lam, nu = (torch.where(keep, z, z_new) for z, z_new in zip((d, s, lam, nu), step))
     # Polish: the exact solution on the identified active set, where it is the QP's solution.
-    d_p, lam_p, nu_p, ok = _qp_polish(H, c, G, b, A, e, lam > s, 100 * tol)
+    active = lam > s
+    d_p, lam_p, nu_p, ok = _qp_polish(H, c, G, b, A, e, active, 100 * tol)
+    for _ in range(2 if p else 0):
+        # Dependent active rows (more active rows than the vertex needs): the minimum-norm
+        # multipliers may be negative where nonnegative ones exist; drop those rows.
+        negative = lam_p < -100 * tol * (1 + lam_p.abs().amax(-1, keepdim=True))
+        again = todo & ~ok & negative.any(-1) & torch.isfinite(lam_p).all(-1)
+        if not bool(again.any()):
+            break
+        active = torch.where(again[..., None], active & ~negative, active)
+        retried = _qp_polish(H, c, G, b, A, e, active, 100 * tol)
+        d_p, lam_p, nu_p, ok = (
+            torch.where(again[..., None] if t.dim() > again.dim() else again, t_new, t)
+            for t, t_new in zip((d_p, lam_p, nu_p, ok), retried)
+        )
     # A polished point that passes its checks is feasible and a KKT point: solved, even where
     # rounding kept the interior point from its own tolerance.
     ok = ok & todo

@@ -6,7 +6,7 @@ the equality blocks h(x) = 0, each kind concatenated into one vector. `_sqp_solv
 its derived functions (``objective``, ``gradient``, ``init``, ``lagrangian_gradient``,
 ``lagrangian_hvp``, ``kkt_vjp``, and ``inequalities``/``equalities`` with their ``_vjp``
 where the problem has constraints of that kind), the core rank of each block
-(``ineq_ranks``, ``eq_ranks``), how to evaluate each kind (``ineq_values``/``eq_values``:
+(``ineq_ranks``, ``eq_ranks``) and its name in messages (``ineq_labels``, ``eq_labels``), how to evaluate each kind (``ineq_values``/``eq_values``:
 `_sqp_inequalities`, `_sqp_equalities` or `_sqp_no_constraints`; ``ineq_jacobian``/
 ``eq_jacobian``: `_sqp_inequality_jacobian`, `_sqp_equality_jacobian` or
 `_sqp_no_jacobian`) and the positions of the gradient parameters (``kkt_grad_indices``).
@@ -20,7 +20,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _report
+from foldgen.runtime.layer import SolveInfo, _adjoint, _report_groups
 from foldgen.runtime.qp import _kkt_matrix, _qp_polish, _qp_solve
 
 
@@ -181,7 +181,14 @@ def _sqp_regularization(H, J_g, J_h, active):
     H = torch.where(ok[..., None, None], H, eye)
     M = torch.where(ok[..., None, None], M, 0)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
-    P = eye - _sqp_each(torch.linalg.pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
+    # Rank-revealing as the QP's null projector: dependent rows (a degenerate vertex, a
+    # redundant equality) count once.
+    rtol = 10 * max(M.shape[-2:]) * torch.finfo(H.dtype).eps
+
+    def pinv(A):
+        return torch.linalg.pinv(A, rtol=rtol)
+
+    P = eye - _sqp_each(pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
     ok = ok & torch.isfinite(R).all((-2, -1))
     R = torch.where(ok[..., None, None], R, eye)
@@ -324,6 +331,7 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         far = ~(x.abs().amax(-1) <= 1e12 * reference)  # also where x is not finite
         bounded = bounded & ~(active & far) & (huge_steps < 3)
         active = active & found & bounded & (norm > layer.forward_tol)
+    no_point = ~feasible  # a linearised QP had no solution
     feasible = feasible & bounded
     x = torch.where(torch.isfinite(x), x, 0)  # a diverging element ends where it was cut off
     violation = _sqp_violation(p, x, values)
@@ -343,9 +351,11 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     layer.multipliers = (lam, nu)  # also in info.multipliers; kept for existing callers
     late = feasible & ~converged
     detail = _sqp_why(layer, residual, violation, satisfied, broken, late)
-    _report(layer, "the forward solve", ~late, detail)
-    reason = "infeasible (a linearised QP has no point) or unbounded"
-    _report(layer, "the forward solve", feasible, reason)
+    groups = [(~late, detail)]
+    if layer.on_nonconvergence != "ignore" and not bool(feasible.all()):
+        reason = _sqp_infeasible_why(p, x, values, no_point, ~feasible & ~no_point)
+        groups.append((feasible, reason))
+    _report_groups(layer, "the forward solve", groups)
     return x, (lam, nu, step, block_sizes, feasible & ~broken)
 
 
@@ -365,6 +375,82 @@ def _sqp_why(layer, residual, violation, satisfied, broken, late):
         reasons.append(f"constraint violation up to {worst:.3g}")
     if bool((late & broken).any()):
         reasons.append("f, ∇f, the constraints or ∇²ₓₓL not finite at an iterate")
+    return "; ".join(reasons)
+
+
+def _sqp_elements(mask):
+    """The batch elements where ``mask`` holds, as `_report` names them (at most 10)."""
+    if mask.dim() == 0:
+        return "the input"
+    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return "element(s) " + ", ".join(map(str, found[:10])) + more
+
+
+def _sqp_conflicts(p, x, values, which):
+    """Per element where ``which``: the blocks in conflict at x, as a (..., blocks) bool.
+
+    They are the blocks the least-squares point of the linearised constraints leaves
+    violated, from the (always feasible) QP in (d, u)
+
+        min ½‖u‖² + ½‖h + J_h d‖² + ½ε‖d‖²   s.t.   g + J_g d ≤ u,
+
+    ε = √eps: its residual r = ((g + J_g d)₊, h + J_h d) is the constraints' least violation,
+    and r ≠ 0 exactly on the rows of a Farkas certificate (Jᵀ r = 0), the rows that cannot
+    hold together. A block is named where its largest entry of r is above 10⁻³ of the
+    element's largest (and above 100√eps). Where that QP fails, the blocks x violates."""
+    g, h, block_sizes = _sqp_constraints(p, x, values)
+    J_g, J_h = _sqp_jacobians(p, x, values, block_sizes)
+    finite = torch.isfinite(torch.cat([g, h], -1)).all(-1)
+    finite = finite & torch.isfinite(torch.cat([J_g, J_h], -2)).all((-2, -1))
+    g, h = (torch.where(finite[..., None], t, 0) for t in (g, h))
+    J_g, J_h = (torch.where(finite[..., None, None], t, 0) for t in (J_g, J_h))
+    batch, n, rows = x.shape[:-1], x.shape[-1], g.shape[-1]
+    eps = torch.finfo(x.dtype).eps
+    eye = torch.eye(n + rows, dtype=x.dtype, device=x.device)
+    H = eye.expand(*batch, n + rows, n + rows).clone()
+    H[..., :n, :n] = eps**0.5 * H[..., :n, :n] + J_h.mT @ J_h
+    c = torch.cat([(J_h.mT @ h[..., None])[..., 0], g.new_zeros(*batch, rows)], -1)
+    G = torch.cat([J_g, -eye[:rows, :rows].expand(*batch, rows, rows)], -1)
+    A, e = x.new_zeros(*batch, 0, n + rows), x.new_zeros(*batch, 0)
+    d, _, _, solved = _qp_solve(H, c, G, -g, A, e, which & finite)
+    d = torch.where(solved[..., None], d[..., :n], 0)
+    r = torch.cat(
+        [(g + (J_g @ d[..., None])[..., 0]).clamp_min(0), h + (J_h @ d[..., None])[..., 0]], -1
+    )
+    r = torch.where(solved[..., None], r.abs(), torch.cat([g.clamp_min(0), h.abs()], -1))
+    split = _sqp_split(r, block_sizes[0] + block_sizes[1], p.ineq_ranks + p.eq_ranks)
+    per_block = [b[..., None] if b.dim() == len(batch) else b for b in split]
+    worst = torch.stack([b.amax(-1) if b.shape[-1] else b.new_zeros(batch) for b in per_block], -1)
+    largest = worst.amax(-1, keepdim=True) if worst.shape[-1] else worst.new_zeros(*batch, 1)
+    limit = torch.clamp(1e-3 * largest, min=100 * eps**0.5)
+    return (worst > limit) & which[..., None]
+
+
+def _sqp_infeasible_why(p, x, values, no_point, unbounded):
+    """Why the elements without a point (``no_point``) or ``unbounded`` are infeasible: the
+    conflicting blocks by name (`_sqp_conflicts`), elements grouped by the blocks they name."""
+    reasons = []
+    if bool(no_point.any()):
+        labels = tuple(p.ineq_labels) + tuple(p.eq_labels)
+        named = _sqp_conflicts(p, x, values, no_point)
+        groups: dict = {}
+        for key in torch.unique(named[no_point], dim=0).tolist() if named.shape[-1] else [[]]:
+            row = torch.tensor(key, dtype=torch.bool, device=named.device)
+            mask = no_point & (named == row).all(-1) if named.shape[-1] else no_point
+            groups[tuple(label for label, on in zip(labels, key) if on)] = mask
+        parts = []
+        for blocks, mask in sorted(groups.items(), key=lambda item: -int(item[1].sum())):
+            where = _sqp_elements(mask)
+            if blocks[1:]:
+                parts.append(f"{', '.join(blocks[:-1])} and {blocks[-1]} conflict at {where}")
+            elif blocks:
+                parts.append(f"{blocks[0]} cannot hold at {where}")
+            else:
+                parts.append(f"no conflicting block identified at {where}")
+        reasons.append("infeasible, a linearised QP has no point: " + "; ".join(parts))
+    if bool(unbounded.any()):
+        reasons.append(f"unbounded (the steps or iterates ran away) at {_sqp_elements(unbounded)}")
     return "; ".join(reasons)
 
 
