@@ -40,6 +40,28 @@ class entr(sympy.Function):  # noqa: N801
         return -sympy.log(self.args[0]) - 1
 
 
+class huber(sympy.Function):  # noqa: N801
+    """CVXPY's huber(t) with M = 1: t² for |t| ≤ 1, else 2|t| − 1 (convex, C¹); a general
+    M is M²·huber(t/M), built by the parser."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return huber_slope(self.args[0])
+
+
+class huber_slope(sympy.Function):  # noqa: N801
+    """huber'(t) = 2·clamp(t, −1, 1)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return huber_curvature(self.args[0])
+
+
+class huber_curvature(sympy.Function):  # noqa: N801
+    """huber''(t) = 2 for |t| ≤ 1, else 0 (its own derivative is zero almost everywhere)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.Zero
+
+
 T = sympy.Symbol("t", real=True)
 
 
@@ -78,6 +100,18 @@ def _softplus(t: float) -> float:
     return max(t, 0.0) + math.log1p(math.exp(-abs(t)))
 
 
+def _huber(t: float) -> float:
+    return t * t if abs(t) <= 1 else 2 * abs(t) - 1
+
+
+def _huber_slope(t: float) -> float:
+    return 2 * min(max(t, -1.0), 1.0)
+
+
+def _huber_curvature(t: float) -> float:
+    return 2.0 if abs(t) <= 1 else 0.0
+
+
 def _sign(t: float) -> float:
     return math.copysign(1.0, t) if t else 0.0
 
@@ -102,6 +136,12 @@ ELEMENTWISE: dict[str, Elementwise] = {
         Elementwise("abs", sympy.Abs, "torch.abs", abs, "abs"),
         Elementwise("sign", sympy.sign, "torch.sign", _sign, "sign"),
         Elementwise("entr", entr, "torch.special.entr", None, "entr"),
+        # Printed as the runtime's batched definitions (foldgen/runtime/core.py).
+        Elementwise("huber", huber, "_huber", _huber, "huber"),
+        Elementwise("huber_slope", huber_slope, "_huber_slope", _huber_slope, "huber′"),
+        Elementwise(
+            "huber_curvature", huber_curvature, "_huber_curvature", _huber_curvature, "huber″"
+        ),
     )
 }
 
@@ -117,4 +157,7 @@ SYMPY_TO_NAME: dict[type, str] = {
     sympy.Abs: "abs",
     sympy.sign: "sign",
     entr: "entr",
+    huber: "huber",
+    huber_slope: "huber_slope",
+    huber_curvature: "huber_curvature",
 }

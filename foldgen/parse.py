@@ -79,7 +79,30 @@ def _square(a: Expr) -> Expr:
     return E.power(a, E.const(2.0))
 
 
-FUNCTIONS: dict[str, tuple[int, Callable[..., Expr]]] = {
+def _mean(a: Expr) -> Expr:
+    """sum(a) / its number of entries (a symbolic count: sum(ones) prints as the dims)."""
+    return E.div(E.sum_(a), E.sum_(E.const(1.0, a.shape))) if a.rank else a
+
+
+def _trace(a: Expr) -> Expr:
+    if a.rank != 2 or a.shape[0] != a.shape[1]:
+        raise ShapeError(f"trace() needs a square matrix, got {shape_str(a.shape)}")
+    return E.sum_(E.diag(a))
+
+
+def _huber(a: Expr, m: Expr | None = None) -> Expr:
+    """CVXPY's huber(a, M): M²·huber₁(a/M), huber₁(t) = t² for |t| ≤ 1, else 2|t| − 1."""
+    if m is None:
+        return E.func("huber", a)
+    if m.rank != 0:
+        raise ShapeError(f"huber(x, M) needs a scalar M, got {shape_str(m.shape)}")
+    if isinstance(m, E.Const) and not m.value > 0:
+        raise ExprError(f"huber(x, M) needs M > 0, got {m.value!r}")
+    return E.mul(E.power(m, E.const(2.0)), E.func("huber", E.div(a, m)))
+
+
+#: name -> (the numbers of arguments it takes, how to build it).
+FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
     "sum": _unary(E.sum_),
     "dot": (2, E.dot),
     "quad_form": (2, _quad_form),
@@ -89,6 +112,10 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., Expr]]] = {
     "square": _unary(_square),
     "log_sum_exp": _unary(E.log_sum_exp),
     "diag": _unary(E.diag),
+    "mean": _unary(_mean),
+    "trace": _unary(_trace),
+    "huber": ((1, 2), _huber),
+    "logistic": _elementwise("softplus"),  # CVXPY's logistic(x) = log(1 + exp(x))
     **{
         name: _elementwise(name)
         for name in (
@@ -431,8 +458,10 @@ class _Visitor:
             suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ExprError(f"unknown function '{name}'{suffix}")
         arity, build = FUNCTIONS[name]
-        if len(node.args) != arity:
-            raise ExprError(f"{name}() takes {arity} argument(s), got {len(node.args)}")
+        counts = arity if isinstance(arity, tuple) else (arity,)
+        if len(node.args) not in counts:
+            takes = " or ".join(map(str, counts))
+            raise ExprError(f"{name}() takes {takes} argument(s), got {len(node.args)}")
         return build(*(self.visit(a) for a in node.args))
 
     def _size_function(self, name: str, args: list[ast.expr]) -> Expr:

@@ -35,8 +35,9 @@ PARAM_POOL = ("a", "b", "c", "A", "B", "G", "Q", "P", "h", "s", "t", "lam", "w")
 VAR_POOL = ("x", "y", "z", "u")
 ELEMENTWISE = (
     "exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "softplus", "square", "abs", "entr",
+    "logistic", "huber",
 )  # fmt: skip
-REDUCTIONS = ("sum", "sum_squares", "norm2", "norm1", "log_sum_exp")
+REDUCTIONS = ("sum", "sum_squares", "norm2", "norm1", "log_sum_exp", "mean", "trace")
 PROPERTIES = ("symmetric", "psd", "pd", "diagonal", "nonneg")
 
 HOSTILE_STRINGS = (

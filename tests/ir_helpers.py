@@ -15,12 +15,14 @@ import torch
 from foldgen.expr import Expr, Leaf, Shape
 from foldgen.parse import Scope
 from foldgen.printer import print_function
-from foldgen.runtime.core import _dot, _expand, _mv
+from foldgen.runtime import core
 
 
 def namespace() -> dict[str, object]:
-    """A fresh namespace holding what printed functions may use."""
-    return {"torch": torch, "math": math, "_mv": _mv, "_dot": _dot, "_expand": _expand}
+    """A fresh namespace holding what printed functions may use: torch, math and the runtime's
+    core helpers (_mv, _dot, _expand, _huber, ...)."""
+    helpers = {k: v for k, v in vars(core).items() if k.startswith("_") and callable(v)}
+    return {"torch": torch, "math": math, **helpers}
 
 
 def leaf(name: str, shape: Iterable = (), kind: str = "param", props: Iterable[str] = ()) -> Leaf:

@@ -34,3 +34,19 @@ def _as_tuple(t):
 def _per_element(mask, core):
     """A batch-shaped ``mask`` with unit axes for a gradient's core axes."""
     return mask[(...,) + (None,) * len(core)]
+
+
+def _huber(t):
+    """CVXPY's huber with M = 1, elementwise: t² for |t| ≤ 1, else 2|t| − 1."""
+    a = t.abs()
+    return torch.where(a <= 1, t * t, 2 * a - 1)
+
+
+def _huber_slope(t):
+    """huber'(t) = 2·clamp(t, −1, 1)."""
+    return 2 * t.clamp(-1, 1)
+
+
+def _huber_curvature(t):
+    """huber''(t) = 2 where |t| ≤ 1, else 0."""
+    return 2 * (t.abs() <= 1).to(t.dtype)
