@@ -4,6 +4,7 @@ using all of them against CVXPY, under every rule, with gradcheck."""
 
 from __future__ import annotations
 
+import cvxpy as cp
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,6 @@ from foldgen.runtime import core
 
 F64 = torch.float64
 
-cp = pytest.importorskip("cvxpy")
 
 TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 
+import cvxpy as cp
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,6 @@ import torch
 import foldgen
 from foldgen.build import build_text
 from foldgen.runtime.qp import _kkt_matrix, _qp_null_projector, _qp_solve
-
-cp = pytest.importorskip("cvxpy")
 
 F64 = torch.float64
 METHODS = ("direct", "gmres", "lfpi")

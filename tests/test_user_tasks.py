@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 
+import cvxpy as cp
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,6 @@ import foldgen
 
 F64 = torch.float64
 
-cp = pytest.importorskip("cvxpy") if __name__ != "__main__" else __import__("cvxpy")
 
 TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}  # Clarabel
 
