@@ -12,6 +12,8 @@ tests/test_sqp_degenerate.py.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -308,6 +310,45 @@ backward: {{method: direct, max_iter: 500, tol: 1.0e-11}}
     for key, (x, g) in out.items():
         torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-9, msg=str(key))
         torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-7, msg=str(key))
+
+
+def test_admm_sum_constraint_written_twice_is_one_block():
+    """sum(x) == 1 twice: the repeat is redundant; same x and gradient as once, and the
+    block's label names both constraints."""
+
+    def text(name, twice):
+        again = "  - sum(x) == 1\n" if twice else ""
+        return f"""
+foldgen: 1
+name: {name}
+dims: {{n: 4}}
+parameters:
+  Q: {{shape: [n, n], grad: false}}
+  y: {{shape: [n]}}
+variables:
+  x: {{shape: [n]}}
+minimize: 0.5 * quad_form(x, Q) - y @ x
+constraints:
+  - sum(x) == 1
+  - x >= 0
+{again}solver: {{rule: admm, max_iter: 20000, tol: 1.0e-12}}
+backward: {{method: direct, max_iter: 500, tol: 1.0e-11}}
+"""
+
+    y = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(12))
+    weight = _weights(3, seed=13)
+    out = []
+    for twice in (False, True):
+        cls = foldgen.compile(text(f"deg_admm_twice_{int(twice)}", twice))
+        layer = cls(Q=Q4)
+        yy = y.clone().requires_grad_()
+        x = layer(yy)
+        (g,) = torch.autograd.grad((x * weight).sum(), yy)
+        assert bool(layer.info.converged.all()) and bool(layer.backward_info.converged.all())
+        out.append((x.detach(), g, sys.modules[cls.__module__].PROBLEM.labels))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=0, atol=1e-10)
+    assert any(label.startswith("constraints[0], constraints[2] ") for label in out[1][2])
 
 
 def test_admm_infeasible_message_names_the_conflicting_constraints():

@@ -18,7 +18,7 @@ Anything else is rejected with a located SpecError that says why and suggests ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from foldgen import expr as E
@@ -435,6 +435,7 @@ class _Box:
     upper: Expr | None = None
     lower_source: int | None = None
     upper_source: int | None = None
+    repeats: set[int] = field(default_factory=set)  # constraints that repeat a bound exactly
 
 
 def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
@@ -455,6 +456,9 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             if op == "==" or (op == ">=") == (side == "lower"):
                 if getattr(box, side) is not None:
                     first = getattr(box, f"{side}_source")
+                    if getattr(box, side) == value:  # the same bound again: redundant
+                        box.repeats.add(source)
+                        continue
                     raise problem.error(
                         ("constraints", source),
                         f"this constraint gives {_map_text(matrix, x)} a second {side} bound "
@@ -527,7 +531,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             lo_text, hi_text = "", f" = {math_str(box.upper)}"
         text = f"indicator of {lo_text}⟨z⟩{hi_text}, ⟨z⟩ = {z}"
         constraint = f"{lo_text}{z}{hi_text}"
-        sources = tuple(sorted({i for i in (box.lower_source, box.upper_source) if i is not None}))
+        sides = {i for i in (box.lower_source, box.upper_source) if i is not None}
+        sources = tuple(sorted(sides | box.repeats))
         matrix = _matrix_or_none(box.matrix)
         blocks.append(Block("box", matrix, (lo, hi), text, constraint, sources))
     return blocks + balls
