@@ -250,7 +250,7 @@ def _set_data_vjp(x, _c_bar, _r_bar, A, b, center, radius, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 66bbefa97921d3ae): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 df8af958b17ef039): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -853,9 +853,18 @@ def _where(converged):
     """The elements where ``converged`` is False, as a message names them (at most ten)."""
     if converged.dim() == 0:
         return "the (unbatched) input"
-    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+    return f"batch element(s) {_indices(~converged)}"
+
+
+def _indices(mask):
+    """The batch indices where ``mask`` (batched) holds, at most ten: "0, 3 and 5 more"."""
+    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return ", ".join(map(str, found[:10])) + more
+
+
+#: The clause for elements whose iterates stopped being finite or ran away.
+_DIVERGED = "the iterates diverged (unbounded below?); the last finite iterate is returned"
 
 
 def _trend(residual, halfway, bound, failed, iterations):
@@ -1356,11 +1365,10 @@ def _pgd_finish(p, layer, x, start, track, d):
         f"{layer.max_iter} iterations{trend}, or a point that violates the constraints; raise "
         "max_iter, use step_size='auto' if a fixed step is set, or try rule 'admm' or 'sqp'"
     )
-    diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
     empty = f"the constraints admit no point: {p.set.empty}"
     groups = [
         (converged | ~feasible, detail),
-        (~diverged, diverging),
+        (~diverged, _DIVERGED),
         (feasible | diverged, empty),
     ]
     _report_groups(layer, "the forward solve", groups)

@@ -258,7 +258,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, mu, Sigma, gamma):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 8ee77c07334d08bb): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 1fb9daa4fa06d6fb): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1071,9 +1071,14 @@ def _where(converged):
     """The elements where ``converged`` is False, as a message names them (at most ten)."""
     if converged.dim() == 0:
         return "the (unbatched) input"
-    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+    return f"batch element(s) {_indices(~converged)}"
+
+
+def _indices(mask):
+    """The batch indices where ``mask`` (batched) holds, at most ten: "0, 3 and 5 more"."""
+    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return ", ".join(map(str, found[:10])) + more
 
 
 def _caller_level(layer):
@@ -1674,9 +1679,7 @@ def _sqp_elements(mask):
     """The batch elements where ``mask`` holds, as `_report` names them (at most 10)."""
     if mask.dim() == 0:
         return "the input"
-    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
-    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
-    return "element(s) " + ", ".join(map(str, found[:10])) + more
+    return "element(s) " + _indices(mask)
 
 
 def _sqp_conflicts(p, x, values, which):

@@ -242,7 +242,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, y, D, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 558ed59a134e73ec): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 65b0895418255f05): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -832,9 +832,18 @@ def _where(converged):
     """The elements where ``converged`` is False, as a message names them (at most ten)."""
     if converged.dim() == 0:
         return "the (unbatched) input"
-    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+    return f"batch element(s) {_indices(~converged)}"
+
+
+def _indices(mask):
+    """The batch indices where ``mask`` (batched) holds, at most ten: "0, 3 and 5 more"."""
+    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return ", ".join(map(str, found[:10])) + more
+
+
+#: The clause for elements whose iterates stopped being finite or ran away.
+_DIVERGED = "the iterates diverged (unbounded below?); the last finite iterate is returned"
 
 
 def _trend(residual, halfway, bound, failed, iterations):
@@ -1510,7 +1519,6 @@ class _AdmmRun:
         singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"
         singular += " the directions the blocks leave free)"
         failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
-        diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
         updated = torch.ones_like(factored) if updated is None else updated | ~factored
         conflict = _admm_conflict_text(self.p, self.conflict & (~feasible & ~diverged)[..., None])
         empty = f"the constraints admit no point: {conflict} conflict"
@@ -1518,7 +1526,7 @@ class _AdmmRun:
             (converged | ~feasible | ~solvable, detail),
             (factored, singular),
             (updated, failed),
-            (~diverged, diverging),
+            (~diverged, _DIVERGED),
             (feasible | diverged, empty),
         ]
         _report_groups(layer, "the forward solve", groups)

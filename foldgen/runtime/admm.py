@@ -19,7 +19,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _report_groups, _trend
+from foldgen.runtime.layer import _DIVERGED, SolveInfo, _adjoint, _report_groups, _trend
 from foldgen.runtime.projections import _proj_ball, _proj_ball_vjp, _proj_box, _proj_box_vjp
 from foldgen.runtime.prox import _prox_l1, _prox_l1_vjp
 
@@ -581,7 +581,6 @@ class _AdmmRun:
         singular = "K = ∇²f₀ + ρ Σ AᵢᵀAᵢ is not positive definite (f₀ is not strongly convex on"
         singular += " the directions the blocks leave free)"
         failed = "the x-update failed: f₀ is not finite at the iterate, or not convex there"
-        diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
         updated = torch.ones_like(factored) if updated is None else updated | ~factored
         conflict = _admm_conflict_text(self.p, self.conflict & (~feasible & ~diverged)[..., None])
         empty = f"the constraints admit no point: {conflict} conflict"
@@ -589,7 +588,7 @@ class _AdmmRun:
             (converged | ~feasible | ~solvable, detail),
             (factored, singular),
             (updated, failed),
-            (~diverged, diverging),
+            (~diverged, _DIVERGED),
             (feasible | diverged, empty),
         ]
         _report_groups(layer, "the forward solve", groups)

@@ -324,9 +324,18 @@ def _where(converged):
     """The elements where ``converged`` is False, as a message names them (at most ten)."""
     if converged.dim() == 0:
         return "the (unbatched) input"
-    bad = [tuple(i) if len(i) > 1 else i[0] for i in (~converged).nonzero().tolist()]
-    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return f"batch element(s) {', '.join(map(str, bad[:10]))}{more}"
+    return f"batch element(s) {_indices(~converged)}"
+
+
+def _indices(mask):
+    """The batch indices where ``mask`` (batched) holds, at most ten: "0, 3 and 5 more"."""
+    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return ", ".join(map(str, found[:10])) + more
+
+
+#: The clause for elements whose iterates stopped being finite or ran away.
+_DIVERGED = "the iterates diverged (unbounded below?); the last finite iterate is returned"
 
 
 def _trend(residual, halfway, bound, failed, iterations):

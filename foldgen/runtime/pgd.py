@@ -18,7 +18,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _report_groups, _trend
+from foldgen.runtime.layer import _DIVERGED, SolveInfo, _adjoint, _report_groups, _trend
 
 _RUNAWAY = 0.5
 _CHECK_EVERY = 10  # iterations between runaway checks of the plain loop
@@ -293,11 +293,10 @@ def _pgd_finish(p, layer, x, start, track, d):
         f"{layer.max_iter} iterations{trend}, or a point that violates the constraints; raise "
         "max_iter, use step_size='auto' if a fixed step is set, or try rule 'admm' or 'sqp'"
     )
-    diverging = "the iterates diverged (unbounded below?); the last finite iterate is returned"
     empty = f"the constraints admit no point: {p.set.empty}"
     groups = [
         (converged | ~feasible, detail),
-        (~diverged, diverging),
+        (~diverged, _DIVERGED),
         (feasible | diverged, empty),
     ]
     _report_groups(layer, "the forward solve", groups)

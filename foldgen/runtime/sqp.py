@@ -20,7 +20,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _report_groups
+from foldgen.runtime.layer import SolveInfo, _adjoint, _indices, _report_groups
 from foldgen.runtime.qp import _kkt_matrix, _qp_polish, _qp_solve
 
 
@@ -382,9 +382,7 @@ def _sqp_elements(mask):
     """The batch elements where ``mask`` holds, as `_report` names them (at most 10)."""
     if mask.dim() == 0:
         return "the input"
-    found = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
-    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
-    return "element(s) " + ", ".join(map(str, found[:10])) + more
+    return "element(s) " + _indices(mask)
 
 
 def _sqp_conflicts(p, x, values, which):
