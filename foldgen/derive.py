@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import sympy
 
+from foldgen import dims
 from foldgen.expr import (
     SCALAR,
     Add,
     Broadcast,
+    Concat,
     Const,
     Diag,
     DiagPart,
@@ -29,12 +31,16 @@ from foldgen.expr import (
     MatMul,
     Mul,
     Outer,
+    Part,
     Pow,
+    Reshape,
+    Slice,
     Softmax,
     Sum,
     Transpose,
     add,
     broadcast,
+    concat,
     const,
     diag,
     diag_part,
@@ -43,8 +49,11 @@ from foldgen.expr import (
     matmul,
     mul,
     outer,
+    part,
     postorder,
     power,
+    reshape,
+    slice_,
     softmax,
     sub,
     sum_,
@@ -136,9 +145,43 @@ def _node_vjp(node: Expr, bar: Expr) -> list[tuple[Expr, Expr]]:
         case Softmax(a=a):
             s = node
             return [(a, sub(mul(s, bar), mul(s, sum_(mul(s, bar)))))]
+        case Slice(a=a, axis=axis, start=start, stop=stop):
+            return [(a, _pad(bar, a.shape, axis, start, stop))]
+        case Part(a=a, sizes=sizes, index=index):
+            blocks = [bar if i == index else zero((s,)) for i, s in enumerate(sizes)]
+            return [(a, concat(blocks))]
+        case Reshape(a=a):
+            return [(a, reshape(bar, a.shape))]
+        case Concat(parts=parts, axis=axis):
+            sizes = tuple(p.shape[axis] for p in parts)
+            if node.rank == 1:
+                return [(p, part(bar, sizes, i)) for i, p in enumerate(parts)]
+            pieces: list[tuple[Expr, Expr]] = []
+            offset: dims.Dim = 0
+            for p, size in zip(parts, sizes):
+                end = dims.add(offset, size)
+                pieces.append((p, slice_(bar, axis, offset, end)))
+                offset = end
+            return pieces
         case Const() | Eye():
             return []
     raise TypeError(f"no derivative rule for {type(node).__name__}")  # pragma: no cover
+
+
+def _pad(bar: Expr, shape: tuple, axis: int, start, stop) -> Expr:
+    """The slice's cotangent placed back in an axis of the full size, zeros elsewhere."""
+    before, after = start, dims.sub(shape[axis], stop)
+
+    def zeros(size) -> Expr:
+        s = list(shape)
+        s[axis] = size
+        return zero(tuple(s))
+
+    blocks = [zeros(before)] if before != 0 else []
+    blocks.append(bar)
+    if after != 0:
+        blocks.append(zeros(after))
+    return concat(blocks, axis)
 
 
 def _matmul_vjp(a: Expr, b: Expr, bar: Expr) -> list[tuple[Expr, Expr]]:

@@ -17,8 +17,10 @@ from typing import Literal
 
 import jinja2
 
+from foldgen import dims
+from foldgen import expr as E
 from foldgen._version import __version__
-from foldgen.ir import Problem
+from foldgen.ir import Problem, Variable
 from foldgen.link import (
     SHARED_RUNTIME,
     STDLIB_IMPORTS,
@@ -65,18 +67,22 @@ def _dim_sources(problem: Problem, args: tuple[str, ...]) -> dict[str, str]:
     """dim → expression of the arguments' shapes, falling back to the spec's default."""
     shapes = {p.name: p.shape for p in problem.parameters}
     shapes.update({v.name: v.shape for v in problem.variables})
+    if problem.packing is not None:
+        shapes.update({v.name: v.shape for v in problem.packing.variables})
     sources: dict[str, str] = {}
     for arg in args:
         for axis, dim in enumerate(shapes.get(arg, ())):
-            if isinstance(dim, str) and dim not in sources:
+            if isinstance(dim, str) and dims.is_name(dim) and dim not in sources:
                 sources[dim] = f"{arg}.shape[{axis - len(shapes[arg])}]"
     for dim, default in problem.dims:
-        sources.setdefault(dim, f"DEFAULT_DIMS[{dim!r}]")
+        sources.setdefault(dim, f'DEFAULT_DIMS["{dim}"]')
     return sources
 
 
 def _reference(problem: Problem, args: tuple[str, ...]) -> str:
     names = {p.name for p in problem.parameters} | {v.name for v in problem.variables}
+    if problem.packing is not None:
+        names |= {v.name for v in problem.packing.variables}
     return next(a for a in args if a in names)
 
 
@@ -98,6 +104,7 @@ COMMON_RECORD = (
     ("defaults", "DEFAULTS"),
     ("dims", "DEFAULT_DIMS"),
     ("variable", "VARIABLE"),
+    ("variables", "VARIABLES"),
 )
 
 
@@ -160,9 +167,15 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
                 doc=fn.doc,
             ).rstrip("\n")
         )
+    derived += _packing_functions(problem)
     emission = plan.emission(problem)
     var = plan.var
     record = [("rule", string_literal(plan.rule)), *COMMON_RECORD]
+    packed = problem.packing is not None
+    record += [
+        ("pack", "_pack" if packed else "None"),
+        ("unpack", "_unpack" if packed else "None"),
+    ]
     record += [(name, _record_value(name, v)) for name, v in emission.record]
     checks = {s.name: s.check.name for s in emission.settings}
     record.append(
@@ -194,6 +207,15 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
         ),
         "dims_literal": literal(dict(problem.dims)),
         "variable_literal": literal((var.name, var.shape)),
+        "variables_literal": _variables_literal(problem),
+        "warm_starts": [v.name for v in _spec_variables(problem)],
+        "forward_summary": fill(
+            f"Solve for each batch element; returns {_returns_text(problem)}.", "        ", 92
+        ).lstrip(),
+        "packed": problem.packing is not None,
+        "zero_size": "a variable of size 0"
+        if problem.packing is not None
+        else f"{var.shape[0]} = 0",
         "var": {"name": var.name, "dims": var.shape[0]},
         "derived": derived,
         "record": record,
@@ -211,6 +233,59 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
     names = sorted(used & set(runtime_definitions()))
     lines = [*imports_for(own_modules), "", *_shared_import(names)]
     return template.render(**context, imports="\n".join(lines), runtime="")
+
+
+def _spec_variables(problem: Problem) -> tuple[Variable, ...]:
+    return problem.packing.variables if problem.packing is not None else problem.variables
+
+
+def _variables_literal(problem: Problem) -> str:
+    if problem.packing is None:
+        return "None"
+    return literal(tuple((v.name, v.shape) for v in problem.packing.variables))
+
+
+def _shape_words(shape: tuple) -> str:
+    inner = ", ".join(["...", *map(str, shape)])
+    return f"({inner})"
+
+
+def _returns_text(problem: Problem) -> str:
+    """What the forward returns, for its docstring: one tensor or a tuple in spec order."""
+    variables = _spec_variables(problem)
+    parts = [f"{v.name} of shape {_shape_words(v.shape)}" for v in variables]
+    if len(parts) == 1:
+        return parts[0]
+    return "the tuple (" + ", ".join(v.name for v in variables) + "): " + "; ".join(parts)
+
+
+def _packing_functions(problem: Problem) -> list[str]:
+    """``_unpack`` (the packed state to the spec's variables) and ``_pack`` (back), printed
+    from the packing's views: the layer's outputs and warm starts go through them."""
+    packing = problem.packing
+    if packing is None:
+        return []
+    pnames = [p.name for p in problem.parameters]
+    z = packing.packed.name
+    leaves = [E.Leaf(v.name, "aux", v.shape) for v in packing.variables]
+    names = [v.name for v in packing.variables]
+    unpack = print_function(
+        "_unpack",
+        [z, *pnames],
+        list(packing.views),
+        ref=z,
+        dims=_dim_sources(problem, (z, *pnames)),
+        doc="The spec's variables, in order, read from the packed state.",
+    )
+    pack = print_function(
+        "_pack",
+        [*names, *pnames],
+        [E.concat([E.vec(leaf) for leaf in leaves])],
+        ref=names[0],
+        dims=_dim_sources(problem, (*names, *pnames)),
+        doc="The packed state holding the given variables.",
+    )
+    return [unpack.rstrip("\n"), pack.rstrip("\n")]
 
 
 def _shared_import(names: list[str]) -> list[str]:
@@ -241,6 +316,13 @@ def fill(text: str, indent: str = "", width: int = 92) -> str:
 def module_docstring(problem: Problem, plan: Plan) -> str:
     """Title, the rule's own account of the problem and its derivatives, wrapped."""
     lines = [f"{problem.class_name}: {problem.doc or problem.name}", "", *plan.describe(problem)]
+    if problem.packing is not None:
+        names = ", ".join(v.name for v in problem.packing.variables)
+        lines += [
+            "",
+            f"{problem.packing.packed.name} = ({names}): the variables flattened row-major and "
+            "joined in this order, the one state the rule iterates on.",
+        ]
     return "\n".join(fill(line) if len(line) > 92 else line for line in lines)
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from foldgen import dims as _dims
+
 Dim = str | int
 Shape = tuple[Dim, ...]
 
@@ -422,6 +424,73 @@ class Softmax(Expr):
         return (self.a,)
 
 
+@dataclass(frozen=True, eq=False)
+class Slice(Expr):
+    """Entries ``start:stop`` of core axis ``axis`` (``x[1:]``, ``X[:, 0:1]``); sizes may be
+    dim arithmetic (`foldgen.dims`)."""
+
+    a: Expr
+    axis: int
+    start: Dim
+    stop: Dim
+
+    def _core_shape(self) -> Shape:
+        shape = list(self.a.shape)
+        shape[self.axis] = _dims.sub(self.stop, self.start)
+        return tuple(shape)
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
+class Part(Expr):
+    """Block ``index`` of a vector cut into consecutive blocks of ``sizes``: how a problem's
+    variables sit in the one packed state the rules iterate on. The partition is part of the
+    node so that cotangents of different blocks meet as one concatenation."""
+
+    a: Expr
+    sizes: tuple[Dim, ...]
+    index: int
+    label: str = ""  # the variable the block holds, for readable math
+
+    def _core_shape(self) -> Shape:
+        return (self.sizes[self.index],)
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
+class Reshape(Expr):
+    """The same entries in row-major (C) order under another core shape (``vec``, ``x[0]``)."""
+
+    a: Expr
+    shape_: Shape
+
+    def _core_shape(self) -> Shape:
+        return self.shape_
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(Expr):
+    """Operands of one rank joined along core axis ``axis`` (``hstack``, ``vstack``)."""
+
+    parts: tuple[Expr, ...]
+    axis: int
+
+    def _core_shape(self) -> Shape:
+        shape = list(self.parts[0].shape)
+        shape[self.axis] = _dims.total([p.shape[self.axis] for p in self.parts])
+        return tuple(shape)
+
+    def _children(self) -> tuple[Expr, ...]:
+        return self.parts
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -493,6 +562,8 @@ def add(*terms: Expr) -> Expr:
     flat: list[Expr] = []
     for t in terms:
         flat.extend(t.terms if isinstance(t, Add) else (t,))
+    if shape and len(shape) == 1:
+        flat = _merge_concats(flat)
     coeffs: dict[Expr, float] = {}
     constant = 0.0
     for t in flat:
@@ -550,6 +621,8 @@ def mul(a: Expr, b: Expr) -> Expr:
             return mul(const(_times(a.value, b.a.value), shape if a.rank else SCALAR), b.b)
         if isinstance(b, Add) and a.rank == 0:
             return add(*(mul(a, t) for t in b.terms))
+        if isinstance(b, Concat) and a.rank == 0:
+            return concat([broadcast(mul(a, t), t.shape) for t in b.parts], b.axis)
         if a.rank:  # a constant vector times a scalar: keep the scalar, broadcast
             return (
                 broadcast(mul(const(a.value), b), shape) if b.rank == 0 else mul(const(a.value), b)
@@ -557,6 +630,13 @@ def mul(a: Expr, b: Expr) -> Expr:
     if shape:
         a = _unbroadcast(a, shape)
         b = _unbroadcast(b, shape)
+    if (
+        isinstance(a, Concat)
+        and isinstance(b, Concat)
+        and a.axis == b.axis
+        and [p.shape for p in a.parts] == [p.shape for p in b.parts]
+    ):
+        return concat([broadcast(mul(p, q), p.shape) for p, q in zip(a.parts, b.parts)], a.axis)
     if isinstance(b, Mul) and isinstance(b.a, Const) and b.a.rank == 0:
         return mul(b.a, mul(a, b.b))
     if isinstance(a, Mul) and isinstance(a.a, Const) and a.a.rank == 0:
@@ -637,6 +717,14 @@ def matmul(a: Expr, b: Expr) -> Expr:
         return mul(a.a, matmul(a.b, b))
     if isinstance(b, Mul) and isinstance(b.a, Const) and b.a.rank == 0:
         return mul(b.a, matmul(a, b.b))
+    if (
+        a.rank == 1
+        and b.rank == 1
+        and isinstance(a, Concat)
+        and isinstance(b, Concat)
+        and [p.shape for p in a.parts] == [p.shape for p in b.parts]
+    ):
+        return add(*(matmul(p, q) for p, q in zip(a.parts, b.parts)))
     if isinstance(a, Diag) and b.rank == 1:
         return mul(a.a, b)
     if isinstance(b, Diag) and a.rank == 1:
@@ -683,6 +771,10 @@ def sum_(a: Expr) -> Expr:
         return mul(a.a, sum_(a.b))
     if isinstance(a, Add):
         return add(*(sum_(t) if t.rank else mul(t, size_of(a.shape)) for t in a.terms))
+    if isinstance(a, Concat):
+        return add(*(sum_(t) for t in a.parts))
+    if isinstance(a, Reshape):
+        return sum_(a.a)
     return Sum(a)
 
 
@@ -690,7 +782,8 @@ def size_of(shape: Shape) -> Expr:
     """The number of entries of a core shape, as a scalar expression of the dims."""
     out: Expr = const(1.0)
     for d in shape:
-        out = mul(out, const(d) if isinstance(d, int) else Leaf(d, "dim", SCALAR))
+        out = mul(out, const(d) if isinstance(d, int) else Leaf(d, "dim", SCALAR))  # a
+        # compound size (n - 1) is one dim leaf too: its text is Python of the dim names
     return out
 
 
@@ -782,6 +875,134 @@ def dot(a: Expr, b: Expr) -> Expr:
     return matmul(a, b)
 
 
+def slice_(a: Expr, axis: int, start: Dim, stop: Dim) -> Expr:
+    """Entries start:stop of core axis ``axis`` (0 ≤ start < stop ≤ the axis' size)."""
+    if not 0 <= axis < a.rank:
+        raise ShapeError(f"cannot index axis {axis} of a {shape_str(a.shape)} expression")
+    size = a.shape[axis]
+    start, stop = _dims.canonical(start), _dims.canonical(stop)
+    # Ranges are checked by the parser at the spec's declared sizes; here only what no size
+    # could make valid (an empty or reversed range of integers) is refused.
+    length = _dims.sub(stop, start)
+    if isinstance(length, int) and length <= 0:
+        raise ShapeError(f"the slice {start}:{stop} of an axis of size {size} is empty")
+    if start == 0 and stop == size:
+        return a
+    shape = list(a.shape)
+    shape[axis] = _dims.sub(stop, start)
+    if isinstance(a, Const):
+        return const(a.value, tuple(shape))
+    if isinstance(a, Broadcast):
+        return broadcast(a.a, tuple(shape))
+    if isinstance(a, Mul) and isinstance(a.a, Const) and a.a.rank == 0:
+        return mul(a.a, slice_(a.b, axis, start, stop))
+    if isinstance(a, Slice) and a.axis == axis:
+        return slice_(a.a, axis, _dims.add(a.start, start), _dims.add(a.start, stop))
+    if isinstance(a, Concat) and a.axis == axis:
+        offset: Dim = 0
+        for p in a.parts:
+            end = _dims.add(offset, p.shape[axis])
+            if _dims.nonnegative(_dims.sub(start, offset)) and _dims.nonnegative(
+                _dims.sub(end, stop)
+            ):
+                return slice_(p, axis, _dims.sub(start, offset), _dims.sub(stop, offset))
+            offset = end
+    return Slice(a, axis, start, stop)
+
+
+def part(a: Expr, sizes: tuple[Dim, ...], index: int, label: str = "") -> Expr:
+    """Block ``index`` of the vector a cut into blocks of ``sizes``."""
+    sizes = tuple(_dims.canonical(s) for s in sizes)
+    if a.rank != 1 or a.shape[0] != _dims.total(sizes):
+        raise ShapeError(f"cannot cut {shape_str(a.shape)} into blocks of {sizes}")
+    if len(sizes) == 1 and not label:
+        return a
+    size = (sizes[index],)
+    if isinstance(a, Const):
+        return const(a.value, size)
+    if isinstance(a, Broadcast):
+        return broadcast(a.a, size)
+    if isinstance(a, Concat) and tuple(p.shape[0] for p in a.parts) == sizes:
+        return a.parts[index]
+    if isinstance(a, Mul) and isinstance(a.a, Const) and a.a.rank == 0:
+        return mul(a.a, part(a.b, sizes, index))
+    return Part(a, sizes, index, label)
+
+
+def reshape(a: Expr, shape: Shape) -> Expr:
+    """a's entries in row-major order under ``shape`` (of the same number of entries)."""
+    shape = tuple(_dims.canonical(d) for d in shape)
+    if _dims.product(a.shape) != _dims.product(shape):
+        raise ShapeError(f"cannot reshape {shape_str(a.shape)} to {shape_str(shape)}")
+    if a.shape == shape:
+        return a
+    if isinstance(a, Const):
+        return const(a.value, shape)
+    if isinstance(a, Broadcast):
+        return broadcast(a.a, shape)
+    if isinstance(a, Reshape):
+        return reshape(a.a, shape)
+    if isinstance(a, Mul) and isinstance(a.a, Const) and a.a.rank == 0:
+        return mul(a.a, reshape(a.b, shape))
+    if a.rank == 0 and not shape:
+        return a
+    return Reshape(a, shape)
+
+
+def concat(parts: list[Expr] | tuple[Expr, ...], axis: int = 0) -> Expr:
+    """The operands joined along core axis ``axis``; all of one rank, equal elsewhere."""
+    parts = tuple(parts)
+    if not parts:
+        raise ShapeError("nothing to stack")
+    rank = parts[0].rank
+    for p in parts:
+        if p.rank != rank or not 0 <= axis < rank:
+            raise ShapeError(
+                "cannot stack "
+                + " and ".join(shape_str(q.shape) for q in parts)
+                + f" along axis {axis}"
+            )
+        others = [d for i, d in enumerate(p.shape) if i != axis]
+        first = [d for i, d in enumerate(parts[0].shape) if i != axis]
+        if others != first:
+            raise ShapeError(
+                f"cannot stack {shape_str(parts[0].shape)} and {shape_str(p.shape)} "
+                f"along axis {axis}: the other sizes differ"
+            )
+    flat: list[Expr] = []
+    for p in parts:
+        flat.extend(p.parts if isinstance(p, Concat) and p.axis == axis else (p,))
+    if len(flat) == 1:
+        return flat[0]
+    node = Concat(tuple(flat), axis)
+    if all(isinstance(p, Const) and p.value == flat[0].value for p in flat):  # type: ignore[attr-defined]
+        return const(flat[0].value, node.shape)  # type: ignore[attr-defined]
+    return node
+
+
+def vec(a: Expr) -> Expr:
+    """The entries of a as a vector, row-major (as torch and NumPy's default order)."""
+    return reshape(a, (_dims.product(a.shape),)) if a.rank != 1 else a
+
+
+def _merge_concats(terms: list[Expr]) -> list[Expr]:
+    """Vector concatenations over the same blocks added together become one concatenation
+    of the blocks' sums (how the cotangents of a packed state's variables meet)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(terms):
+        if isinstance(t, Concat) and t.axis == 0 and t.rank == 1:
+            groups.setdefault(tuple(p.shape[0] for p in t.parts), []).append(i)
+    merged = [g for g in groups.values() if len(g) > 1]
+    if not merged:
+        return terms
+    drop = {i for g in merged for i in g}
+    out = [t for i, t in enumerate(terms) if i not in drop]
+    for g in merged:
+        blocks = zip(*(terms[i].parts for i in g))  # type: ignore[attr-defined]
+        out.append(concat([broadcast(add(*b), b[0].shape) for b in blocks]))
+    return out
+
+
 # --------------------------------------------------------------------------- traversal
 
 
@@ -851,4 +1072,12 @@ def rebuild(node: Expr, kids: list[Expr]) -> Expr:
             return log_sum_exp(kids[0])
         case Softmax():
             return softmax(kids[0])
+        case Slice(axis=axis, start=start, stop=stop):
+            return slice_(kids[0], axis, start, stop)
+        case Part(sizes=sizes, index=index, label=label):
+            return part(kids[0], sizes, index, label)
+        case Reshape(shape_=shape):
+            return reshape(kids[0], shape)
+        case Concat(axis=axis):
+            return concat(kids, axis)
     raise TypeError(f"cannot rebuild {type(node).__name__}")  # pragma: no cover

@@ -62,6 +62,20 @@ class huber_curvature(sympy.Function):  # noqa: N801
         return sympy.S.Zero
 
 
+class pos(sympy.Function):  # noqa: N801
+    """max(t, 0), CVXPY's pos (convex, not differentiable at 0)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return step(self.args[0])
+
+
+class step(sympy.Function):  # noqa: N801
+    """pos'(t): 1 for t > 0, else 0 (its own derivative is zero almost everywhere)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.Zero
+
+
 T = sympy.Symbol("t", real=True)
 
 
@@ -112,6 +126,14 @@ def _huber_curvature(t: float) -> float:
     return 2.0 if abs(t) <= 1 else 0.0
 
 
+def _pos(t: float) -> float:
+    return max(t, 0.0)
+
+
+def _step(t: float) -> float:
+    return 1.0 if t > 0 else 0.0
+
+
 def _sign(t: float) -> float:
     return math.copysign(1.0, t) if t else 0.0
 
@@ -136,7 +158,9 @@ ELEMENTWISE: dict[str, Elementwise] = {
         Elementwise("abs", sympy.Abs, "torch.abs", abs, "abs"),
         Elementwise("sign", sympy.sign, "torch.sign", _sign, "sign"),
         Elementwise("entr", entr, "torch.special.entr", None, "entr"),
+        Elementwise("pos", pos, "torch.relu", _pos, "pos"),
         # Printed as the runtime's batched definitions (foldgen/runtime/core.py).
+        Elementwise("step", step, "_step", _step, "step"),
         Elementwise("huber", huber, "_huber", _huber, "huber"),
         Elementwise("huber_slope", huber_slope, "_huber_slope", _huber_slope, "huber′"),
         Elementwise(
@@ -160,4 +184,6 @@ SYMPY_TO_NAME: dict[type, str] = {
     huber: "huber",
     huber_slope: "huber_slope",
     huber_curvature: "huber_curvature",
+    pos: "pos",
+    step: "step",
 }

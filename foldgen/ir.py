@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from foldgen import dims as dim_arith
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.errors import RuleError
@@ -31,6 +32,8 @@ from foldgen.parse import ExprError, Relation, Scope, parse_constraint, parse_ex
 from foldgen.spec import LoadedSpec, SolverSpec
 
 _T = TypeVar("_T")
+
+INF = float("inf")
 
 # Only a matrix that cannot receive gradients may use its symmetry in simplification: the
 # gradient of a grad: true matrix is that of the expression as written (entries independent).
@@ -59,6 +62,24 @@ class Variable:
     @property
     def shape(self) -> E.Shape:
         return self.leaf.shape
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How the spec's variables sit in the one state vector the rules iterate on.
+
+    Scalars, vectors and matrices, in spec order, each flattened row-major into consecutive
+    blocks of ``packed`` (sizes may be dim arithmetic); ``views[i]`` is variable i as an
+    expression of the packed leaf, which is what every expression of the problem uses."""
+
+    variables: tuple[Variable, ...]  # the spec's own, with leaves of their own shapes
+    packed: Leaf
+    sizes: tuple[E.Dim, ...]
+    views: tuple[Expr, ...]
+
+
+PACKED_NAME = "_z"
+"""The packed state's name in generated code (users cannot declare names that start '_')."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +220,8 @@ class Problem:
         default_factory=lambda: E.NodeBudget(DEFAULT_LIMITS.expression_nodes), compare=False
     )
     """The spec's expression_nodes bound, shared by lowering and the rule's derivations."""
+    packing: Packing | None = None
+    """Set when the spec's variables are not one vector: they are packed into one."""
 
     @property
     def grad_parameters(self) -> tuple[Parameter, ...]:
@@ -233,7 +256,10 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
         )
         for name, p in spec.parameters.items()
     )
-    var_leaves = {name: Leaf(name, "var", tuple(v.shape)) for name, v in spec.variables.items()}
+    var_leaves = {
+        name: Leaf(name, "var", tuple(dim_arith.canonical(d) for d in v.shape))
+        for name, v in spec.variables.items()
+    }
     dims = dict(spec.dims)
     param_scope = Scope(dims, {p.name: p.leaf for p in params}, loaded.limits)
     full_scope = Scope(dims, {**{p.name: p.leaf for p in params}, **var_leaves}, loaded.limits)
@@ -260,6 +286,7 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
     lowers: dict[Leaf, tuple[Expr, int]] = {}
     uppers: dict[Leaf, tuple[Expr, int]] = {}
     families: list[Constraint] = []
+    relations_of: list[tuple[int, Relation]] = []  # the families' relations, for packing
     for i, text in enumerate(spec.constraints):
         path = ("constraints", i)
         relations = _located(loaded, path, functools.partial(parse_constraint, text, full_scope))
@@ -285,6 +312,7 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
                 table[var] = (value, i)
             else:
                 families.append(found)
+                relations_of.append((i, rel))
     bounds = tuple(
         Bound(
             v,
@@ -297,6 +325,33 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
         for v in var_leaves.values()
         if v in lowers or v in uppers
     )
+    packing = None
+    if len(variables) > 1 or variables[0].leaf.rank != 1:
+        packing = _packing(tuple(variables))
+        mapping: dict[Expr, Expr] = dict(zip((v.leaf for v in variables), packing.views))
+
+        def packed(e: Expr) -> Expr:
+            return E.substitute(e, mapping)
+
+        objective = _located(loaded, (key,), functools.partial(packed, objective))
+        expressions = [
+            (path, _located(loaded, path, functools.partial(packed, e))) for path, e in expressions
+        ]
+        families = []
+        for i, rel in relations_of:
+            path = ("constraints", i)
+            moved = Relation(
+                _located(loaded, path, functools.partial(packed, rel.lhs)),
+                rel.op,
+                _located(loaded, path, functools.partial(packed, rel.rhs)),
+            )
+            found = _located(
+                loaded, path, functools.partial(_classify, loaded, i, moved, [packing.packed])
+            )
+            families.append(General(moved, i) if isinstance(found, tuple) else found)
+        bounds = _packed_bounds(packing, bounds)
+        init = E.concat([E.vec(v.init) for v in variables])
+        variables = [Variable(PACKED_NAME, packing.packed, init)]
     return Problem(
         name=spec.name,
         class_name=spec.class_name,
@@ -314,6 +369,54 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
         limits=loaded.limits,
         expressions=tuple(expressions),
         budget=budget,
+        packing=packing,
+    )
+
+
+def _packing(variables: tuple[Variable, ...]) -> Packing:
+    sizes = tuple(dim_arith.product(v.leaf.shape) for v in variables)
+    packed = Leaf(PACKED_NAME, "var", (dim_arith.total(sizes),))
+    views = tuple(
+        E.reshape(E.part(packed, sizes, i, v.name), v.leaf.shape) for i, v in enumerate(variables)
+    )
+    return Packing(variables, packed, sizes, views)
+
+
+def _packed_bounds(packing: Packing, bounds: tuple[Bound, ...]) -> tuple[Bound, ...]:
+    """The variables' bounds as one bound of the packed state (±∞ where a variable has none)."""
+    if not bounds:
+        return ()
+    by_var = {b.var: b for b in bounds}
+    sides = []
+    for side in ("lower", "upper"):
+        fill = -INF if side == "lower" else INF
+        blocks: list[Expr] = []
+        for v, size in zip(packing.variables, packing.sizes):
+            b = by_var.get(v.leaf)
+            value = getattr(b, side) if b is not None else None
+            if value is None:
+                blocks.append(E.const(fill, (size,)))
+            else:
+                blocks.append(
+                    E.vec(E.broadcast(value, v.leaf.shape))
+                    if v.leaf.shape
+                    else E.broadcast(value, (1,))
+                )
+        sides.append(
+            E.concat(blocks) if any(getattr(b, side) is not None for b in bounds) else None
+        )
+    sources = tuple(sorted({i for b in bounds for i in b.sources}))
+    lows = [b.lower_source for b in bounds if b.lower_source is not None]
+    highs = [b.upper_source for b in bounds if b.upper_source is not None]
+    return (
+        Bound(
+            packing.packed,
+            sides[0],
+            sides[1],
+            sources,
+            lows[0] if lows else None,
+            highs[0] if highs else None,
+        ),
     )
 
 
@@ -389,6 +492,11 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
     except ConstantError:  # 1/(a @ x) at x = 0, log(x) at 0: not affine, whatever it is
         return General(rel, i)
     linear = E.sub(diff, offset)
+    if diff.rank == 0 and x.rank == 0 and op == "<=":  # c·s ≤ b of a scalar variable s
+        coeff = _scalar_coefficient(linear, x)
+        if coeff is not None:
+            bound = E.mul(E.div(E.const(-1.0), E.const(coeff)), offset)
+            return ("upper" if coeff > 0 else "lower", x, bound)
     if diff.rank == 0:
         a = gradient(diff, x)
         if not a.depends_on(x):

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 
+from foldgen import dims
 from foldgen.expr import (
     Add,
     Broadcast,
+    Concat,
     Const,
     Diag,
     DiagPart,
@@ -29,11 +31,15 @@ from foldgen.expr import (
     MatMul,
     Mul,
     Outer,
+    Part,
     Pow,
+    Reshape,
+    Slice,
     Softmax,
     Sum,
     Transpose,
     postorder,
+    shape_str,
 )
 from foldgen.functions import ELEMENTWISE
 from foldgen.source import number
@@ -45,8 +51,8 @@ _SUPERSCRIPTS = str.maketrans("0123456789-.e+", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻�
 
 # A form is a node's text as parts: literal strings and child nodes (whose own text goes
 # there), with any parentheses already decided; plus the node's precedence.
-Part = str | Expr
-Form = tuple[list[Part], int]
+Part_ = str | Expr
+Form = tuple[list[Part_], int]
 
 
 def _num(v: float) -> str:
@@ -83,7 +89,7 @@ def _prefix(e: Expr, forms: dict[Expr, Form], limit: int) -> str:
     """The first ``limit`` characters of e's text, without making the rest."""
     out: list[str] = []
     length = 0
-    stack: list[Part] = [e]
+    stack: list[Part_] = [e]
     while stack and length < limit:
         part = stack.pop()
         if isinstance(part, str):
@@ -97,7 +103,7 @@ def _prefix(e: Expr, forms: dict[Expr, Form], limit: int) -> str:
 def _form(e: Expr, prec) -> Form:
     """e's parts and precedence (4 atom, 3 product, 2 sum); ``prec`` gives a child's."""
 
-    def wrap(c: Expr, p: int) -> list[Part]:
+    def wrap(c: Expr, p: int) -> list[Part_]:
         return [c] if prec(c) >= p else ["(", c, ")"]
 
     match e:
@@ -155,4 +161,28 @@ def _form(e: Expr, prec) -> Form:
             return ["logsumexp(", a, ")"], 4
         case Softmax(a=a):
             return ["softmax(", a, ")"], 4
+        case Part(label=label) if label:
+            return [label], 4
+        case Reshape(a=Part(label=label)) if label:
+            return [label], 4
+        case Part(a=a, sizes=sizes, index=index):
+            start = dims.total(sizes[:index])
+            return [*wrap(a, 4), f"[{start}:{dims.add(start, sizes[index])}]"], 4
+        case Reshape(a=Slice(a=a, axis=axis, start=start, stop=stop)) if (
+            dims.sub(stop, start) == 1 and e.rank == a.rank - 1
+        ):  # an index: x[i], X[:, j]
+            return [*wrap(a, 4), f"[{start}]" if axis == 0 else f"[:, {start}]"], 4
+        case Reshape(a=a, shape_=shape):
+            return ["reshape(", a, f", {shape_str(shape)})"], 4
+        case Slice(a=a, axis=axis, start=start, stop=stop):
+            first = "" if start == 0 else str(start)
+            last = "" if stop == a.shape[axis] else str(stop)
+            where = f"{first}:{last}" if axis == 0 else f":, {first}:{last}"
+            return [*wrap(a, 4), f"[{where}]"], 4
+        case Concat(parts=parts, axis=axis):
+            sep = "; " if axis == 0 and e.rank == 2 else ", "
+            items: list[Part_] = ["["]
+            for i, q in enumerate(parts):
+                items += ([sep] if i else []) + [q]
+            return [*items, "]"], 4
     raise TypeError(f"no math form for {type(e).__name__}")  # pragma: no cover

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from foldgen import dims
 from foldgen import expr as E
 from foldgen.expr import ConstantError, Expr, Leaf, ShapeError, shape_str
 from foldgen.limits import DEFAULT_LIMITS, Limits
@@ -101,6 +102,63 @@ def _huber(a: Expr, m: Expr | None = None) -> Expr:
     return E.mul(E.power(m, E.const(2.0)), E.func("huber", E.div(a, m)))
 
 
+def _pnorm(a: Expr, p: Expr) -> Expr:
+    """(Σ|a|ᵖ)^(1/p) for a constant p ≥ 1 (norm1 at 1, norm2 at 2)."""
+    if not isinstance(p, E.Const) or p.rank != 0 or not p.value >= 1:
+        raise ExprError("pnorm(x, p) needs a constant p >= 1")
+    if p.value == 1:
+        return _norm1(a)
+    if p.value == 2:
+        return _norm2(a)
+    inner = E.sum_(E.power(E.func("abs", a), p))
+    return E.power(inner, E.const(1.0 / p.value))
+
+
+def _pos(a: Expr) -> Expr:
+    return E.func("pos", a)
+
+
+def _neg(a: Expr) -> Expr:
+    """CVXPY's neg(x) = max(−x, 0)."""
+    return E.func("pos", E.neg(a))
+
+
+def _maximum(a: Expr, b: Expr) -> Expr:
+    """Elementwise max(a, b) = b + pos(a − b)."""
+    return E.add(b, E.func("pos", E.sub(a, b)))
+
+
+def _minimum(a: Expr, b: Expr) -> Expr:
+    """Elementwise min(a, b) = b − pos(b − a)."""
+    return E.sub(b, E.func("pos", E.sub(b, a)))
+
+
+def _stack(axis: int) -> Callable[..., Expr]:
+    """hstack (axis 1) and vstack (axis 0) as NumPy: hstack of scalars and vectors is one
+    vector; otherwise vectors are rows (vstack) or columns (hstack) of a matrix."""
+
+    def build(*parts: Expr) -> Expr:
+        if axis == 1 and all(p.rank <= 1 for p in parts):
+            return E.concat([E.reshape(p, (1,)) if p.rank == 0 else p for p in parts])
+        if axis == 0:
+            rows = [
+                E.reshape(p, (1, p.shape[0] if p.rank else 1)) if p.rank < 2 else p for p in parts
+            ]
+            return E.concat(rows, 0)
+        cols = [E.reshape(p, (p.shape[0] if p.rank else 1, 1)) if p.rank < 2 else p for p in parts]
+        return E.concat(cols, 1)
+
+    return build
+
+
+def _reshape_row_major(a: Expr, shape: tuple) -> Expr:
+    return E.reshape(a, shape)
+
+
+def _vec(a: Expr) -> Expr:
+    return E.vec(a) if a.rank else E.reshape(a, (1,))
+
+
 #: name -> (the numbers of arguments it takes, how to build it).
 FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
     "sum": _unary(E.sum_),
@@ -116,6 +174,12 @@ FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
     "trace": _unary(_trace),
     "huber": ((1, 2), _huber),
     "logistic": _elementwise("softplus"),  # CVXPY's logistic(x) = log(1 + exp(x))
+    "pnorm": (2, _pnorm),
+    "pos": _unary(_pos),
+    "neg": _unary(_neg),
+    "maximum": (2, _maximum),
+    "minimum": (2, _minimum),
+    "vec": _unary(_vec),
     **{
         name: _elementwise(name)
         for name in (
@@ -133,7 +197,9 @@ FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
     },
 }
 SIZE_FUNCTIONS = ("ones", "eye")
-ALL_FUNCTIONS = tuple(FUNCTIONS) + SIZE_FUNCTIONS
+#: Functions with list, shape or axis arguments, built by the visitor itself.
+STRUCTURAL_FUNCTIONS = ("hstack", "vstack", "reshape", "max", "min")
+ALL_FUNCTIONS = tuple(FUNCTIONS) + SIZE_FUNCTIONS + STRUCTURAL_FUNCTIONS
 
 _BINOPS: dict[type[ast.operator], tuple[str, Callable[[Expr, Expr], Expr]]] = {
     ast.Add: ("+", E.add),
@@ -449,8 +515,14 @@ class _Visitor:
         if not isinstance(node.func, ast.Name):
             raise ExprError("only plain function calls like exp(x) are supported")
         name = node.func.id
+        if name in ("sum", "mean") and node.keywords:
+            return self._reduce(name, node)
+        if name in ("reshape", "vec") and node.keywords:
+            return self._ordered(name, node)
         if node.keywords:
             raise ExprError(f"{name}() takes no keyword arguments")
+        if name in STRUCTURAL_FUNCTIONS:
+            return self._structural(name, node.args)
         if name in SIZE_FUNCTIONS:
             return self._size_function(name, node.args)
         if name not in FUNCTIONS:
@@ -463,6 +535,163 @@ class _Visitor:
             takes = " or ".join(map(str, counts))
             raise ExprError(f"{name}() takes {takes} argument(s), got {len(node.args)}")
         return build(*(self.visit(a) for a in node.args))
+
+    def _reduce(self, name: str, node: ast.Call) -> Expr:
+        """sum(e, axis=0|1) and mean(e, axis=…) of a matrix (NumPy's axis: 0 sums the rows
+        together, giving one entry per column)."""
+        axis = self._axis(node)
+        if len(node.args) != 1:
+            raise ExprError(f"{name}() takes one expression and axis=")
+        a = self.visit(node.args[0])
+        if axis is None or (a.rank == 1 and axis == 0):
+            return FUNCTIONS[name][1](a)
+        if a.rank != 2:
+            raise ExprError(f"{name}(e, axis={axis}) needs a matrix, got {shape_str(a.shape)}")
+        if axis == 0:
+            out = E.matmul(E.const(1.0, a.shape[:1]), a)
+        else:
+            out = E.matmul(a, E.const(1.0, a.shape[1:]))
+        if name == "mean":
+            out = E.div(out, E.size_of(a.shape[axis : axis + 1]))
+        return out
+
+    def _ordered(self, name: str, node: ast.Call) -> Expr:
+        """reshape/vec with order="C" (row-major, NumPy's and torch's default) or order="F"
+        (column-major, CVXPY's default)."""
+        order = "C"
+        for kw in node.keywords:
+            value = kw.value
+            if kw.arg != "order" or not (
+                isinstance(value, ast.Constant) and value.value in ("C", "F")
+            ):
+                raise ExprError(f'{name}() takes only the keyword order="C" or order="F"')
+            order = value.value
+        plain = ast.Call(func=node.func, args=node.args, keywords=[])
+        if order == "C":
+            return self.visit_Call(plain)
+        if name == "vec":
+            if len(node.args) != 1:
+                raise ExprError("vec() takes one expression")
+            return _vec(E.transpose(self.visit(node.args[0])))
+        built = self._structural("reshape", node.args)  # checks the arguments
+        a = self.visit(node.args[0])
+        flat = _vec(E.transpose(a))  # column-major entries
+        if built.rank < 2:
+            return E.reshape(flat, built.shape)
+        rows, cols = built.shape
+        return E.transpose(E.reshape(flat, (cols, rows)))
+
+    def _axis(self, node: ast.Call) -> int | None:
+        for kw in node.keywords:
+            if kw.arg != "axis":
+                raise ExprError(f"{node.func.id}() takes only the keyword axis")  # type: ignore[attr-defined]
+            value = kw.value
+            if isinstance(value, ast.Constant) and value.value is None:
+                return None
+            if (
+                isinstance(value, ast.Constant)
+                and type(value.value) is int
+                and value.value in (0, 1, -1, -2)
+            ):
+                return value.value % 2
+            raise ExprError("axis must be 0 or 1")
+        return None
+
+    def _structural(self, name: str, args: list[ast.expr]) -> Expr:
+        if name in ("hstack", "vstack"):
+            if len(args) != 1 or not isinstance(args[0], ast.List | ast.Tuple) or not args[0].elts:
+                raise ExprError(f"{name}() takes one list of expressions, e.g. {name}([x, y])")
+            parts = [self.visit(a) for a in args[0].elts]
+            return _stack(1 if name == "hstack" else 0)(*parts)
+        if name == "reshape":
+            if len(args) != 2 or not isinstance(args[1], ast.List | ast.Tuple):
+                raise ExprError(
+                    "reshape() takes an expression and a shape, e.g. reshape(x, (m, n))"
+                )
+            a = self.visit(args[0])
+            shape = tuple(self._size(d, "reshape") for d in args[1].elts)
+            if len(shape) > 2:
+                raise ExprError("reshape() gives a scalar, vector or matrix (at most two sizes)")
+            return _reshape_row_major(a, shape)
+        # max / min: of one expression (its largest entry: not supported yet) or elementwise
+        if len(args) != 2:
+            raise ExprError(
+                f"{name}(x) of a vector's entries is not supported yet; {name}(x, c) is the "
+                f"elementwise {name}imum (CVXPY's {name}imum)"
+            )
+        a, b = self.visit(args[0]), self.visit(args[1])
+        return _maximum(a, b) if name == "max" else _minimum(a, b)
+
+    def visit_Subscript(self, node: ast.Subscript) -> Expr:
+        """x[i], x[1:], x[:-1], X[i, j], X[:, 0], X[1:, :] with integer or dim indices
+        (negative counts from the end); a scalar index drops its axis, as in NumPy."""
+        a = self.visit(node.value)
+        index = node.slice
+        items = list(index.elts) if isinstance(index, ast.Tuple) else [index]
+        if len(items) > a.rank:
+            raise ExprError(
+                f"too many indices ({len(items)}) for a {shape_str(a.shape)} expression"
+            )
+        out = a
+        drop: list[int] = []
+        for axis, item in enumerate(items):
+            size = a.shape[axis]
+            if isinstance(item, ast.Slice):
+                if item.step is not None:
+                    raise ExprError("slices with a step are not supported")
+                start = self._index(item.lower, size, 0)
+                stop = self._index(item.upper, size, size)
+                self._check_range(start, stop, size, f"the slice {start}:{stop}")
+                out = E.slice_(out, axis, start, stop)
+            else:
+                i = self._index(item, size, 0)
+                self._check_range(i, dims.add(i, 1), size, f"the index {i}")
+                out = E.slice_(out, axis, i, dims.add(i, 1))
+                drop.append(axis)
+        if drop:
+            shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
+            out = E.reshape(out, shape)
+        return out
+
+    def _check_range(self, start: E.Dim, stop: E.Dim, size: E.Dim, what: str) -> None:
+        """0 ≤ start < stop ≤ size at the spec's declared sizes (where the layer's shapes
+        come from unless its inputs say otherwise)."""
+        try:
+            first, last, n = (dims.evaluate(d, self.scope.dims) for d in (start, stop, size))
+        except KeyError:  # a size of no declared dim: nothing to check against
+            return
+        if not 0 <= first < last <= n:
+            raise ExprError(f"{what} is outside an axis of size {size} (= {n})")
+
+    def _index(self, node: ast.expr | None, size: E.Dim, default: E.Dim) -> E.Dim:
+        if node is None:
+            return default
+        value = self._dim_expression(node)
+        if isinstance(value, int) and value < 0:
+            return dims.add(size, value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return dims.add(size, value)
+        return value
+
+    def _dim_expression(self, node: ast.expr) -> E.Dim:
+        """An index: an integer, a dim, or + - * of them."""
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            if abs(node.value) > self.scope.limits.dim_size:
+                raise ExprError("an index larger than dim_size allows")
+            return node.value
+        if isinstance(node, ast.Name) and node.id in self.scope.dims:
+            return node.id
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            inner = self._dim_expression(node.operand)
+            return dims.sub(0, inner)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult):
+            a, b = self._dim_expression(node.left), self._dim_expression(node.right)
+            if isinstance(node.op, ast.Add):
+                return dims.add(a, b)
+            return dims.sub(a, b) if isinstance(node.op, ast.Sub) else dims.mul(a, b)
+        raise ExprError(
+            f"an index is an integer, a dim or arithmetic of them, not '{self._snippet(node)}'"
+        )
 
     def _size_function(self, name: str, args: list[ast.expr]) -> Expr:
         dims = [self._size(a, name) for a in args]

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from foldgen import dims
 from foldgen.expr import (
     Add,
     Broadcast,
+    Concat,
     Const,
     Diag,
     DiagPart,
@@ -30,7 +32,10 @@ from foldgen.expr import (
     MatMul,
     Mul,
     Outer,
+    Part,
     Pow,
+    Reshape,
+    Slice,
     Softmax,
     Sum,
     Transpose,
@@ -65,6 +70,7 @@ class TorchPrinter:
         self.ref = ref
         self.dims = dims
         self.used_dims: set[str] = set()
+        self.compound: dict[str, str] = {}  # a size such as n - 1 -> its local's name
         self.lines: list[str] = []
         self.memo: dict[Expr, Printed] = {}
         self.temps: set[str] = set()
@@ -149,7 +155,8 @@ class TorchPrinter:
 
     def prologue(self) -> list[str]:
         """Size definitions the printed lines use (``n = c.shape[-1]``), in a stable order."""
-        return [f"{d} = {self.dims[d]}" for d in sorted(self.used_dims)]
+        lines = [f"{d} = {self.dims[d]}" for d in sorted(self.used_dims)]
+        return lines + [f"{name} = {dims.source(d)}" for d, name in self.compound.items()]
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -177,6 +184,9 @@ class TorchPrinter:
     def _dim(self, d) -> str:
         if isinstance(d, int):
             return str(d)
+        if not dims.is_name(d):  # arithmetic of dims (n - 1): a local of the dim names
+            self.used_dims.update(dims.names(d))
+            return self.compound.setdefault(d, f"_size{len(self.compound)}")
         self.used_dims.add(d)
         return d
 
@@ -235,7 +245,25 @@ class TorchPrinter:
                 return Printed(f"torch.logsumexp({self._as_tensor(a).text}, -1)", ATOM)
             case Softmax(a=a):
                 return Printed(f"torch.softmax({self._as_tensor(a).text}, -1)", ATOM)
+            case Slice(a=a, axis=axis, start=start, stop=stop):
+                return self._print_slice(a, axis, start, stop)
+            case Part(a=a, sizes=sizes, index=index):
+                start = dims.total(sizes[:index])
+                return self._print_slice(a, 0, start, dims.add(start, sizes[index]))
+            case Reshape(a=a, shape_=shape):
+                flat = self._as_tensor(a).text
+                return Printed(f"_reshape({flat}, {a.rank}, {self._shape_tuple(shape)})", ATOM)
+            case Concat(parts=parts, axis=axis):
+                items = ", ".join(self._as_tensor(p).text for p in parts)
+                return Printed(f"_cat(({items}), {e.rank}, {axis})", ATOM)
         raise TypeError(f"no printer for {type(e).__name__}")  # pragma: no cover
+
+    def _print_slice(self, a: Expr, axis: int, start, stop) -> Printed:
+        first = "" if start == 0 else self._dim(start)
+        last = "" if stop == a.shape[axis] else self._dim(stop)
+        index = ["..."] + [":"] * a.rank
+        index[1 + axis] = f"{first}:{last}"
+        return Printed(f"{self._wrap(self._as_tensor(a), ATOM)}[{', '.join(index)}]", ATOM)
 
     def _print_add(self, e: Add) -> Printed:
         parts = [self._add_part(e, i) for i in range(len(e.terms))]

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from foldgen import naming
+from foldgen import dims, naming
 from foldgen.errors import SpecError, shown
 from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.yamlread import Path, read_yaml
@@ -163,9 +163,12 @@ class VariableSpec(_Frozen):
 
     @field_validator("shape")
     @classmethod
-    def _scalar_or_vector(cls, shape: tuple[str | int, ...]) -> tuple[str | int, ...]:
-        if len(shape) > 1:
-            raise _fail(f"matrix variables are not supported yet (shape {_shape_text(shape)})")
+    def _at_most_a_matrix(cls, shape: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        if len(shape) > 2:
+            raise _fail(
+                f"a variable is a scalar, a vector or a matrix (at most two axes), not "
+                f"{_shape_text(shape)}; reshape it into a matrix"
+            )
         return shape
 
     @field_validator("init", mode="before")
@@ -398,10 +401,39 @@ class Spec(_Frozen):
             for name, item in getattr(self, group).items():
                 for i, entry in enumerate(item.shape):
                     where = (group, name, "shape", i)
+                    if (
+                        group == "variables"
+                        and isinstance(entry, str)
+                        and not _NAME.fullmatch(entry)
+                    ):
+                        self._check_size_expression(entry, where, limits)
+                        continue
                     if isinstance(entry, str) and entry not in self.dims:
                         raise _fail(self._unknown_dim(entry), where)
                     if isinstance(entry, int) and entry > limits.dim_size:
                         raise _fail(_too_big(entry, limits), where)
+
+    def _check_size_expression(self, entry: str, where: Path, limits: Limits) -> None:
+        """A variable's size may be arithmetic of dims (``T + 1``): declared dims, integers,
+        ``+ - *``, and positive at every size."""
+        if len(entry) > limits.name_chars:
+            raise _fail(f"the size {shown(entry)} is too long", where)
+        try:
+            used = dims.names(entry)
+        except (dims.DimError, ValueError, TypeError):
+            raise _fail(
+                f"a shape entry is a dim name, a positive integer or arithmetic of dims "
+                f"(such as T + 1), got {shown(entry)}",
+                where,
+            ) from None
+        for name in used:
+            if name not in self.dims:
+                raise _fail(self._unknown_dim(name), where)
+        size = dims.evaluate(entry, dict(self.dims))
+        if size < 1:
+            raise _fail(f"the size {shown(entry)} is {size} at the declared dims", where)
+        if size > limits.dim_size:
+            raise _fail(_too_big(size, limits), where)
 
     def _check_expressions(self) -> None:
         """Expressions are ASCII: Python would fold look-alike letters (NFKC: 'ｘ' is 'x')."""

@@ -126,7 +126,7 @@ class BoxQp(torch.nn.Module):
         c=None,
         x_init=None,
     ):
-        """The same forward solve, run under autograd and returning x: its gradient
+        """The same forward solve, run under autograd and returning the same: its gradient
         differentiates every iteration (unrolling; the reference folding is compared with).
         Inputs as for ``forward``; ``info`` is recorded, nothing is folded.
         """
@@ -174,6 +174,7 @@ GRAD_PARAMETERS = ("c",)
 DEFAULTS = {}
 DEFAULT_DIMS = {"n": 50}
 VARIABLE = ("x", ("n",))
+VARIABLES = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def _set_data(x, Q, c):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 2b7423a099f6be8b): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 9b637754d5351bb9): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -660,20 +661,55 @@ def _validate(p, values, x_init):
             )
         tensors.append(value)
     shapes = [(name, t.shape, core) for (name, core), t in zip(p.parameters.items(), tensors)]
-    if x_init is not None:
-        name = f"{p.variable[0]}_init"
-        if not isinstance(x_init, torch.Tensor) or x_init.dtype != dtype:
+    for name, t, core in _warm_starts(p, x_init):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype:
             raise ValueError(f"{name}: expected a {dtype} tensor")
-        if x_init.device != device:
-            raise ValueError(f"{name}: device {x_init.device} differs from the inputs' {device}")
-        if x_init.dim() < 1:
-            raise ValueError(f"{name}: expected shape (..., {p.variable[1][0]}), got ()")
-        if not bool(torch.isfinite(x_init).all()):
+        if t.device != device:
+            raise ValueError(f"{name}: device {t.device} differs from the inputs' {device}")
+        if t.dim() < len(core):
+            raise ValueError(f"{name}: expected shape {_shape_text(core)}, got {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
-        shapes.append((name, x_init.shape, p.variable[1]))
+        # A packed problem's warm starts are checked against the variables' shapes when
+        # packed (their sizes may be dim arithmetic); here they give only the batch shape.
+        shapes.append(
+            (name, t.shape, core)
+            if p.variables is None
+            else (name, t.shape[: t.dim() - len(core)], ())
+        )
     sizes = _dim_sizes(p, shapes)
     batch = _batch_shape(shapes)
     return tensors, sizes, batch
+
+
+def _warm_starts(p, x_init):
+    """(argument name, tensor, core shape) of each warm start given."""
+    if p.variables is None:
+        return [] if x_init is None else [(f"{p.variable[0]}_init", x_init, p.variable[1])]
+    cores = dict(p.variables)
+    return [(f"{name}_init", t, cores[name]) for name, t in x_init.items() if t is not None]
+
+
+def _packed_warm_start(p, values, warm):
+    """The packed state of the given warm starts, the spec's init for the variables not
+    given (None when none is given); ValueError naming a warm start of the wrong shape."""
+    if not any(t is not None for t in warm.values()):
+        return None
+    parts = list(p.unpack(p.init(*values), *values))
+    for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
+        if t is None:
+            continue
+        expected = tuple(parts[i].shape[parts[i].dim() - len(core) :])
+        got = tuple(t.shape[t.dim() - len(core) :])
+        if got != expected:
+            raise ValueError(
+                f"{name}_init: expected core shape {expected} ({_shape_text(core)}), got {got}"
+            )
+        parts[i] = t
+    cores = [len(core) for _, core in p.variables]
+    batch = torch.broadcast_shapes(*(t.shape[: t.dim() - k] for t, k in zip(parts, cores)))
+    parts = [t.expand(*batch, *t.shape[t.dim() - k :]) for t, k in zip(parts, cores)]
+    return p.pack(*parts, *values)
 
 
 def _check_dtype(name, value):
@@ -722,7 +758,7 @@ def _dim_sizes(p, shapes):
                 )
         sizes[dim] = size
     dim = p.variable[1][0]
-    if dim in seen and sizes[dim] == 0:
+    if p.variables is None and dim in seen and sizes[dim] == 0:
         name, axis, _ = seen[dim][0]
         raise ValueError(
             f"{name}: axis {axis} has size 0, but {dim}, the size of {p.variable[0]}, "
@@ -1055,31 +1091,42 @@ def _fit_tolerance(tol, dtype):
 
 
 def _prepare_call(layer, p, args, named, x_init):
-    """The validated inputs, and the call's tolerances fitted to their dtype."""
+    """The validated inputs, the call's tolerances fitted to their dtype, and the warm start
+    (packed, for a problem whose variables are packed into one state)."""
     kwargs = {name: value for name, value in named.items() if value is not None}
     values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
     dtype = values[0].dtype if values else torch.get_default_dtype()
     layer.forward_tol = _fit_tolerance(layer.tol, dtype)
     layer.adjoint_tol = _fit_tolerance(layer.backward_tol, dtype)
-    return values, sizes, batch
+    if p.variables is not None:
+        with torch.no_grad():
+            x_init = _packed_warm_start(p, [v.detach() for v in values], x_init)
+        if x_init is not None:
+            batch = torch.broadcast_shapes(batch, x_init.shape[:-1])
+    return values, sizes, batch, x_init
+
+
+def _outputs(p, x, values):
+    """The layer's result: the variable, or the spec's variables unpacked from the state."""
+    return x if p.variables is None else p.unpack(x, *values)
 
 
 def _forward(layer, p, args, named, x_init):
     """The layer's call: gather and validate the inputs, then the folded solve."""
-    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
-    return _Fold.apply(layer, p, x_init, sizes, batch, *values)
+    values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
+    return _outputs(p, _Fold.apply(layer, p, x_init, sizes, batch, *values), values)
 
 
 def _unrolled(layer, p, args, named, x_init):
     """The forward solve under autograd (no folding): its backward unrolls the iterations."""
-    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
+    values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
     x, _ = p.solve(p, layer, values, x_init, sizes, batch)
-    return x
+    return _outputs(p, x, values)
 
 
 def _update_map(layer, p, args, named, x_init):
     """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
-    values, sizes, batch = _prepare_call(layer, p, args, named, x_init)
+    values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
     with torch.no_grad():
         x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
     return p.update_map(p, layer, x, state, values)
@@ -1252,9 +1299,8 @@ class _Start:
     """The forward's common start: the projected default point, the set, the data's scale."""
 
     def __init__(self, p, layer, values, x_init, sizes, batch):
-        dim = p.variable[1][0]
-        n = sizes.get(dim, p.dims.get(dim))
-        default = p.init(*values).to(values[0]).expand(*batch, n)  # (..., n)
+        default = p.init(*values).to(values[0]).expand(*batch, -1)  # (..., n)
+        n = default.shape[-1]
         S = p.set.prepare(p.set_data(default, *values))
         ones = torch.ones_like(default)
         default, feasible = p.set.project(default, ones, S)
@@ -1447,6 +1493,9 @@ PROBLEM = types.SimpleNamespace(
     defaults=DEFAULTS,
     dims=DEFAULT_DIMS,
     variable=VARIABLE,
+    variables=VARIABLES,
+    pack=None,
+    unpack=None,
     solve=_pgd_solve_lipschitz,
     pullback=_pgd_pullback,
     update_map=_pgd_update_map,

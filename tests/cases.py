@@ -205,7 +205,7 @@ CASES: dict[str, Case] = {
 }
 
 # Cases of other rules live in their own files (one file per rule) and join here.
-for _rule_cases in ("cases_admm", "cases_sqp"):
+for _rule_cases in ("cases_admm", "cases_sqp", "cases_shapes"):
     try:
         CASES.update(importlib.import_module(_rule_cases).CASES)
     except ModuleNotFoundError as err:

@@ -43,6 +43,19 @@ def grad_names(module):
     return list(module.GRAD_PARAMETERS)
 
 
+def as_state(module, out):
+    """The layer's result as one (batch…, N) tensor: a multi-variable spec's tuple of
+    variables flattened and joined in spec order, as the packed state holds them."""
+    if module.VARIABLES is None:
+        return out
+    flat = []
+    for t, (_, core) in zip(out if isinstance(out, tuple) else (out,), module.VARIABLES):
+        batch = t.shape[: t.dim() - len(core)]
+        flat.append(t.reshape(*batch, -1))
+    batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
+    return torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], -1)
+
+
 def test_gradcheck(spec):
     name, module, case = spec
     values = draw(case, batch=(2,))
@@ -73,7 +86,7 @@ def unrolled_gradient(module, layer, values, weight, iterations):
     """Autograd through `iterations` applications of U from x*: Σ_k Φᵏ Ψ, the unrolled limit."""
     names = grad_names(module)
     with torch.no_grad():
-        x_star = layer(**values)
+        x_star = as_state(module, layer(**values))
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
     ordered = [inputs[n] for n in module.PARAMETERS]
     d, metric = _unroll_step(module, x_star, [v.detach() for v in ordered])
@@ -90,7 +103,7 @@ def unrolled_gradient(module, layer, values, weight, iterations):
 def folded_gradient(module, layer, values, weight):
     names = grad_names(module)
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values.items()}
-    x = layer(**inputs)
+    x = as_state(module, layer(**inputs))
     grads = torch.autograd.grad((x * weight).sum(), [inputs[n] for n in names])
     return dict(zip(names, grads))
 
@@ -100,7 +113,9 @@ def test_folded_equals_unrolled(spec):
     values = draw(case, batch=(3,), seed=1)
     layer = make_layer(module)
     weight = torch.randn(
-        layer(**values).shape, generator=torch.Generator().manual_seed(2), dtype=F64
+        as_state(module, layer(**values)).shape,
+        generator=torch.Generator().manual_seed(2),
+        dtype=F64,
     )
     folded = folded_gradient(module, layer, values, weight)
     if case.unrolled is not None:
@@ -118,7 +133,7 @@ def test_forward_matches_cvxpy(name):
     layer = make_layer(module)
     for seed in range(3):
         values = draw(case, seed=10 + seed)
-        x = layer(**values)
+        x = as_state(module, layer(**values))
         reference = case.cvxpy({k: v.numpy() for k, v in values.items()})
         np.testing.assert_allclose(x.numpy(), reference, atol=2e-6)
 
@@ -129,7 +144,9 @@ def test_backward_methods_agree(spec, method):
     values = draw(case, batch=(4,), seed=3)
     reference_layer = make_layer(module, backward_method="direct")
     weight = torch.randn(
-        reference_layer(**values).shape, generator=torch.Generator().manual_seed(4), dtype=F64
+        as_state(module, reference_layer(**values)).shape,
+        generator=torch.Generator().manual_seed(4),
+        dtype=F64,
     )
     reference = folded_gradient(module, reference_layer, values, weight)
     layer = make_layer(module, backward_method=method, backward_max_iter=5000, backward_tol=1e-13)
@@ -150,12 +167,13 @@ def test_batched_equals_loop(spec):
     name, module, case = spec
     values = draw(case, batch=(3,), seed=5)
     layer = make_layer(module)
-    batched = layer(**values)
+    batched = as_state(module, layer(**values))
     for i in range(3):
         single = {
             n: (v[i] if v.dim() > len(module.PARAMETERS[n]) else v) for n, v in values.items()
         }
-        torch.testing.assert_close(layer(**single), batched[i], atol=1e-10, rtol=0)
+        alone = as_state(module, layer(**single))
+        torch.testing.assert_close(alone.expand_as(batched[i]), batched[i], atol=1e-10, rtol=0)
 
 
 def test_float32_runs_and_agrees(spec):
@@ -164,12 +182,12 @@ def test_float32_runs_and_agrees(spec):
     values32 = {n: v.float() for n, v in values64.items()}
     layer = make_layer(module, tol=1e-6)
     layer.on_nonconvergence = "ignore"
-    x32 = layer(**values32)
+    x32 = as_state(module, layer(**values32))
     assert x32.dtype == torch.float32
     names = grad_names(module)
     inputs = {n: v.clone().requires_grad_(n in names) for n, v in values32.items()}
-    x = layer(**inputs)
+    x = as_state(module, layer(**inputs))
     grads = torch.autograd.grad(x.sum(), [inputs[n] for n in names])
     assert all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
-    x64 = make_layer(module)(**values64)
+    x64 = as_state(module, make_layer(module)(**values64))
     assert (x32.double() - x64).abs().max() < 1e-3

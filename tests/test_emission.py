@@ -146,6 +146,11 @@ def _run(module, values, settings=None):
         for k, v in values.items()
     }
     x = layer(**leaves)
+    if module.VARIABLES is not None:  # the variables flattened and joined, as packed
+        parts = x if isinstance(x, tuple) else (x,)
+        flat = [t.flatten(t.dim() - len(core)) for t, (_, core) in zip(parts, module.VARIABLES)]
+        batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
+        x = torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], -1)
     (x * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).sum().backward()
     return x.detach(), {
         k: v.grad for k, v in leaves.items() if getattr(v, "grad", None) is not None

@@ -159,8 +159,8 @@ def test_docstring_explains_the_math(generated):
     doc = ast.get_docstring(tree)
     assert doc, "no module docstring"
     sense = "minimize" if "minimize" in spec else "maximize"
-    var = next(iter(spec["variables"]))
-    # The objective, as f(<variable>) = ..., naming every parameter the spec's objective uses.
+    var = re.escape(", ".join(spec["variables"]))
+    # The objective, as f(<variables>) = ..., naming every parameter the spec's objective uses.
     match = re.search(rf"^\s*minimize\s+f\({var}\) = (.+)$", doc, re.MULTILINE)
     assert match, doc
     objective_line = match.group(1)
@@ -174,7 +174,12 @@ def test_docstring_explains_the_math(generated):
         )
     if sense == "maximize":
         assert "maxim" in doc  # says that f is the negated objective
-    assert re.search(rf"U\({var}\) =", doc), "the update map U"
+    variables = spec["variables"]
+    one_vector = len(variables) == 1 and len(next(iter(variables.values())).get("shape", ())) == 1
+    state = var if one_vector else "_z"  # several variables: the packed state, named in the doc
+    assert re.search(rf"U\({state}\) =", doc), "the update map U"
+    if not one_vector:
+        assert f"_z = ({', '.join(variables)})" in doc
     assert "Φᵀv" in doc
     assert "Ψ" in doc
 

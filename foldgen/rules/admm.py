@@ -325,7 +325,7 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
         blocks.append(Block("l1", _matrix_or_none(matrix), (offset, weight), text))
     smooth_expr = E.add(*smooth) if smooth else E.zero()
     for node in E.postorder([smooth_expr]):
-        if isinstance(node, E.Func) and node.name == "abs" and node.depends_on(x):
+        if isinstance(node, E.Func) and node.name in ("abs", "pos") and node.depends_on(x):
             raise problem.error(
                 key,
                 f"rule 'admm' needs the objective to be smooth apart from top-level terms "

@@ -139,6 +139,8 @@ def problem_header(problem: Problem, x: str, objective: str) -> list[str]:
     """The docstring's first lines: default sizes and the objective, as every rule states them."""
     dims = ", ".join(f"{d} = {v}" for d, v in problem.dims) or "none"
     negated = "   (the negated maximisation objective)" if problem.sense == "maximize" else ""
+    if problem.packing is not None:
+        x = ", ".join(v.name for v in problem.packing.variables)
     return [
         f"Problem (default sizes {dims}; every size is read from the inputs at run time):",
         "",

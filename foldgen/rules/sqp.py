@@ -21,6 +21,7 @@ solution (implicit differentiation of the KKT conditions).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from foldgen import expr as E
@@ -42,7 +43,7 @@ from foldgen.rules.base import (
 from foldgen.runtime.names import SQP
 
 # Functions whose derivative is not continuous: SQP needs a twice differentiable problem.
-NONSMOOTH = {"abs": "abs/norm1", "sign": "sign"}
+NONSMOOTH = {"abs": "abs/norm1", "sign": "sign", "pos": "pos/neg/max/min", "step": "pos"}
 
 # The derived functions an SQP module may define, as the problem record names them.
 DERIVED_FIELDS = (
@@ -278,12 +279,25 @@ def _require_smooth(problem: Problem, e: Expr, path: tuple) -> None:
 
 def _bound_blocks(b: Bound, x: Leaf) -> list[Block]:
     out = []
-    if b.lower is not None:
-        lo = E.broadcast(b.lower, x.shape)
-        out.append(_make(E.sub(lo, x), b.lower_source))
-    if b.upper is not None:
-        hi = E.broadcast(b.upper, x.shape)
-        out.append(_make(E.sub(x, hi), b.upper_source))
+    for side, value, source in (
+        ("lower", b.lower, b.lower_source),
+        ("upper", b.upper, b.upper_source),
+    ):
+        if value is None:
+            continue
+        value = E.broadcast(value, x.shape)
+        # A packed state's bound holds ±∞ for the variables it leaves free: one block per
+        # bounded variable (an infinite bound is no constraint, and not a finite residual).
+        pieces: list[tuple[Expr, Expr]] = [(x, value)]
+        if isinstance(value, E.Concat):
+            sizes = tuple(p.shape[0] for p in value.parts)
+            pieces = [
+                (E.part(x, sizes, i), v)
+                for i, v in enumerate(value.parts)
+                if not (isinstance(v, E.Const) and math.isinf(v.value))
+            ]
+        for xi, vi in pieces:
+            out.append(_make(E.sub(vi, xi) if side == "lower" else E.sub(xi, vi), source))
     return out
 
 
@@ -311,10 +325,8 @@ def _block(problem: Problem, c, x: Leaf) -> tuple[str, Block]:
         kind, e = "ineq", E.sub(rel.rhs, rel.lhs)
     else:
         kind, e = "ineq", E.sub(rel.lhs, rel.rhs)
-    if e.rank > 1:
-        raise problem.error(
-            path, "rule 'sqp' supports scalar and vector constraints, not matrix ones"
-        )
+    if e.rank > 1:  # a matrix relation is one block of its entries, row-major
+        e = E.vec(e)
     _require_smooth(problem, e, path)
     return kind, _make(e, c.source)
 

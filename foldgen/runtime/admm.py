@@ -457,10 +457,8 @@ class _AdmmRun:
     """
 
     def __init__(self, p, layer, values, x_init, sizes, batch):
-        dim = p.variable[1][0]
-        n = sizes.get(dim, p.dims.get(dim))
         start = p.init(*values) if x_init is None else x_init
-        x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
+        x = start.to(values[0]).expand(*batch, -1).clone()  # (..., n)
         blocks = _admm_unpack(p, p.block_data(x, *values))
         rho = torch.full(batch, layer.rho, dtype=x.dtype, device=x.device)  # (...)
         self.conflict = _admm_data_empty(p, blocks, batch)  # (..., blocks)
@@ -469,7 +467,7 @@ class _AdmmRun:
         s = _admm_pack(z, [torch.zeros_like(zi) for zi in z])  # (..., N)
         self.p, self.layer, self.values, self.batch = p, layer, values, batch
         self.x, self.s = x, s.expand(*batch, s.shape[-1]).clone()
-        self.blocks, self.dims, self.rho = blocks, _admm_sizes(blocks, n), rho
+        self.blocks, self.dims, self.rho = blocks, _admm_sizes(blocks, x.shape[-1]), rho
         self.feasible = feasible
         self.fixed, self.factored = p.prepare(p, x, values, blocks, rho)
         self.eps = max(1e-6, 100 * torch.finfo(x.dtype).eps)

@@ -29,7 +29,12 @@ class Problem(Protocol):
     grad_parameters: tuple[str, ...]  # the inputs that may require grad
     defaults: dict[str, float]  # default values of scalar inputs
     dims: dict[str, int]  # default size of each dim
-    variable: tuple[str, tuple[str | int, ...]]  # the variable's name and core shape
+    variable: tuple[str, tuple[str | int, ...]]  # the (packed) variable's name and core shape
+    # The spec's variables (name, core shape) when they are packed into one state (several
+    # variables, or one that is not a vector), else None; then pack/unpack are set.
+    variables: tuple[tuple[str, tuple[str | int, ...]], ...] | None
+    pack: Callable[..., Tensor] | None  # (each variable, *values) -> the packed state
+    unpack: Callable[..., tuple[Tensor, ...]] | None  # (packed state, *values) -> variables
     setting_checks: dict[str, Callable[[Any], Any]]  # the rule's settings' validators
 
     def solve(

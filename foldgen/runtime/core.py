@@ -50,3 +50,19 @@ def _huber_slope(t):
 def _huber_curvature(t):
     """huber''(t) = 2 where |t| ≤ 1, else 0."""
     return 2 * (t.abs() <= 1).to(t.dtype)
+
+
+def _reshape(t, rank, shape):
+    """The core axes (the last ``rank``) of t in row-major order under ``shape``."""
+    return t.reshape(t.shape[: t.dim() - rank] + tuple(shape))
+
+
+def _cat(parts, rank, axis):
+    """Tensors of core rank ``rank`` joined along core axis ``axis``, batch axes broadcast."""
+    batch = torch.broadcast_shapes(*(p.shape[: p.dim() - rank] for p in parts))
+    return torch.cat([p.expand(*batch, *p.shape[p.dim() - rank :]) for p in parts], axis - rank)
+
+
+def _step(t):
+    """pos'(t) = 1 where t > 0, else 0."""
+    return (t > 0).to(t.dtype)

@@ -124,9 +124,8 @@ class _Start:
     """The forward's common start: the projected default point, the set, the data's scale."""
 
     def __init__(self, p, layer, values, x_init, sizes, batch):
-        dim = p.variable[1][0]
-        n = sizes.get(dim, p.dims.get(dim))
-        default = p.init(*values).to(values[0]).expand(*batch, n)  # (..., n)
+        default = p.init(*values).to(values[0]).expand(*batch, -1)  # (..., n)
+        n = default.shape[-1]
         S = p.set.prepare(p.set_data(default, *values))
         ones = torch.ones_like(default)
         default, feasible = p.set.project(default, ones, S)

@@ -283,10 +283,8 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     no solution or the iterates run away; the others are solved as if alone. Also sets
     ``layer.multipliers = (λ, ν)``.
     """
-    dim = p.variable[1][0]
-    n = sizes.get(dim, p.dims.get(dim))
     start = p.init(*values) if x_init is None else x_init
-    x = start.to(values[0]).expand(*batch, n).clone()  # (..., n)
+    x = start.to(values[0]).expand(*batch, -1).clone()  # (..., n)
     g, h, block_sizes = _sqp_constraints(p, x, values)
     x, started = _sqp_start(p, x, values, block_sizes)
     lam = x.new_zeros(*batch, g.shape[-1])  # (..., p)

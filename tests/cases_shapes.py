@@ -1,0 +1,127 @@
+"""Battery cases for the specs with matrix, scalar or several variables (packed into one
+state; the battery compares the variables flattened row-major and joined in spec order, as
+``as_state`` in test_battery.py does). Each has an independent CVXPY model in its natural
+CVXPY formulation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from cases import TIGHT, Case, _rand, _randn
+from cases_sqp import unrolled_sqp
+
+
+def _nnls(batch, dtype, gen, m=12, n=5, k=3):
+    return {
+        "A": _randn(gen, *batch, m, n, dtype=dtype),
+        "B": _randn(gen, *batch, m, k, dtype=dtype),
+    }
+
+
+def _nnls_cvx(v):
+    import cvxpy as cp
+
+    A, B = v["A"], v["B"]
+    W = cp.Variable((A.shape[1], B.shape[1]))
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(A @ W - B)), [W >= 0]).solve(
+        solver=cp.CLARABEL, **TIGHT
+    )
+    return W.value.ravel()
+
+
+def _logreg(batch, dtype, gen, N=20, d=4, k=3):
+    labels = torch.randint(0, k, (*batch, N), generator=gen)
+    return {
+        "X": _randn(gen, *batch, N, d, dtype=dtype),
+        "Y": torch.nn.functional.one_hot(labels, k).to(dtype),
+        "lam": torch.tensor(0.1, dtype=dtype),
+    }
+
+
+def _logreg_cvx(v):
+    import cvxpy as cp
+
+    X, Y, lam = v["X"], v["Y"], float(v["lam"])
+    W = cp.Variable((X.shape[1], Y.shape[1]))
+    S = X @ W
+    loss = (cp.sum(cp.log_sum_exp(S, axis=1)) - cp.sum(cp.multiply(Y, S))) / X.shape[0]
+    cp.Problem(cp.Minimize(loss + 0.5 * lam * cp.sum_squares(W))).solve(
+        solver=cp.CLARABEL, **TIGHT
+    )
+    return W.value.ravel()
+
+
+def _mpc(batch, dtype, gen, nx=3, nu=2):
+    eye = torch.eye(nx, dtype=torch.float64)
+    return {
+        "A": (eye + 0.1 * _randn(gen, *batch, nx, nx, dtype=torch.float64)).to(dtype),
+        "B": _randn(gen, *batch, nx, nu, dtype=dtype),
+        "x0": 2 * _randn(gen, *batch, nx, dtype=dtype),
+        "q": 1 + _rand(gen, *batch, nx, dtype=dtype),
+        "r": 0.1 + _rand(gen, *batch, nu, dtype=dtype),
+        "umax": torch.tensor(1.0, dtype=dtype),
+    }
+
+
+def _mpc_cvx(v, T=8):
+    import cvxpy as cp
+
+    A, B, x0, q, r, umax = v["A"], v["B"], v["x0"], v["q"], v["r"], float(v["umax"])
+    X = cp.Variable((T + 1, A.shape[0]))
+    U = cp.Variable((T, B.shape[1]))
+    cost = 0.5 * cp.sum(cp.square(X) @ q) + 0.5 * cp.sum(cp.square(U) @ r)
+    constraints = [X[0] == x0, X[1:] == X[:-1] @ A.T + U @ B.T, cp.abs(U) <= umax]
+    cp.Problem(cp.Minimize(cost), constraints).solve(solver=cp.CLARABEL, **TIGHT)
+    return np.concatenate([X.value.ravel(), U.value.ravel()])
+
+
+def _transport(batch, dtype, gen, n=4, m=5):
+    a = 0.5 + _rand(gen, *batch, n, dtype=torch.float64)
+    b = 0.5 + _rand(gen, *batch, m, dtype=torch.float64)
+    return {
+        "C": _rand(gen, *batch, n, m, dtype=dtype),
+        "a": (a / a.sum(-1, keepdim=True)).to(dtype),
+        "b": (b / b.sum(-1, keepdim=True)).to(dtype),
+        "eps": torch.tensor(0.1, dtype=dtype),
+    }
+
+
+def _transport_cvx(v):
+    import cvxpy as cp
+
+    C, a, b, eps = v["C"], v["a"], v["b"], float(v["eps"])
+    P = cp.Variable(C.shape)
+    objective = cp.sum(cp.multiply(C, P)) - eps * cp.sum(cp.entr(P))
+    constraints = [cp.sum(P, axis=1) == a, cp.sum(P, axis=0) == b, P >= 0]
+    cp.Problem(cp.Minimize(objective), constraints).solve(solver=cp.CLARABEL, **TIGHT)
+    return P.value.ravel()
+
+
+def _exp_cone(batch, dtype, gen):
+    return {
+        "a": _randn(gen, *batch, dtype=dtype),
+        "b": 0.5 + _rand(gen, *batch, dtype=dtype),
+        "c": _randn(gen, *batch, dtype=dtype),
+        "ymin": torch.tensor(0.01, dtype=dtype),
+    }
+
+
+def _exp_cone_cvx(v):
+    import cvxpy as cp
+
+    x, y, z = cp.Variable(), cp.Variable(), cp.Variable()
+    a, b, c, ymin = (float(v[k]) for k in ("a", "b", "c", "ymin"))
+    objective = cp.square(x - a) + cp.square(y - b) + cp.square(z - c)
+    constraints = [cp.constraints.ExpCone(x, y, z), y >= ymin]
+    cp.Problem(cp.Minimize(objective), constraints).solve(solver=cp.CLARABEL, **TIGHT)
+    return np.array([x.value, y.value, z.value])
+
+
+CASES: dict[str, Case] = {
+    "nnls_matrix": Case(_nnls, _nnls_cvx),
+    "multiclass_logreg": Case(_logreg, _logreg_cvx),
+    "mpc": Case(_mpc, _mpc_cvx, unrolled_sqp),
+    "optimal_transport": Case(_transport, _transport_cvx, unrolled_sqp),
+    "exp_cone_projection": Case(_exp_cone, _exp_cone_cvx, unrolled_sqp),
+}
