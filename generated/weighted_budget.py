@@ -248,7 +248,7 @@ def _set_data_vjp(x, _lo_bar, _hi_bar, _w_bar, _c_bar, q, y, u, p, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 1c90d750e043a5df): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 81a91996d9c5a772): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -606,6 +606,7 @@ def _proj_box_wsum(y, lo, hi, w, c, d):
     z_y = torch.where(used, w * y, 0)
     z_d = torch.where(used, d * w * w, 1)
     z, ok = _proj_box_sum(z_y, z_lo, z_hi, c, z_d)
+    ok = ok & (lo <= hi).all(-1)  # min/max above would hide crossed bounds (and w = 0 ones)
     clamped = torch.minimum(torch.maximum(y, lo), hi)
     x = torch.where(used, z / torch.where(used, w, 1), clamped)
     x = torch.where(used & (z == w_lo), lo, torch.where(used & (z == w_hi), hi, x))
