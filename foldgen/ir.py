@@ -460,13 +460,19 @@ def _l1_ball(diff: Expr, x: Leaf, i: int) -> L1Ball | None:
         return None
     rest = E.neg(E.add(*(t for t in terms if not t.depends_on(x))))
     t, scale = core[0], 1.0
-    if isinstance(t, E.Mul) and isinstance(t.a, E.Const) and t.a.rank == 0:
-        t, scale = t.b, t.a.value
+    if isinstance(t, E.Mul):
+        coefficient = t.a
+        if not (isinstance(coefficient, E.Const) and coefficient.rank == 0):
+            return None
+        t, scale = t.b, coefficient.value
     if scale <= 0 or not math.isfinite(scale):
         return None
-    if not (isinstance(t, E.Sum) and isinstance(t.a, E.Func) and t.a.name == "abs"):
+    if not isinstance(t, E.Sum):
         return None
-    inner = t.a.a
+    body = t.a
+    if not (isinstance(body, E.Func) and body.name == "abs"):
+        return None
+    inner = body.a
     if inner.shape != x.shape:
         return None
     center = E.sub(x, inner)

@@ -278,9 +278,9 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
             return Projection("affine", (ones, SetItem("b", c.k, 0)), True, text, False)
         return Projection("box_sum", items, False, text, True)
     if isinstance(c, AffineEq) and bound is not None:  # one row (_bounded_section)
-        items = (*_bound_items(bound, x), SetItem("w", c.A, 1), SetItem("c", c.b, 0))
+        section = (*_bound_items(bound, x), SetItem("w", c.A, 1), SetItem("c", c.b, 0))
         text = f"{_bound_text(bound, x)}, {math_str(c.A)}·{x.name} = {math_str(c.b)}"
-        return Projection("box_wsum", items, False, text, True)
+        return Projection("box_wsum", section, False, text, True)
     if isinstance(c, AffineEq):
         row = c.A.rank == 1
         text = f"{math_str(c.A)}{'·' if row else ' '}{x.name} = {math_str(c.b)}"
