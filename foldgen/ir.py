@@ -8,6 +8,7 @@ constraints into the families the update rules know:
 - ``SumEq``        Σx = k (with a box: the capped simplex)
 - ``HalfSpace``    a·x ≤ b
 - ``Ball``         ‖x − c‖₂ ≤ r
+- ``L1Ball``       ‖x − c‖₁ ≤ r
 - ``General``      anything else, kept for rules with general constraint handling
 
 Recognition is by algebra, not by spelling: a constraint is affine in x when the symbolic
@@ -18,6 +19,7 @@ and ``-b >= -(a @ x)`` are the same half-space. The objective is stored in minim
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -124,12 +126,20 @@ class Ball:
 
 
 @dataclass(frozen=True)
+class L1Ball:
+    var: Leaf
+    center: Expr  # of the variable's shape (zero when absent)
+    radius: Expr
+    source: int
+
+
+@dataclass(frozen=True)
 class General:
     relation: Relation
     source: int
 
 
-Constraint = AffineEq | SumEq | HalfSpace | Ball | General
+Constraint = AffineEq | SumEq | HalfSpace | Ball | L1Ball | General
 
 
 @dataclass(frozen=True)
@@ -505,7 +515,7 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
                     return SumEq(x, E.neg(offset), i)
                 return AffineEq(x, a, E.neg(offset), i)
             return HalfSpace(x, a, E.neg(offset), i)
-        ball = _ball(diff, x, i) if op == "<=" else None
+        ball = (_ball(diff, x, i) or _l1_ball(diff, x, i)) if op == "<=" else None
         return ball or General(rel, i)
     # Vector constraints: c·x against a bound (c a positive or negative number), or A x = b.
     coeff = _scalar_coefficient(linear, x) if diff.shape == x.shape else None
@@ -547,3 +557,36 @@ def _ball(diff: Expr, x: Leaf, i: int) -> Ball | None:
         return None
     radius = E.power(rest, E.const(0.5)) if squared else rest
     return Ball(x, center, radius, i)
+
+
+def _l1_ball(diff: Expr, x: Leaf, i: int) -> L1Ball | None:
+    """s·‖x − c‖₁ − t ≤ 0 (also ‖c − x‖₁, Σ|x − c|), s > 0 a number, c and t free of x:
+    the l1 ball of radius t/s."""
+    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
+    core = [t for t in terms if t.depends_on(x)]
+    if len(core) != 1:
+        return None
+    rest = E.neg(E.add(*(t for t in terms if not t.depends_on(x))))
+    t, scale = core[0], 1.0
+    if isinstance(t, E.Mul):
+        coefficient = t.a
+        if not (isinstance(coefficient, E.Const) and coefficient.rank == 0):
+            return None
+        t, scale = t.b, coefficient.value
+    if scale <= 0 or not math.isfinite(scale):
+        return None
+    if not isinstance(t, E.Sum):
+        return None
+    body = t.a
+    if not (isinstance(body, E.Func) and body.name == "abs"):
+        return None
+    inner = body.a
+    if inner.shape != x.shape:
+        return None
+    center = E.sub(x, inner)
+    if center.depends_on(x):
+        center = E.add(x, inner)  # |c − x| = |x − c|
+        if center.depends_on(x):
+            return None
+    radius = rest if scale == 1.0 else E.div(rest, E.const(scale))
+    return L1Ball(x, center, radius, i)

@@ -248,7 +248,7 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 5d821cf33201edf2): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 e0d9344bb0d4ffe3): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1207,8 +1207,8 @@ def _check_adapt_rho(adapt_rho):
 
 @dataclasses.dataclass(frozen=True)
 class _AdmmProx:
-    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box or of a ball), over its
-    prox data (two tensors).
+    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box, of a Euclidean ball or
+    of an ℓ1 ball), over its prox data (two tensors).
 
     ``prox(w, data, rho)`` is prox_(gᵢ/ρ)(w); ``prox_vjp(v, w, data, rho)`` returns (w̄, the
     cotangents of the prox data) for the cotangent v. The rest serves the certificates. The

@@ -193,6 +193,45 @@ def _halfspace_cvx(v):
     return x.value
 
 
+def _l1_projection(batch, dtype, gen, n=12):
+    return {
+        "y": 2.0 * _randn(gen, *batch, n, dtype=dtype),
+        "r": 1.0 + 2.0 * _rand(gen, *batch, dtype=dtype),
+    }
+
+
+def _l1_projection_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["y"].shape[-1])
+    cp.Problem(
+        cp.Minimize(0.5 * cp.sum_squares(x - v["y"])), [cp.norm1(x) <= float(v["r"])]
+    ).solve(solver=cp.CLARABEL, **TIGHT)
+    return x.value
+
+
+def _weighted_budget(batch, dtype, gen, n=10):
+    u = 0.5 + _rand(gen, *batch, n, dtype=dtype)
+    p = 0.5 + _rand(gen, *batch, n, dtype=dtype)
+    return {
+        "q": 0.5 + _rand(gen, *batch, n, dtype=dtype),
+        "y": _randn(gen, *batch, n, dtype=dtype),
+        "u": u,
+        "p": p,
+        "b": (0.3 + 0.3 * _rand(gen, *batch, dtype=dtype)) * (p * u).sum(-1),
+    }
+
+
+def _weighted_budget_cvx(v):
+    import cvxpy as cp
+
+    x = cp.Variable(v["y"].shape[-1])
+    f = 0.5 * cp.sum(cp.multiply(v["q"], cp.square(x - v["y"])))
+    constraints = [x >= 0, x <= v["u"], v["p"] @ x == float(v["b"])]
+    cp.Problem(cp.Minimize(f), constraints).solve(solver=cp.CLARABEL, **TIGHT)
+    return x.value
+
+
 CASES: dict[str, Case] = {
     "box_qp": Case(_box_qp, _box_qp_cvx),
     "quadratic": Case(_quadratic, _quadratic_cvx),
@@ -202,6 +241,8 @@ CASES: dict[str, Case] = {
     "equality_qp": Case(_equality, _equality_cvx),
     "sparsemax": Case(_sparsemax, _sparsemax_cvx),
     "halfspace_softplus": Case(_halfspace, _halfspace_cvx),
+    "l1_projection": Case(_l1_projection, _l1_projection_cvx),
+    "weighted_budget": Case(_weighted_budget, _weighted_budget_cvx),
 }
 
 # Cases of other rules live in their own files (one file per rule) and join here.

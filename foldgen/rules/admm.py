@@ -6,8 +6,8 @@ What this module decides at build time (MATH.md §4):
   c ≥ 0 a scalar expression of the parameters) becomes a block zᵢ = M x with
   gᵢ(z) = c‖z + o‖₁; every constraint becomes a block with the indicator of a set as gᵢ:
   bounds and affine relations ``l <= A @ x <= u`` (equalities as l = u, relations with the
-  same A merged into one two-sided block) a box on zᵢ = A x, a Euclidean ball a ball on
-  zᵢ = x. Everything else is the smooth part f₀, which must not contain ``abs`` of x.
+  same A merged into one two-sided block) a box on zᵢ = A x, a Euclidean or ℓ1 ball a
+  ball on zᵢ = x. Everything else is the smooth part f₀, which must not contain ``abs`` of x.
 - how the x-update is solved: one Cholesky factor of K = ∇²f₀ + ρ Σ AᵢᵀAᵢ per call when f₀ is
   quadratic (∇²f₀ free of x), else damped Newton steps on the augmented Lagrangian.
 - the symbolic pieces the generated code evaluates: f₀, ∇f₀, ∇²f₀ u, (∂∇f₀/∂θ)ᵀ u, the blocks'
@@ -24,7 +24,16 @@ from typing import Literal
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import AdmmSettings, AffineEq, Ball, General, HalfSpace, Problem, SumEq
+from foldgen.ir import (
+    AdmmSettings,
+    AffineEq,
+    Ball,
+    General,
+    HalfSpace,
+    L1Ball,
+    Problem,
+    SumEq,
+)
 from foldgen.mathprint import math_str
 from foldgen.rules.base import (
     Derived,
@@ -53,12 +62,13 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball"]
+ProxKind = Literal["l1", "box", "ball", "l1ball"]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
     "box": "clamp to [lo, hi]",
     "ball": "projection onto the ball",
+    "l1ball": "projection onto the l1 ball (soft-thresholding at the level that meets r)",
 }
 
 SQP_HINT = "use rule 'sqp'"
@@ -70,7 +80,7 @@ class Block:
 
     kind: ProxKind
     matrix: Expr | None  # Aᵢ, (m, n); None: zᵢ = x
-    data: tuple[Expr, Expr]  # l1: (offset o, weight c); box: (lo, hi); ball: (center, radius)
+    data: tuple[Expr, Expr]  # l1: (offset o, weight c); box: (lo, hi); (l1)ball: (center, radius)
     text: str  # gᵢ in readable math (⟨z⟩ stands for the block's zᵢ), for the docstring
     constraint: str = ""  # the constraint it enforces, for the docstring ("" for an l1 term)
     sources: tuple[int, ...] = ()  # the spec's constraints[i] it comes from (messages name them)
@@ -503,6 +513,13 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             text = f"indicator of {ball}, ⟨z⟩ = {x.name}"
             constraint = ball.replace("⟨z⟩", x.name)
             balls.append(Block("ball", None, (center, c.radius), text, constraint, (c.source,)))
+        elif isinstance(c, L1Ball):
+            center = E.broadcast(c.center, x.shape)
+            ball = f"‖⟨z⟩ − {math_str(c.center)}‖₁ ≤ {math_str(c.radius)}"
+            text = f"indicator of {ball}, ⟨z⟩ = {x.name}"
+            constraint = ball.replace("⟨z⟩", x.name)
+            block = Block("l1ball", None, (center, c.radius), text, constraint, (c.source,))
+            balls.append(block)
         else:
             assert isinstance(c, General)
             rel = c.relation
@@ -514,8 +531,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
                 raise problem.error(
                     ("constraints", c.source),
                     "rule 'admm' splits constraints that are affine in "
-                    f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds and Euclidean "
-                    "balls; this one is none of those (a nonlinear set has no closed-form "
+                    f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds, Euclidean "
+                    "and l1 balls; this one is none of those (a nonlinear set has no closed-form "
                     "proximal map here); " + SQP_HINT,
                 )
             relation(*affine, op, c.source)

@@ -24,7 +24,17 @@ from typing import Literal
 from foldgen import expr as E
 from foldgen.derive import jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, PgdSettings, Problem, SumEq
+from foldgen.ir import (
+    AffineEq,
+    Ball,
+    Bound,
+    General,
+    HalfSpace,
+    L1Ball,
+    PgdSettings,
+    Problem,
+    SumEq,
+)
 from foldgen.mathprint import math_str
 from foldgen.rules.base import (
     Derived,
@@ -42,7 +52,9 @@ from foldgen.runtime.names import PGD, PGD_SOLVES, SETS
 
 INF = float("inf")
 
-ProjectionKind = Literal["none", "box", "box_sum", "affine", "halfspace", "ball"]
+ProjectionKind = Literal[
+    "none", "box", "box_sum", "box_wsum", "affine", "halfspace", "ball", "l1ball"
+]
 
 # The derived functions a PGD module may define, as the problem record names them.
 DERIVED_FIELDS = (
@@ -240,19 +252,20 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
             ("constraints", general[0].source),
             "rule 'pgd' needs a feasible set with a closed-form projection, and this "
             "constraint is not one of the supported families (bounds, an affine equality, "
-            "a half-space, a Euclidean ball, a capped simplex); use rule 'admm' or 'sqp'",
+            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted sum); "
+            "use rule 'admm' or 'sqp'",
         )
     if not others:
         if bound is None:
             return Projection("none", (), False, "x unconstrained", True)
         return Projection("box", _bound_items(bound, x), False, _bound_text(bound, x), True)
-    if len(others) > 1 or (bound is not None and not isinstance(others[0], SumEq)):
+    if len(others) > 1 or (bound is not None and not _bounded_section(others[0])):
         sources = sorted({*(bound.sources if bound else ()), *(c.source for c in others)})
         raise problem.error(
             ("constraints", sources[-1]),
             "rule 'pgd' has no closed-form projection onto the intersection of constraints "
             f"{', '.join(f'[{s}]' for s in sources)} (supported: one family alone, or bounds "
-            "with sum(x) == k); use rule 'admm' or 'sqp'",
+            "with sum(x) == k or w @ x == c); use rule 'admm' or 'sqp'",
         )
     c = others[0]
     n = x.shape
@@ -264,6 +277,10 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
             ones = SetItem("A", E.const(1.0, n), 1)
             return Projection("affine", (ones, SetItem("b", c.k, 0)), True, text, False)
         return Projection("box_sum", items, False, text, True)
+    if isinstance(c, AffineEq) and bound is not None:  # one row (_bounded_section)
+        section = (*_bound_items(bound, x), SetItem("w", c.A, 1), SetItem("c", c.b, 0))
+        text = f"{_bound_text(bound, x)}, {math_str(c.A)}·{x.name} = {math_str(c.b)}"
+        return Projection("box_wsum", section, False, text, True)
     if isinstance(c, AffineEq):
         row = c.A.rank == 1
         text = f"{math_str(c.A)}{'·' if row else ' '}{x.name} = {math_str(c.b)}"
@@ -282,12 +299,24 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
         return Projection(
             "halfspace", (SetItem("a", c.a, 1), SetItem("b", c.b, 0)), False, text, False
         )
+    if isinstance(c, L1Ball):
+        center = E.broadcast(c.center, n)
+        text = f"‖{x.name} − {math_str(c.center)}‖₁ ≤ {math_str(c.radius)}"
+        return Projection(
+            "l1ball", (SetItem("c", center, 1), SetItem("r", c.radius, 0)), False, text, False
+        )
     assert isinstance(c, Ball)
     center = E.broadcast(c.center, n)
     text = f"‖{x.name} − {math_str(c.center)}‖ ≤ {math_str(c.radius)}"
     return Projection(
         "ball", (SetItem("c", center, 1), SetItem("r", c.radius, 0)), False, text, False
     )
+
+
+def _bounded_section(c) -> bool:
+    """Whether bounds and c together have a closed-form projection: Σx = k (the capped
+    simplex) or one weighted row w·x = c (the weighted box section)."""
+    return isinstance(c, SumEq) or (isinstance(c, AffineEq) and c.A.rank == 1)
 
 
 def _bound_items(b: Bound, x: Leaf) -> tuple[SetItem, SetItem]:

@@ -27,7 +27,17 @@ from dataclasses import dataclass
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import AffineEq, Ball, Bound, General, HalfSpace, Problem, SqpSettings, SumEq
+from foldgen.ir import (
+    AffineEq,
+    Ball,
+    Bound,
+    General,
+    HalfSpace,
+    L1Ball,
+    Problem,
+    SqpSettings,
+    SumEq,
+)
 from foldgen.mathprint import math_str
 from foldgen.rules.base import (
     Derived,
@@ -316,6 +326,11 @@ def _block(problem: Problem, c, x: Leaf) -> tuple[str, Block]:
             E.sub(E.sum_(E.power(diff, E.const(2.0))), E.power(c.radius, E.const(2.0))),
             c.source,
         )
+    if isinstance(c, L1Ball):  # non-smooth: _require_smooth names abs/norm1 and rejects it
+        diff = E.sub(x, E.broadcast(c.center, x.shape))
+        e = E.sub(E.sum_(E.func("abs", diff)), c.radius)
+        _require_smooth(problem, e, ("constraints", c.source))
+        return "ineq", _make(e, c.source)
     assert isinstance(c, General)
     rel = c.relation
     path = ("constraints", c.source)

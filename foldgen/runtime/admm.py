@@ -20,7 +20,14 @@ import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
 from foldgen.runtime.layer import _DIVERGED, SolveInfo, _adjoint, _report_groups, _trend
-from foldgen.runtime.projections import _proj_ball, _proj_ball_vjp, _proj_box, _proj_box_vjp
+from foldgen.runtime.projections import (
+    _proj_ball,
+    _proj_ball_vjp,
+    _proj_box,
+    _proj_box_vjp,
+    _proj_l1ball,
+    _proj_l1ball_vjp,
+)
 from foldgen.runtime.prox import _prox_l1, _prox_l1_vjp
 
 # adapt_rho=True: residual balancing every _ADMM_ADAPT_EVERY iterations; ρ is multiplied
@@ -55,8 +62,8 @@ def _check_adapt_rho(adapt_rho):
 
 @dataclasses.dataclass(frozen=True)
 class _AdmmProx:
-    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box or of a ball), over its
-    prox data (two tensors).
+    """One kind of block term gᵢ (an ℓ1 term, the indicator of a box, of a Euclidean ball or
+    of an ℓ1 ball), over its prox data (two tensors).
 
     ``prox(w, data, rho)`` is prox_(gᵢ/ρ)(w); ``prox_vjp(v, w, data, rho)`` returns (w̄, the
     cotangents of the prox data) for the cotangent v. The rest serves the certificates. The
@@ -169,6 +176,34 @@ _ADMM_BALL = _AdmmProx(
     _admm_ball_nonempty,
     _admm_ball_support,
     _admm_ball_recedes,
+    None,
+)
+
+
+# The indicator of the l1 ball ‖z − c‖₁ ≤ r (data (c, r)): projection onto the l1 ball.
+
+
+def _admm_l1ball_prox(w, data, rho):
+    return _proj_l1ball(w, *data)
+
+
+def _admm_l1ball_prox_vjp(v, w, data, rho):
+    w_bar, c_bar, r_bar = _proj_l1ball_vjp(v, w, *data)
+    return w_bar, (c_bar, r_bar)
+
+
+def _admm_l1ball_support(total, d, data):
+    """total + cᵀδ + r‖δ‖∞ (the dual norm of ℓ1)."""
+    center, radius = data
+    return total + (center * d).sum(-1) + radius * d.abs().amax(-1)
+
+
+_ADMM_L1BALL = _AdmmProx(
+    _admm_l1ball_prox,
+    _admm_l1ball_prox_vjp,
+    _admm_ball_nonempty,  # r ≥ 0, as the Euclidean ball
+    _admm_l1ball_support,
+    _admm_ball_recedes,  # bounded: e = 0
     None,
 )
 

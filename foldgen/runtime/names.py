@@ -10,14 +10,21 @@ SETS = {
     "none": "_SPACE",
     "box": "_BOX",
     "box_sum": "_BOX_SUM",
+    "box_wsum": "_BOX_WSUM",
     "affine": "_AFFINE",
     "affine_row": "_AFFINE_ROW",
     "halfspace": "_HALFSPACE",
     "ball": "_BALL",
+    "l1ball": "_L1BALL",
 }
 
 #: ADMM: the prox record (foldgen.runtime.admm) for each block kind.
-PROXES = {"l1": "_ADMM_L1", "box": "_ADMM_BOX", "ball": "_ADMM_BALL"}
+PROXES = {
+    "l1": "_ADMM_L1",
+    "box": "_ADMM_BOX",
+    "ball": "_ADMM_BALL",
+    "l1ball": "_ADMM_L1BALL",
+}
 
 #: PGD: the solve function for each step mode.
 PGD_SOLVES = {

@@ -263,3 +263,122 @@ def _proj_ball_vjp(v, y, c, r):
     r_bar = torch.where(outside, radial, 0)  # (...)
     shape = torch.broadcast_shapes(v.shape, y.shape, c.shape, r.shape + (1,))
     return y_bar.expand(shape), c_bar.expand(shape), r_bar.expand(shape[:-1])
+
+
+def _l1ball_threshold(a, r):
+    """The soft threshold θ ≥ 0 with Σ max(aᵢ − θ, 0) = r, for a = |y − c| outside the ball.
+
+    Duchi et al.'s sort: with u = a sorted descending and its cumulative sums s, the number
+    of components left nonzero is the largest k with u_k > (s_k − r)/k (at least 1, so that
+    r = 0 gives θ = max a, the centre), and θ = (s_k − r)/k, exact on that set. a (..., n),
+    r (...) ≥ 0; returns θ (...), clamped at 0 (a point inside or on the sphere keeps a).
+    """
+    u = a.sort(dim=-1, descending=True).values  # (..., n)
+    s = u.cumsum(-1) - r[..., None]
+    k = torch.arange(1, a.shape[-1] + 1, dtype=a.dtype, device=a.device)
+    index = torch.where(u * k > s, k, 1).amax(-1, keepdim=True).to(torch.int64)  # (..., 1)
+    theta = s.gather(-1, index - 1)[..., 0] / index[..., 0].to(a.dtype)
+    return theta.clamp_min(0)
+
+
+def _proj_l1ball(y, c, r):
+    """Euclidean projection onto the l1 ball {x : |x - c|_1 <= r}; c (..., n), r (...).
+
+    Outside: soft-thresholding of y − c at the θ of _l1ball_threshold; inside: y itself.
+    r < 0 (an empty ball, which the caller reports) is taken as r = 0: the projection onto
+    {c}, finite.
+    """
+    shape = torch.broadcast_shapes(y.shape, c.shape, r.shape + (1,))
+    r = r.clamp_min(0).expand(shape[:-1])
+    delta = (y - c).expand(shape)  # (..., n)
+    a = delta.abs()
+    outside = a.sum(-1) > r  # (...)
+    theta = _l1ball_threshold(a, r)
+    x = c + torch.sign(delta) * (a - theta[..., None]).clamp_min(0)
+    return torch.where(outside[..., None], x, y.expand(shape))  # (..., n)
+
+
+def _proj_l1ball_vjp(v, y, c, r):
+    """VJP of _proj_l1ball; returns (y_bar, c_bar, r_bar).
+
+    Outside, on the support S = {|y − c| > θ} with signs s = sign(y − c): x_S = c_S +
+    s_S (|δ_S| − θ) and Σ_S s (x − c) = r fixes dθ = (s_Sᵀ dδ_S − dr)/|S|, so J_y =
+    I_S − s_S s_Sᵀ/|S| (zero off S). With v̄ = s_Sᵀ v_S/|S|: y_bar = v − s v̄ on S (0
+    off it), c_bar = v − y_bar, r_bar = v̄. Inside: y_bar = v, c_bar = r_bar = 0. A point
+    on the sphere to within 4n ulps counts as outside (θ = 0: the boundary's element of the
+    generalized Jacobian, as the Euclidean ball chooses); a component with |δ| at θ to
+    4 ulps counts as off the support. r < 0 is taken as r = 0, as in the forward.
+    """
+    shape = torch.broadcast_shapes(v.shape, y.shape, c.shape, r.shape + (1,))
+    eps = torch.finfo(y.dtype).eps
+    r = r.clamp_min(0).expand(shape[:-1])
+    delta = (y - c).expand(shape)  # (..., n)
+    a = delta.abs()
+    outside = a.sum(-1) >= r * (1 - 4 * shape[-1] * eps)  # (...)
+    theta = _l1ball_threshold(a, r)
+    support = (a - theta[..., None] > 4 * eps * a) & outside[..., None]  # (..., n)
+    sign = torch.where(support, torch.sign(delta), 0)
+    size = support.sum(-1).to(y.dtype)  # (...)
+    v_bar = (sign * v).sum(-1) / torch.where(size > 0, size, 1)  # (...)
+    y_out = torch.where(support, v - sign * v_bar[..., None], 0)
+    y_bar = torch.where(outside[..., None], y_out, v.expand(shape))
+    c_bar = torch.where(outside[..., None], v - y_out, 0)
+    r_bar = torch.where(outside, v_bar, 0)
+    return y_bar, c_bar.expand(shape), r_bar
+
+
+def _proj_box_wsum(y, lo, hi, w, c, d):
+    """Projection onto {lo <= x <= hi, w^T x = c} in the metric diag(d)^-1, d > 0.
+
+    KKT: x = clamp(y - tau * d * w, lo, hi) with w^T x = c. In z = w * x this is the capped
+    simplex of _proj_box_sum (bounds min/max(w lo, w hi), point w y, metric d w^2, sum c),
+    whose breakpoint search is exact and valid for any sign of w; so it is solved there and
+    mapped back, a component on a bound returned as that bound itself. A component with
+    w_i = 0 leaves the constraint: it is clamp(y_i, lo_i, hi_i) (z_i fixed at 0).
+
+    Shapes: y, lo, hi, w, d (..., n) or broadcastable; c (...). Returns x (..., n) and ok
+    (...) bool, False where the set is empty (as _proj_box_sum: there x = clamp(y, lo, hi)).
+    """
+    shape = torch.broadcast_shapes(y.shape, lo.shape, hi.shape, w.shape, d.shape, c.shape + (1,))
+    y, lo, hi, w, d = (t.expand(shape) for t in (y, lo, hi, w, d))  # (..., n)
+    used = w != 0
+    w_lo = torch.where(used, w * lo, 0)  # ±inf · w stays infinite; NaN never (w ≠ 0 here)
+    w_hi = torch.where(used, w * hi, 0)
+    z_lo, z_hi = torch.minimum(w_lo, w_hi), torch.maximum(w_lo, w_hi)
+    z_y = torch.where(used, w * y, 0)
+    z_d = torch.where(used, d * w * w, 1)
+    z, ok = _proj_box_sum(z_y, z_lo, z_hi, c, z_d)
+    ok = ok & (lo <= hi).all(-1)  # min/max above would hide crossed bounds (and w = 0 ones)
+    clamped = torch.minimum(torch.maximum(y, lo), hi)
+    x = torch.where(used, z / torch.where(used, w, 1), clamped)
+    x = torch.where(used & (z == w_lo), lo, torch.where(used & (z == w_hi), hi, x))
+    x = torch.minimum(torch.maximum(x, lo), hi)  # the division's last ulp stays inside
+    return torch.where(ok[..., None], x, clamped), ok
+
+
+def _proj_box_wsum_vjp(v, x, y, lo, hi, w, d):
+    """VJP of _proj_box_wsum at its output x; returns (y_bar, lo_bar, hi_bar, w_bar, c_bar).
+
+    On the free set F (strictly inside the bounds), dx = dy - dtau d w - tau d dw, and the
+    constraint's differential sum(w dx + x dw) = dc fixes dtau; components at a bound follow
+    it. So J_y = I_F - (d w)_F w_F^T / q with q = sum_F d w^2, and with g = sum_F v d w / q
+    (0 if q = 0): y_bar = v - g w on F, lo_bar / hi_bar = v - g w where x is at lo / hi,
+    c_bar = g, w_bar = -tau d (v - g w) on F - g x, tau = sum_F w (y - x) / q (its least-
+    squares value from the free set). "At a bound" is within 4 ulps of x, as _proj_box_sum.
+    """
+    shape = torch.broadcast_shapes(v.shape, x.shape, y.shape, lo.shape, hi.shape, w.shape, d.shape)
+    margin = 4 * torch.finfo(x.dtype).eps * x.abs()
+    at_lo = (x - lo <= margin).expand(shape)  # (..., n)
+    at_hi = (hi - x <= margin) & ~at_lo
+    free = ~at_lo & ~at_hi
+    dw = d * w
+    q = torch.where(free, dw * w, 0).sum(-1)  # (...)
+    q_safe = torch.where(q > 0, q, 1)
+    g = torch.where(free, v * dw, 0).sum(-1) / q_safe  # (...)
+    tau = torch.where(free, w * (y - x), 0).sum(-1) / q_safe
+    u = v - g[..., None] * w  # (..., n)
+    y_bar = torch.where(free, u, 0)
+    lo_bar = torch.where(at_lo, u, 0)
+    hi_bar = torch.where(at_hi, u, 0)
+    w_bar = -tau[..., None] * d * y_bar - g[..., None] * x
+    return y_bar, lo_bar, hi_bar, w_bar.expand(shape), g.expand(shape[:-1])

@@ -23,8 +23,12 @@ from foldgen.runtime.projections import (
     _proj_box_sum,
     _proj_box_sum_vjp,
     _proj_box_vjp,
+    _proj_box_wsum,
+    _proj_box_wsum_vjp,
     _proj_halfspace,
     _proj_halfspace_vjp,
+    _proj_l1ball,
+    _proj_l1ball_vjp,
 )
 
 
@@ -139,6 +143,41 @@ _BOX_SUM = _FeasibleSet(
     _box_sum_violation,
     "the bounds and the sum constraint conflict: lo > hi somewhere, or sum(lo) > k, or "
     "sum(hi) < k",
+)
+
+
+# lo ≤ x ≤ hi with wᵀx = c (a weighted budget), projected in the metric diag(d)⁻¹ of the step.
+
+
+def _box_wsum_project(y, d, S):
+    lo, hi, w, c = S
+    return _proj_box_wsum(y, lo, hi, w, c, d)
+
+
+def _box_wsum_project_vjp(v, x, y, d, S):
+    lo, hi, w, c = S
+    y_bar, lo_bar, hi_bar, w_bar, c_bar = _proj_box_wsum_vjp(v, x, y, lo, hi, w, d)
+    return y_bar, (lo_bar, hi_bar, w_bar, c_bar)
+
+
+def _box_wsum_violation(x, S):
+    """The bounds' and |wᵀx − c|'s violation, relative to the magnitudes of x, the bounds,
+    Σ|wᵢxᵢ| and c."""
+    lo, hi, w, c = S
+    excess = torch.maximum(lo - x, x - hi).clamp_min(0).amax(-1)
+    scale = torch.maximum(_magnitude(x, lo, hi), torch.maximum((w * x).abs().sum(-1), c.abs()))
+    return torch.maximum(excess, ((w * x).sum(-1) - c).abs()) / scale
+
+
+_BOX_WSUM = _FeasibleSet(
+    (1, 1, 1, 0),
+    _same,
+    _box_wsum_project,
+    _box_wsum_project_vjp,
+    _same,
+    _box_wsum_violation,
+    "the bounds and the weighted sum conflict: lo > hi somewhere, or c lies outside the "
+    "range of wᵀx over the box",
 )
 
 
@@ -272,4 +311,37 @@ _BALL = _FeasibleSet(
     _same,
     _ball_violation,
     "the ball is empty: its radius is negative",
+)
+
+
+# The l1 ball ‖x − c‖₁ ≤ r (Euclidean projection: soft-thresholding at the right level).
+
+
+def _l1ball_project(y, d, S):
+    c, r = S
+    return _proj_l1ball(y, c, r), r >= 0
+
+
+def _l1ball_project_vjp(v, x, y, d, S):
+    c, r = S
+    y_bar, c_bar, r_bar = _proj_l1ball_vjp(v, y, c, r)
+    return y_bar, (c_bar, r_bar)
+
+
+def _l1ball_violation(x, S):
+    """max(‖x − c‖₁ − r, 0) relative to r, ‖x‖₁ and ‖c‖₁."""
+    c, r = S
+    scale = torch.maximum(torch.maximum(x.abs().sum(-1), c.abs().sum(-1)), r)
+    excess = ((x - c).abs().sum(-1) - r).clamp_min(0)
+    return excess / scale.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+_L1BALL = _FeasibleSet(
+    (1, 0),
+    _same,
+    _l1ball_project,
+    _l1ball_project_vjp,
+    _same,
+    _l1ball_violation,
+    "the l1 ball is empty: its radius is negative",
 )
