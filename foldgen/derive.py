@@ -26,6 +26,9 @@ from foldgen.expr import (
     Expr,
     Eye,
     Func,
+    Kron,
+    KronLeft,
+    KronRight,
     Leaf,
     LogSumExp,
     MatMul,
@@ -37,6 +40,8 @@ from foldgen.expr import (
     Slice,
     Softmax,
     Sum,
+    SumLargest,
+    TopMask,
     Transpose,
     add,
     broadcast,
@@ -46,6 +51,9 @@ from foldgen.expr import (
     diag_part,
     func,
     is_zero,
+    kron,
+    kron_left,
+    kron_right,
     matmul,
     mul,
     outer,
@@ -57,6 +65,7 @@ from foldgen.expr import (
     softmax,
     sub,
     sum_,
+    top_mask,
     transpose,
     zero,
 )
@@ -163,6 +172,16 @@ def _node_vjp(node: Expr, bar: Expr) -> list[tuple[Expr, Expr]]:
                 pieces.append((p, slice_(bar, axis, offset, end)))
                 offset = end
             return pieces
+        case Kron(a=a, b=b):
+            return [(a, kron_left(bar, b, a.shape)), (b, kron_right(bar, a, b.shape))]
+        case KronLeft(g=g, b=b):  # ⟨W, KronLeft(G, B)⟩ = ⟨kron(W, B), G⟩
+            return [(g, kron(bar, b)), (b, kron_right(g, bar, b.shape))]
+        case KronRight(g=g, a=a):  # ⟨W, KronRight(G, A)⟩ = ⟨kron(A, W), G⟩
+            return [(g, kron(a, bar)), (a, kron_left(g, bar, a.shape))]
+        case SumLargest(a=a, k=k):
+            return [(a, mul(bar, top_mask(a, k)))]
+        case TopMask():
+            return []  # piecewise constant: its derivative is zero almost everywhere
         case Const() | Eye():
             return []
     raise TypeError(f"no derivative rule for {type(node).__name__}")  # pragma: no cover

@@ -175,6 +175,7 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
     record += [
         ("pack", "_pack" if packed else "None"),
         ("unpack", "_unpack" if packed else "None"),
+        ("pack_warm_start", "_packed_warm_start" if packed else "None"),
     ]
     record += [(name, _record_value(name, v)) for name, v in emission.record]
     checks = {s.name: s.check.name for s in emission.settings}

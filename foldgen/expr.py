@@ -425,6 +425,83 @@ class Softmax(Expr):
 
 
 @dataclass(frozen=True, eq=False)
+class Kron(Expr):
+    """The Kronecker product of two matrices: (m, n) ⊗ (p, q) is (m p, n q)."""
+
+    a: Expr
+    b: Expr
+
+    def _core_shape(self) -> Shape:
+        (m, n), (p, q) = self.a.shape, self.b.shape
+        return (_dims.mul(m, p), _dims.mul(n, q))
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True, eq=False)
+class KronLeft(Expr):
+    """Σ_kl G[i p + k, j q + l] B[k, l], of shape ``shape_`` (m, n): the cotangent of A in
+    kron(A, B) for the cotangent G (and linear in each of G and B)."""
+
+    g: Expr
+    b: Expr
+    shape_: Shape
+
+    def _core_shape(self) -> Shape:
+        return self.shape_
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.g, self.b)
+
+
+@dataclass(frozen=True, eq=False)
+class KronRight(Expr):
+    """Σ_ij G[i p + k, j q + l] A[i, j], of shape ``shape_`` (p, q): the cotangent of B in
+    kron(A, B) for the cotangent G."""
+
+    g: Expr
+    a: Expr
+    shape_: Shape
+
+    def _core_shape(self) -> Shape:
+        return self.shape_
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.g, self.a)
+
+
+@dataclass(frozen=True, eq=False)
+class SumLargest(Expr):
+    """The sum of the k largest entries of a vector (CVXPY's sum_largest; max at k = 1,
+    and norm_inf of |a|): convex, piecewise linear, non-smooth where entries tie."""
+
+    a: Expr
+    k: Dim
+
+    def _core_shape(self) -> Shape:
+        return SCALAR
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
+class TopMask(Expr):
+    """1 on the k largest entries of a vector, else 0 (ties: the first ones): the gradient
+    of sum_largest where it exists, and a subgradient where entries tie."""
+
+    a: Expr
+    k: Dim
+
+    def _core_shape(self) -> Shape:
+        return self.a.shape
+
+    def _children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
 class Slice(Expr):
     """Entries ``start:stop`` of core axis ``axis`` (``x[1:]``, ``X[:, 0:1]``); sizes may be
     dim arithmetic (`foldgen.dims`)."""
@@ -980,6 +1057,49 @@ def concat(parts: list[Expr] | tuple[Expr, ...], axis: int = 0) -> Expr:
     return node
 
 
+def kron(a: Expr, b: Expr) -> Expr:
+    """NumPy's kron of two matrices, or of two vectors (a vector of the m p products)."""
+    if a.rank == 1 and b.rank == 1:
+        rows = kron(reshape(a, (1, a.shape[0])), reshape(b, (1, b.shape[0])))
+        return reshape(rows, (rows.shape[1],))
+    if a.rank != 2 or b.rank != 2:
+        raise ShapeError(
+            f"kron needs two matrices or two vectors, got {shape_str(a.shape)} and "
+            f"{shape_str(b.shape)}"
+        )
+    node = Kron(a, b)
+    if is_zero(a) or is_zero(b):
+        return zero(node.shape)
+    if isinstance(a, Const) and isinstance(b, Const):
+        return const(_times(a.value, b.value), node.shape)
+    return node
+
+
+def kron_left(g: Expr, b: Expr, shape: Shape) -> Expr:
+    return zero(shape) if is_zero(g) or is_zero(b) else KronLeft(g, b, shape)
+
+
+def kron_right(g: Expr, a: Expr, shape: Shape) -> Expr:
+    return zero(shape) if is_zero(g) or is_zero(a) else KronRight(g, a, shape)
+
+
+def sum_largest(a: Expr, k: Dim) -> Expr:
+    """Σ of the k largest entries of the vector a (1 ≤ k ≤ its size)."""
+    if a.rank != 1:
+        raise ShapeError(f"sum_largest needs a vector, got {shape_str(a.shape)}")
+    if isinstance(k, int) and k < 1:
+        raise ShapeError(f"sum_largest needs k >= 1, got {k}")
+    if k == a.shape[0]:
+        return sum_(a)
+    if isinstance(a, Const):
+        return mul(const(a.value), size_of((k,)))
+    return SumLargest(a, _dims.canonical(k))
+
+
+def top_mask(a: Expr, k: Dim) -> Expr:
+    return TopMask(a, k)
+
+
 def vec(a: Expr) -> Expr:
     """The entries of a as a vector, row-major (as torch and NumPy's default order)."""
     return reshape(a, (_dims.product(a.shape),)) if a.rank != 1 else a
@@ -1080,4 +1200,14 @@ def rebuild(node: Expr, kids: list[Expr]) -> Expr:
             return reshape(kids[0], shape)
         case Concat(axis=axis):
             return concat(kids, axis)
+        case SumLargest(k=k):
+            return sum_largest(kids[0], k)
+        case Kron():
+            return kron(*kids)
+        case KronLeft(shape_=shape):
+            return kron_left(kids[0], kids[1], shape)
+        case KronRight(shape_=shape):
+            return kron_right(kids[0], kids[1], shape)
+        case TopMask(k=k):
+            return top_mask(kids[0], k)
     raise TypeError(f"cannot rebuild {type(node).__name__}")  # pragma: no cover

@@ -310,16 +310,17 @@ def _lower(loaded: LoadedSpec, budget: E.NodeBudget) -> Problem:
                 functools.partial(_classify, loaded, i, rel, list(var_leaves.values())),
             )
             if isinstance(found, tuple):
-                kind, var, value = found
-                table = lowers if kind == "lower" else uppers
-                if var in table:
-                    first = table[var][1]
-                    raise loaded.error(
-                        ("constraints", i),
-                        f"variable '{var.name}' already has a {kind} bound (constraints[{first}]); "
-                        "combine them into one bound",
-                    )
-                table[var] = (value, i)
+                sides = found[1] if found[0] == "bounds" else [found]
+                for kind, var, value in sides:
+                    table = lowers if kind == "lower" else uppers
+                    if var in table:
+                        first = table[var][1]
+                        raise loaded.error(
+                            ("constraints", i),
+                            f"variable '{var.name}' already has a {kind} bound "
+                            f"(constraints[{first}]); combine them into one bound",
+                        )
+                    table[var] = (value, i)
             else:
                 families.append(found)
                 relations_of.append((i, rel))
@@ -515,6 +516,9 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
                     return SumEq(x, E.neg(offset), i)
                 return AffineEq(x, a, E.neg(offset), i)
             return HalfSpace(x, a, E.neg(offset), i)
+        largest = _largest_bounds(diff, x) if op == "<=" else None
+        if largest:
+            return ("bounds", largest)
         ball = (_ball(diff, x, i) or _l1_ball(diff, x, i)) if op == "<=" else None
         return ball or General(rel, i)
     # Vector constraints: c·x against a bound (c a positive or negative number), or A x = b.
@@ -526,6 +530,43 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
         if not linear.a.depends_on(x):
             return AffineEq(x, linear.a, E.neg(offset), i)
     return General(rel, i)
+
+
+def _largest_bounds(diff: Expr, x: Leaf) -> list[tuple[str, Leaf, Expr]] | None:
+    """max(c·x + o) + r ≤ 0 (also min(x) ≥ r, as max(−x) ≤ −r) and norm_inf(c·x + o) + r
+    ≤ 0, with r free of x, are bounds of x: entrywise c·x + o ≤ −r (and ≥ r for norm_inf)."""
+    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
+    core = [t for t in terms if t.depends_on(x)]
+    if len(core) != 1:
+        return None
+    rest = E.add(*(t for t in terms if not t.depends_on(x)))
+    t = core[0]
+    scale = 1.0
+    if isinstance(t, E.Mul) and isinstance(t.a, E.Const) and t.a.rank == 0 and t.a.value > 0:
+        scale, t = t.a.value, t.b
+    if not (isinstance(t, E.SumLargest) and t.k == 1):
+        return None
+    inner, both = t.a, False
+    if isinstance(inner, E.Func) and inner.name == "abs":
+        inner, both = inner.a, True
+    if isinstance(inner, E.Reshape) and inner.a.shape == x.shape:  # max(X) of a matrix
+        inner = inner.a
+    if inner.shape != x.shape:
+        return None
+    try:
+        offset = E.substitute(inner, {x: E.zero(x.shape)})
+    except ConstantError:
+        return None
+    coeff = _scalar_coefficient(E.sub(inner, offset), x)
+    if coeff is None:
+        return None
+    limit = E.div(E.neg(rest), E.const(scale))  # c·x + o ≤ limit (and ≥ −limit)
+    upper = E.div(E.sub(limit, offset), E.const(coeff))
+    sides = [("upper" if coeff > 0 else "lower", x, upper)]
+    if both:
+        lower = E.div(E.sub(E.neg(limit), offset), E.const(coeff))
+        sides.append(("lower" if coeff > 0 else "upper", x, lower))
+    return sides
 
 
 def _scalar_coefficient(linear: Expr, x: Leaf) -> float | None:

@@ -26,6 +26,9 @@ from foldgen.expr import (
     Expr,
     Eye,
     Func,
+    Kron,
+    KronLeft,
+    KronRight,
     Leaf,
     LogSumExp,
     MatMul,
@@ -37,6 +40,8 @@ from foldgen.expr import (
     Slice,
     Softmax,
     Sum,
+    SumLargest,
+    TopMask,
     Transpose,
     postorder,
     shape_str,
@@ -48,6 +53,7 @@ MATH_LIMIT = 600
 """Longest formula shown in full (about seven docstring lines)."""
 
 _SUPERSCRIPTS = str.maketrans("0123456789-.e+", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻·ᵉ⁺")
+_SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 # A form is a node's text as parts: literal strings and child nodes (whose own text goes
 # there), with any parentheses already decided; plus the node's precedence.
@@ -161,6 +167,16 @@ def _form(e: Expr, prec) -> Form:
             return ["logsumexp(", a, ")"], 4
         case Softmax(a=a):
             return ["softmax(", a, ")"], 4
+        case Kron(a=a, b=b):
+            return [*wrap(a, 4), " ⊗ ", *wrap(b, 4)], 3
+        case KronLeft(g=g, b=b):
+            return ["kron_left(", g, ", ", b, ")"], 4
+        case KronRight(g=g, a=a):
+            return ["kron_right(", g, ", ", a, ")"], 4
+        case SumLargest(a=a, k=k):
+            return (["max(", a, ")"] if k == 1 else ["sum_largest(", a, f", {k})"]), 4
+        case TopMask(a=a, k=k):
+            return ["top", f"{k}(".translate(_SUBSCRIPTS), a, ")"], 4
         case Part(label=label) if label:
             return [label], 4
         case Reshape(a=Part(label=label)) if label:

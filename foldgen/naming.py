@@ -46,7 +46,7 @@ _GENERATED_CODE_NAMES = frozenset({"torch", "math", "self", "ctx"})
 MODULE_GLOBALS = frozenset(
     {
         "dataclasses", "math", "sys", "time", "torch", "types", "warnings", "PARAMETERS",
-        "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "PROBLEM", "SolveInfo",
+        "GRAD_PARAMETERS", "DEFAULTS", "DEFAULT_DIMS", "VARIABLE", "VARIABLES", "PROBLEM", "SolveInfo",
         "BackwardInfo", "ConvergenceWarning", "ConvergenceError",
     }
 )  # fmt: skip

@@ -114,6 +114,11 @@ def _pnorm(a: Expr, p: Expr) -> Expr:
     return E.power(inner, E.const(1.0 / p.value))
 
 
+def _norm_inf(a: Expr) -> Expr:
+    """max |a| over the entries."""
+    return E.sum_largest(E.func("abs", _vec(a)), 1)
+
+
 def _pos(a: Expr) -> Expr:
     return E.func("pos", a)
 
@@ -180,6 +185,7 @@ FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
     "maximum": (2, _maximum),
     "minimum": (2, _minimum),
     "vec": _unary(_vec),
+    "kron": (2, E.kron),
     **{
         name: _elementwise(name)
         for name in (
@@ -198,7 +204,17 @@ FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
 }
 SIZE_FUNCTIONS = ("ones", "eye")
 #: Functions with list, shape or axis arguments, built by the visitor itself.
-STRUCTURAL_FUNCTIONS = ("hstack", "vstack", "reshape", "max", "min")
+STRUCTURAL_FUNCTIONS = (
+    "hstack",
+    "vstack",
+    "reshape",
+    "max",
+    "min",
+    "sum_largest",
+    "sum_smallest",
+    "norm",
+    "norm_inf",
+)
 ALL_FUNCTIONS = tuple(FUNCTIONS) + SIZE_FUNCTIONS + STRUCTURAL_FUNCTIONS
 
 _BINOPS: dict[type[ast.operator], tuple[str, Callable[[Expr, Expr], Expr]]] = {
@@ -210,6 +226,33 @@ _BINOPS: dict[type[ast.operator], tuple[str, Callable[[Expr, Expr], Expr]]] = {
     ast.MatMult: ("@", E.matmul),
 }
 _CMPOPS = {ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "=="}
+_ELEMENTWISE_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+
+
+def _broadcast_pair(a: Expr, b: Expr) -> tuple[Expr, Expr]:
+    """NumPy's broadcasting between a matrix and a vector (a row: its length the matrix's
+    column count) or a matrix with a unit axis ((m, 1) or (1, n)); equal shapes and scalars
+    need none. What does not broadcast is left for the operator's own shape error."""
+    if a.rank == b.rank and a.shape == b.shape or a.rank == 0 or b.rank == 0:
+        return a, b
+    if a.rank == 1 and b.rank == 2:
+        b2, a2 = _broadcast_pair(b, a)
+        return a2, b2
+    if a.rank == 2 and b.rank == 1 and b.shape[0] == a.shape[1]:
+        return a, E.outer(E.const(1.0, a.shape[:1]), b)
+    if a.rank == 2 and b.rank == 2:
+        (m, n), (p, q) = a.shape, b.shape
+        if (p, q) == (m, 1) and n != 1:
+            return a, E.matmul(b, E.const(1.0, (1, n)))
+        if (p, q) == (1, n) and m != 1:
+            return a, E.matmul(E.const(1.0, (m, 1)), b)
+        if (m, n) == (p, 1) and q != 1:
+            return E.matmul(a, E.const(1.0, (1, q))), b
+        if (m, n) == (1, q) and p != 1:
+            return E.matmul(E.const(1.0, (p, 1)), a), b
+    return a, b
+
+
 # Left-associative operators of one precedence: a chain of them is one level of nesting.
 _CHAIN_GROUP = {ast.Add: 0, ast.Sub: 0, ast.Mult: 1, ast.Div: 1, ast.MatMult: 1}
 _NON_FINITE_NAMES = ("inf", "infinity", "nan")
@@ -287,7 +330,7 @@ def parse_constraint(text: str, scope: Scope) -> list[Relation]:
                 f"comparison '{_op_text(op)}' is not allowed; use '<=', '>=' or '=='"
                 " (strict inequalities have no closed feasible set)"
             )
-        lhs, rhs = sides[i], sides[i + 1]
+        lhs, rhs = _broadcast_pair(sides[i], sides[i + 1])
         _check_sides(lhs, rhs, sym)
         out.append(Relation(lhs, sym, rhs))
     if len(out) > 1 and any(r.op == "==" for r in out):
@@ -503,6 +546,8 @@ class _Visitor:
         for link in reversed(chain):
             right = self.visit(link.right)
             with self._located(link):
+                if isinstance(link.op, _ELEMENTWISE_OPS):
+                    value, right = _broadcast_pair(value, right)
                 value = _BINOPS[type(link.op)][1](value, right)
         return value
 
@@ -613,14 +658,51 @@ class _Visitor:
             if len(shape) > 2:
                 raise ExprError("reshape() gives a scalar, vector or matrix (at most two sizes)")
             return _reshape_row_major(a, shape)
-        # max / min: of one expression (its largest entry: not supported yet) or elementwise
+        if name in ("sum_largest", "sum_smallest"):
+            if len(args) != 2:
+                raise ExprError(f"{name}() takes an expression and a count k, e.g. {name}(x, 2)")
+            a = _vec(self.visit(args[0]))
+            k = self._size(args[1], name)
+            self._check_range(0, k, a.shape[0], f"{name}'s k = {k}")
+            if name == "sum_largest":
+                return E.sum_largest(a, k)
+            return E.neg(E.sum_largest(E.neg(a), k))
+        if name == "norm_inf":
+            if len(args) != 1:
+                raise ExprError("norm_inf() takes one expression")
+            return _norm_inf(self.visit(args[0]))
+        if name == "norm":
+            return self._norm(args)
+        # max / min: of one expression (its largest or smallest entry) or elementwise
+        if len(args) == 1:
+            a = _vec(self.visit(args[0]))
+            return E.sum_largest(a, 1) if name == "max" else E.neg(E.sum_largest(E.neg(a), 1))
         if len(args) != 2:
-            raise ExprError(
-                f"{name}(x) of a vector's entries is not supported yet; {name}(x, c) is the "
-                f"elementwise {name}imum (CVXPY's {name}imum)"
-            )
+            raise ExprError(f"{name}() takes one expression, or two for the elementwise {name}")
         a, b = self.visit(args[0]), self.visit(args[1])
         return _maximum(a, b) if name == "max" else _minimum(a, b)
+
+    def _norm(self, args: list[ast.expr]) -> Expr:
+        """CVXPY's norm(x, p) of a vector: p = 1, 2 (the default), "inf" or a number ≥ 1;
+        of a matrix only "fro" (CVXPY's default for a matrix is the spectral norm)."""
+        if len(args) not in (1, 2):
+            raise ExprError("norm() takes an expression and an optional p, e.g. norm(x, 1)")
+        a = self.visit(args[0])
+        p = args[1] if len(args) == 2 else None
+        if isinstance(p, ast.Constant) and p.value in ("inf", "Inf", "fro"):
+            if p.value == "fro":
+                return _norm2(a)
+            return _norm_inf(a)
+        if isinstance(p, ast.Name) and p.id in ("inf", "Inf"):
+            return _norm_inf(a)
+        if a.rank == 2:
+            raise ExprError(
+                "norm() of a matrix is supported as norm(X, 'fro') only (CVXPY's norm(X) "
+                "is the spectral norm, which foldgen does not have)"
+            )
+        if p is None:
+            return _norm2(a)
+        return _pnorm(a, self.visit(p))
 
     def visit_Subscript(self, node: ast.Subscript) -> Expr:
         """x[i], x[1:], x[:-1], X[i, j], X[:, 0], X[1:, :] with integer or dim indices

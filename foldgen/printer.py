@@ -27,6 +27,9 @@ from foldgen.expr import (
     Expr,
     Eye,
     Func,
+    Kron,
+    KronLeft,
+    KronRight,
     Leaf,
     LogSumExp,
     MatMul,
@@ -38,6 +41,8 @@ from foldgen.expr import (
     Slice,
     Softmax,
     Sum,
+    SumLargest,
+    TopMask,
     Transpose,
     is_const,
     postorder,
@@ -247,6 +252,20 @@ class TorchPrinter:
                 return Printed(f"torch.softmax({self._as_tensor(a).text}, -1)", ATOM)
             case Slice(a=a, axis=axis, start=start, stop=stop):
                 return self._print_slice(a, axis, start, stop)
+            case Kron(a=a, b=b):
+                return Printed(
+                    f"_kron({self._as_tensor(a).text}, {self._as_tensor(b).text})", ATOM
+                )
+            case KronLeft(g=g, b=b):
+                args = f"{self._as_tensor(g).text}, {self._as_tensor(b).text}"
+                return Printed(f"_kron_left({args})", ATOM)
+            case KronRight(g=g, a=a):
+                args = f"{self._as_tensor(g).text}, {self._as_tensor(a).text}"
+                return Printed(f"_kron_right({args})", ATOM)
+            case SumLargest(a=a, k=k):
+                return Printed(f"_sum_largest({self._as_tensor(a).text}, {self._dim(k)})", ATOM)
+            case TopMask(a=a, k=k):
+                return Printed(f"_top_mask({self._as_tensor(a).text}, {self._dim(k)})", ATOM)
             case Part(a=a, sizes=sizes, index=index):
                 start = dims.total(sizes[:index])
                 return self._print_slice(a, 0, start, dims.add(start, sizes[index]))

@@ -334,7 +334,7 @@ def _pack(x, y, z, a, b, c, ymin):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 809ba20dab65e3ef): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 4231a4af8345bd53): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1046,13 +1046,15 @@ def _packed_warm_start(p, values, warm):
         expected = tuple(parts[i].shape[parts[i].dim() - len(core) :])
         got = tuple(t.shape[t.dim() - len(core) :])
         if got != expected:
+            sizes = ", ".join(["...", *map(str, expected)])
             raise ValueError(
-                f"{name}_init: expected core shape {expected} ({_shape_text(core)}), got {got}"
+                f"{name}_init: expected shape ({sizes}) = {_shape_text(core)}, "
+                f"got {tuple(t.shape)}"
             )
         parts[i] = t
     cores = [len(core) for _, core in p.variables]
     batch = torch.broadcast_shapes(*(t.shape[: t.dim() - k] for t, k in zip(parts, cores)))
-    parts = [t.expand(*batch, *t.shape[t.dim() - k :]) for t, k in zip(parts, cores)]
+    parts = [t.expand(torch.Size(batch) + t.shape[t.dim() - k :]) for t, k in zip(parts, cores)]
     return p.pack(*parts, *values)
 
 
@@ -1416,7 +1418,7 @@ def _prepare_call(layer, p, args, named, x_init):
     layer.adjoint_tol = _fit_tolerance(layer.backward_tol, dtype)
     if p.variables is not None:
         with torch.no_grad():
-            x_init = _packed_warm_start(p, [v.detach() for v in values], x_init)
+            x_init = p.pack_warm_start(p, [v.detach() for v in values], x_init)
         if x_init is not None:
             batch = torch.broadcast_shapes(batch, x_init.shape[:-1])
     return values, sizes, batch, x_init
@@ -2033,6 +2035,7 @@ PROBLEM = types.SimpleNamespace(
     variables=VARIABLES,
     pack=_pack,
     unpack=_unpack,
+    pack_warm_start=_packed_warm_start,
     solve=_sqp_solve,
     pullback=_sqp_pullback,
     update_map=_sqp_update_map,

@@ -210,7 +210,7 @@ def _gradient_vjp(x, _u, Q, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 341af2b07e60c5ce): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 4ae24cd64f843aa9): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -666,28 +666,6 @@ def _warm_starts(p, x_init):
     return [(f"{name}_init", t, cores[name]) for name, t in x_init.items() if t is not None]
 
 
-def _packed_warm_start(p, values, warm):
-    """The packed state of the given warm starts, the spec's init for the variables not
-    given (None when none is given); ValueError naming a warm start of the wrong shape."""
-    if not any(t is not None for t in warm.values()):
-        return None
-    parts = list(p.unpack(p.init(*values), *values))
-    for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
-        if t is None:
-            continue
-        expected = tuple(parts[i].shape[parts[i].dim() - len(core) :])
-        got = tuple(t.shape[t.dim() - len(core) :])
-        if got != expected:
-            raise ValueError(
-                f"{name}_init: expected core shape {expected} ({_shape_text(core)}), got {got}"
-            )
-        parts[i] = t
-    cores = [len(core) for _, core in p.variables]
-    batch = torch.broadcast_shapes(*(t.shape[: t.dim() - k] for t, k in zip(parts, cores)))
-    parts = [t.expand(*batch, *t.shape[t.dim() - k :]) for t, k in zip(parts, cores)]
-    return p.pack(*parts, *values)
-
-
 def _check_dtype(name, value):
     """float32 and float64 only: the solvers' linear algebra (LU, Cholesky, eigh, pinv) has no
     float16/bfloat16 kernels, so half precision is refused here rather than deep inside."""
@@ -1076,7 +1054,7 @@ def _prepare_call(layer, p, args, named, x_init):
     layer.adjoint_tol = _fit_tolerance(layer.backward_tol, dtype)
     if p.variables is not None:
         with torch.no_grad():
-            x_init = _packed_warm_start(p, [v.detach() for v in values], x_init)
+            x_init = p.pack_warm_start(p, [v.detach() for v in values], x_init)
         if x_init is not None:
             batch = torch.broadcast_shapes(batch, x_init.shape[:-1])
     return values, sizes, batch, x_init
@@ -1453,6 +1431,7 @@ PROBLEM = types.SimpleNamespace(
     variables=VARIABLES,
     pack=None,
     unpack=None,
+    pack_warm_start=None,
     solve=_pgd_solve_lipschitz,
     pullback=_pgd_pullback,
     update_map=_pgd_update_map,

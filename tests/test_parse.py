@@ -221,8 +221,8 @@ def _re(fragment: str) -> str:
         ("ones(True)", "ones() takes sizes"),
         ("ones(-1)", "ones() takes sizes"),
         # shapes, naming the sub-expression
-        ("x + A", "in 'x + A': shapes [n] and [m, n] do not match for '+'"),
-        ("sum(exp(x + A)) * 2", "in 'x + A'"),
+        ("w + A", "in 'w + A': shapes [m] and [m, n] do not match for '+'"),
+        ("sum(exp(w + A)) * 2", "in 'w + A'"),
         ("x * w", "in 'x * w'"),
         ("A @ w", "in 'A @ w'"),
         ("s @ x", "'@' needs vectors or matrices"),
@@ -342,10 +342,10 @@ def test_errors_are_value_errors_with_one_line():
 
 def test_shape_error_names_innermost_subexpression_only():
     with pytest.raises(ExprError) as info:
-        p("c @ x + sum(exp(x + A))")
+        p("c @ x + sum(exp(w + A))")
     message = str(info.value)
-    assert message.startswith("in 'x + A':")
-    assert "[n]" in message and "[m, n]" in message
+    assert message.startswith("in 'w + A':")
+    assert "[m]" in message and "[m, n]" in message
 
 
 def test_long_and_deeply_nested_expressions():

@@ -61,6 +61,18 @@ VALUES = [
     ("pnorm(x, 3)", lambda v: v["x"].abs().pow(3).sum(-1).pow(1 / 3)),
     ("pnorm(x, 1)", lambda v: v["x"].abs().sum(-1)),
     ("X @ X.T", lambda v: v["X"] @ v["X"].mT),
+    ("X + c", lambda v: v["X"] + v["c"][..., None, :]),
+    ("c * X - 1", lambda v: v["c"][..., None, :] * v["X"] - 1),
+    ("X / reshape(sum(X, axis=1), (m, 1))", lambda v: v["X"] / v["X"].sum(-1)[..., None]),
+    ("reshape(sum(X, axis=1), (m, 1)) - X", lambda v: v["X"].sum(-1)[..., None] - v["X"]),
+    (
+        "kron(X, X[0:2, 1:3])",
+        lambda v: torch.stack([torch.kron(t, t[0:2, 1:3]) for t in v["X"]]),
+    ),
+    (
+        "kron(x, c[0:2])",
+        lambda v: torch.stack([torch.kron(a, b[0:2]) for a, b in zip(v["x"], v["c"])]),
+    ),
 ]
 
 
@@ -82,6 +94,8 @@ OBJECTIVES = [
     "sum(log(sum(exp(X * x[0]), axis=1))) + sum_squares(sum(X, axis=0) - c)",
     "sum(square(reshape(vec(X), (n, m)) @ X))",
     "pnorm(x - c, 3) + sum(pos(x) ** 2) + sum(square(neg(X)))",
+    "sum_squares(kron(X, X[0:2, 1:3]) @ hstack([x, x])) + sum(exp(kron(x[0:2], c[1:3] * x[1:3])))",
+    "sum_largest(x * c, 2) + max(X @ x) - min(X[0])",
 ]
 
 
@@ -150,12 +164,13 @@ def test_gradient_of_a_slice_is_zero_outside_it():
         ("x[1:1]", "the slice 1:1 is outside an axis of size n"),
         ("X[:, :, 0]", "too many indices (3)"),
         ("x[::2]", "slices with a step are not supported"),
-        ("max(x)", "is not supported yet"),
+        ("max(x, c, 1)", "takes one expression, or two for the elementwise max"),
         ("reshape(x, (3, 2))", "cannot reshape [n] to [3, 2]"),
         ("hstack(x)", "takes one list of expressions"),
         ("sum(X, axis=3)", "axis must be 0 or 1"),
         ("pnorm(x, 0.5)", "p >= 1"),
         ("vstack([X, c[0:2]])", "cannot stack"),
+        ("kron(X, x)", "kron needs two matrices or two vectors"),
     ],
 )
 def test_shape_errors_name_the_expression(text, fragment):

@@ -296,8 +296,8 @@ solver: {rule: sqp}
          ":8:11: minimize:", ("rule 'sqp'", "twice differentiable", "abs")),
         ("  - sum(x) == 1", "  - norm1(x) <= 1", ":10:5: constraints[0]:",
          ("twice differentiable", "norm1")),
-        ("  x: {shape: [n]}", "  x: {shape: [n]}\n  z: {shape: [n]}", ":7:3: variables:",
-         ("rule 'sqp'", "one variable")),
+        ("minimize: sum_squares(x - c)", "minimize: sum_squares(x - c) + max(x)",
+         ":8:11: minimize:", ("rule 'sqp'", "max/min/norm_inf/sum_largest")),
     ],
 )  # fmt: skip
 def test_bad_specs_are_rejected_with_a_location(tmp_path, old, new, where, fragments):

@@ -62,10 +62,12 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball", "l1ball"]
+ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest"]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
+    "linf": "w − P(w) with P the projection onto the l1 ball of radius c/ρ (Moreau)",
+    "sum_largest": "w − P(w) with P the projection onto {0 ≤ u ≤ c/ρ, Σu = k c/ρ} (Moreau)",
     "box": "clamp to [lo, hi]",
     "ball": "projection onto the ball",
     "l1ball": "projection onto the l1 ball (soft-thresholding at the level that meets r)",
@@ -299,6 +301,7 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
             for f in factors
             if isinstance(f, E.Func) and f.name == "abs" and f.rank == 0 and f.depends_on(x)
         ]
+        found += [f for f in factors if isinstance(f, E.SumLargest) and f.depends_on(x)]
         if not found:
             smooth.append(term)
             continue
@@ -317,9 +320,13 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
         if _negative(weight):
             raise problem.error(
                 key,
-                f"the term '{math_str(term)}' has a negative weight: minimising −c‖·‖₁ is not "
-                "convex, and its proximal map does not exist (the weight c must be ≥ 0)",
+                f"the term '{math_str(term)}' has a negative weight: minimising −c·g of a "
+                "convex g (a norm, a max) is not convex, and its proximal map does not exist "
+                "(the weight c must be ≥ 0)",
             )
+        if isinstance(core, E.SumLargest):
+            blocks.append(_largest_block(problem, core, weight, x))
+            continue
         assert isinstance(core, (E.Sum, E.Func))
         arg = core.a.a if isinstance(core, E.Sum) and isinstance(core.a, E.Func) else core.a
         affine = _affine(arg, x)
@@ -335,7 +342,10 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
         blocks.append(Block("l1", _matrix_or_none(matrix), (offset, weight), text))
     smooth_expr = E.add(*smooth) if smooth else E.zero()
     for node in E.postorder([smooth_expr]):
-        if isinstance(node, E.Func) and node.name in ("abs", "pos") and node.depends_on(x):
+        kink = isinstance(node, E.SumLargest) or (
+            isinstance(node, E.Func) and node.name in ("abs", "pos")
+        )
+        if kink and node.depends_on(x):
             raise problem.error(
                 key,
                 f"rule 'admm' needs the objective to be smooth apart from top-level terms "
@@ -343,6 +353,34 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
                 "expression; " + SQP_HINT,
             )
     return smooth_expr, blocks
+
+
+def _largest_block(problem: Problem, core: E.SumLargest, weight: Expr, x: Leaf) -> Block:
+    """c·norm_inf(A x + o) (k = 1 of |·|) or c·sum_largest(A x + o, k): a block whose prox
+    is, by Moreau's identity, the identity minus a projection onto the dual norm's ball (the
+    l1 ball of radius c/ρ) or onto the scaled capped simplex {0 ≤ u ≤ c/ρ, Σu = k c/ρ}."""
+    inner = core.a
+    linf = isinstance(inner, E.Func) and inner.name == "abs" and core.k == 1
+    arg = inner.a if linf else inner  # type: ignore[attr-defined]
+    affine = _affine(arg, x)
+    if affine is None:
+        raise problem.error(
+            (problem.sense,),
+            f"rule 'admm' splits off max/norm_inf/sum_largest of an affine expression of "
+            f"{x.name} (A @ {x.name} + b), and '{math_str(arg)}' is not one; " + SQP_HINT,
+        )
+    matrix, offset = affine
+    inner_text = "⟨z⟩" + ("" if E.is_zero(offset) else f" + {math_str(offset)}")
+    where = f"⟨z⟩ = {_map_text(matrix, x)}"
+    if linf:
+        text = f"{_weight_text(weight)}‖{inner_text}‖∞, {where}"
+        return Block("linf", _matrix_or_none(matrix), (offset, weight), text)
+    k = E.size_of((core.k,))
+    data = E.concat([E.reshape(weight, (1,)), E.reshape(k, (1,))])
+    name = "max" if core.k == 1 else "sum_largest"
+    extra = "" if core.k == 1 else f", {core.k}"
+    text = f"{_weight_text(weight)}{name}({inner_text}{extra}), {where}"
+    return Block("sum_largest", _matrix_or_none(matrix), (offset, data), text)
 
 
 def _negative(weight: Expr) -> bool:

@@ -176,6 +176,7 @@ def plan(problem: Problem) -> PgdPlan:
     grad_leaves = [p.leaf for p in problem.grad_parameters]
 
     f = problem.objective
+    _require_smooth(problem, f)
     d = smooth(problem, x, f)
     g, hvp, obj_params = d.gradient, d.hvp, d.grad_params
 
@@ -241,6 +242,19 @@ def plan(problem: Problem) -> PgdPlan:
         set_grad_params=set_params,
         math=math,
     )
+
+
+def _require_smooth(problem: Problem, f: Expr) -> None:
+    """PGD steps along ∇f: a kink in f (max, sum_largest, pos) has no gradient to follow."""
+    for node in E.postorder([f]):
+        kink = isinstance(node, E.SumLargest) or (isinstance(node, E.Func) and node.name == "pos")
+        if kink and any(node.depends_on(v) for v in f.leaves if v.kind == "var"):
+            raise problem.error(
+                (problem.sense,),
+                f"rule 'pgd' needs a differentiable objective, and '{math_str(node)}' has "
+                "kinks; use rule 'admm', which splits off max/norm_inf/sum_largest/norm1 terms "
+                "by their proximal maps",
+            )
 
 
 def _projection(problem: Problem, x: Leaf) -> Projection:

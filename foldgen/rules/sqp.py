@@ -278,6 +278,13 @@ def plan(problem: Problem) -> SqpPlan:
 
 def _require_smooth(problem: Problem, e: Expr, path: tuple) -> None:
     for node in E.postorder([e]):
+        if isinstance(node, E.SumLargest):
+            raise problem.error(
+                path,
+                "rule 'sqp' needs twice differentiable functions, and max/min/norm_inf/"
+                "sum_largest are not differentiable where entries tie; use rule 'admm' (their "
+                "proximal maps) or an epigraph reformulation (max(x) <= t as x <= t)",
+            )
         if isinstance(node, E.Func) and node.name in NONSMOOTH:
             raise problem.error(
                 path,

@@ -28,7 +28,14 @@ from foldgen.runtime.projections import (
     _proj_l1ball,
     _proj_l1ball_vjp,
 )
-from foldgen.runtime.prox import _prox_l1, _prox_l1_vjp
+from foldgen.runtime.prox import (
+    _prox_l1,
+    _prox_l1_vjp,
+    _prox_linf,
+    _prox_linf_vjp,
+    _prox_sum_largest,
+    _prox_sum_largest_vjp,
+)
 
 # adapt_rho=True: residual balancing every _ADMM_ADAPT_EVERY iterations; ρ is multiplied
 # (divided) by _ADMM_ADAPT_FACTOR where the primal residual exceeds _ADMM_ADAPT_RATIO times the
@@ -100,6 +107,59 @@ def _admm_l1_growth(e, data):
 
 
 _ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+
+
+# c‖z + o‖∞ (data (o, c)): the identity minus the projection onto the l1 ball of radius c/ρ.
+
+
+def _admm_linf_prox(w, data, rho):
+    o, c = data
+    return _prox_linf(w, o, c / rho)
+
+
+def _admm_linf_prox_vjp(v, w, data, rho):
+    o, c = data
+    w_bar, o_bar, t_bar = _prox_linf_vjp(v, w, o, c / rho)
+    return w_bar, (o_bar, t_bar / rho)
+
+
+def _admm_linf_growth(e, data):
+    return data[1] * e.abs().amax(-1)
+
+
+_ADMM_LINF = _AdmmProx(_admm_linf_prox, _admm_linf_prox_vjp, None, None, None, _admm_linf_growth)
+
+
+# c·sum_largest(z + o, k) (data (o, (c, k))): the identity minus the projection onto the
+# capped simplex {0 ≤ u ≤ c/ρ, Σu = k c/ρ}.
+
+
+def _admm_sum_largest_prox(w, data, rho):
+    o, ck = data
+    return _prox_sum_largest(w, o, ck[..., 0] / rho, ck[..., 1])
+
+
+def _admm_sum_largest_prox_vjp(v, w, data, rho):
+    o, ck = data
+    w_bar, o_bar, t_bar = _prox_sum_largest_vjp(v, w, o, ck[..., 0] / rho, ck[..., 1])
+    ck_bar = torch.stack([t_bar / rho, torch.zeros_like(t_bar)], -1)  # k is a count
+    return w_bar, (o_bar, ck_bar)
+
+
+def _admm_sum_largest_growth(e, data):
+    ck = data[1]
+    k = int(ck[..., 1].reshape(-1)[0]) if ck.numel() else 1
+    return ck[..., 0] * e.topk(k, -1).values.sum(-1)
+
+
+_ADMM_SUM_LARGEST = _AdmmProx(
+    _admm_sum_largest_prox,
+    _admm_sum_largest_prox_vjp,
+    None,
+    None,
+    None,
+    _admm_sum_largest_growth,
+)
 
 
 # The indicator of the box lo ≤ z ≤ hi (data (lo, hi)): clamp.

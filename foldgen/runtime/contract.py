@@ -35,6 +35,8 @@ class Problem(Protocol):
     variables: tuple[tuple[str, tuple[str | int, ...]], ...] | None
     pack: Callable[..., Tensor] | None  # (each variable, *values) -> the packed state
     unpack: Callable[..., tuple[Tensor, ...]] | None  # (packed state, *values) -> variables
+    # (p, values, {name: warm start or None}) -> the packed warm start, or None if none given
+    pack_warm_start: Callable[..., Tensor | None] | None
     setting_checks: dict[str, Callable[[Any], Any]]  # the rule's settings' validators
 
     def solve(

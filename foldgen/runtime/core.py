@@ -66,3 +66,37 @@ def _cat(parts, rank, axis):
 def _step(t):
     """pos'(t) = 1 where t > 0, else 0."""
     return (t > 0).to(t.dtype)
+
+
+def _sum_largest(a, k):
+    """The sum of the k largest entries over the last axis."""
+    return a.topk(k, -1).values.sum(-1)
+
+
+def _top_mask(a, k):
+    """1 on the k largest entries over the last axis (ties: the ones topk picks), else 0."""
+    index = a.topk(k, -1).indices
+    return torch.zeros_like(a).scatter(-1, index, 1.0)
+
+
+def _kron(a, b):
+    """Batched Kronecker product of matrices: (..., m, n) ⊗ (..., p, q) -> (..., m p, n q)."""
+    out = a[..., :, None, :, None] * b[..., None, :, None, :]
+    m, p, n, q = out.shape[-4:]
+    return out.reshape(out.shape[:-4] + (m * p, n * q))
+
+
+def _kron_left(g, b):
+    """Σ_kl G[i p + k, j q + l] B[k, l]: the cotangent of A in kron(A, B)."""
+    p, q = b.shape[-2:]
+    m, n = g.shape[-2] // p, g.shape[-1] // q
+    g4 = g.reshape(g.shape[:-2] + (m, p, n, q))
+    return (g4 * b[..., None, :, None, :]).sum((-3, -1))
+
+
+def _kron_right(g, a):
+    """Σ_ij G[i p + k, j q + l] A[i, j]: the cotangent of B in kron(A, B)."""
+    m, n = a.shape[-2:]
+    p, q = g.shape[-2] // m, g.shape[-1] // n
+    g4 = g.reshape(g.shape[:-2] + (m, p, n, q))
+    return (g4 * a[..., :, None, :, None]).sum((-4, -2))

@@ -24,6 +24,8 @@ PROXES = {
     "box": "_ADMM_BOX",
     "ball": "_ADMM_BALL",
     "l1ball": "_ADMM_L1BALL",
+    "linf": "_ADMM_LINF",
+    "sum_largest": "_ADMM_SUM_LARGEST",
 }
 
 #: PGD: the solve function for each step mode.

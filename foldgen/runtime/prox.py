@@ -11,6 +11,13 @@ The code generator copies top-level functions of this file verbatim into generat
 
 import torch
 
+from foldgen.runtime.projections import (
+    _proj_box_sum,
+    _proj_box_sum_vjp,
+    _proj_l1ball,
+    _proj_l1ball_vjp,
+)
+
 
 def _prox_l1(w, o, t):
     """prox of z -> c |z + o|_1 with threshold t = c / rho: soft-threshold w + o at t, minus o.
@@ -35,3 +42,51 @@ def _prox_l1_vjp(v, w, o, t):
     t_bar = -torch.where(active, torch.sign(y) * v, 0).sum(-1)  # (...)
     shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
     return w_bar.expand(shape), o_bar.expand(shape), t_bar.expand(shape[:-1])
+
+
+def _prox_linf(w, o, t):
+    """prox of z -> c |z + o|_inf with t = c / rho, by Moreau's identity: with y = w + o,
+    y - P(y) with P the projection onto the l1 ball of radius t (the dual norm's), minus o.
+
+    w, o (..., m); t (...) >= 0.
+    """
+    y = w + o
+    return y - _proj_l1ball(y, torch.zeros_like(y), t) - o
+
+
+def _prox_linf_vjp(v, w, o, t):
+    """VJP of _prox_linf; returns (w_bar, o_bar, t_bar): z = y - P(y; t) - o gives
+    w_bar = v - J_Pᵀv, o_bar = -J_Pᵀv, t_bar = -(∂P/∂t)ᵀv (the l1 ball's radius cotangent)."""
+    y = w + o
+    p_bar, _, r_bar = _proj_l1ball_vjp(v, y, torch.zeros_like(y), t)
+    w_bar = v - p_bar
+    shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
+    return w_bar.expand(shape), (-p_bar).expand(shape), (-r_bar).expand(shape[:-1])
+
+
+def _prox_sum_largest(w, o, t, k):
+    """prox of z -> c sum_largest(z + o, k) with t = c / rho: sum_largest is the support
+    function of C = {0 <= u <= 1, sum(u) = k}, so by Moreau's identity, with y = w + o, it is
+    y - P(y) with P the projection onto t C = {0 <= u <= t, sum(u) = t k}, minus o.
+
+    w, o (..., m); t, k (...).
+    """
+    y = w + o
+    lo = torch.zeros_like(y)
+    hi = t[..., None].expand_as(y)
+    return y - _proj_box_sum(y, lo, hi, t * k, torch.ones_like(y))[0] - o
+
+
+def _prox_sum_largest_vjp(v, w, o, t, k):
+    """VJP of _prox_sum_largest; returns (w_bar, o_bar, t_bar). P depends on y, on the upper
+    bound t·1 and on the sum t k: t_bar = -(Σ hi_bar + k k_bar) of P's VJP."""
+    y = w + o
+    lo = torch.zeros_like(y)
+    hi = t[..., None].expand_as(y)
+    ones = torch.ones_like(y)
+    x, _ = _proj_box_sum(y, lo, hi, t * k, ones)
+    p_bar, _, hi_bar, k_bar = _proj_box_sum_vjp(v, x, lo, hi, ones)
+    w_bar = v - p_bar
+    t_bar = -(hi_bar.sum(-1) + k * k_bar)
+    shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
+    return w_bar.expand(shape), (-p_bar).expand(shape), t_bar.expand(shape[:-1])

@@ -1,0 +1,191 @@
+"""max/min of a vector, norm_inf, sum_largest/sum_smallest and norm(x, p) (issue 11): the
+derivative rule (a top-k mask) against finite differences; as ADMM objective terms split off
+by their proximal maps (Moreau: identity minus a projection onto the l1 ball or a capped
+simplex), against CVXPY with gradcheck; as constraints max(x) <= r, min(x) >= r and
+norm_inf(x - c) <= r, which are bounds, under pgd; the located rejections under pgd and sqp."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+from ir_helpers import compile_function, leaf, scope
+
+import foldgen
+from foldgen.derive import gradient
+from foldgen.errors import SpecError
+from foldgen.parse import parse_expression
+from foldgen.runtime.prox import (
+    _prox_linf,
+    _prox_linf_vjp,
+    _prox_sum_largest,
+    _prox_sum_largest_vjp,
+)
+
+F64 = torch.float64
+TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
+
+
+@pytest.mark.parametrize("text", ["max(x)", "sum_largest(x, 3)", "norm_inf(x - c)", "min(x)"])
+def test_subgradient_is_the_gradient_away_from_ties(text):
+    x, c = leaf("x", ("n",), "var"), leaf("c", ("n",))
+    e = parse_expression(text, scope([x, c], {"n": 7}))
+    _, fn = compile_function("_f", [x, c], [e, gradient(e, x)])
+    g = torch.Generator().manual_seed(0)
+    xv = torch.randn(5, 7, generator=g, dtype=F64)
+    cv = torch.randn(5, 7, generator=g, dtype=F64)
+    value, grad = fn(xv, cv)
+    xs = xv.clone().requires_grad_()
+    reference = fn(xs, cv)[0]
+    (auto,) = torch.autograd.grad(reference.sum(), xs)
+    torch.testing.assert_close(grad, auto, rtol=0, atol=1e-15)
+    for i in range(7):  # central differences of the printed value
+        step = torch.zeros_like(xv)
+        step[..., i] = 1e-6
+        fd = (fn(xv + step, cv)[0] - fn(xv - step, cv)[0]) / 2e-6
+        torch.testing.assert_close(grad[..., i], fd, rtol=0, atol=1e-8)
+
+
+def _prox_reference(v, t, kind, k=1):
+    z = cp.Variable(v.shape[0])
+    g = cp.norm_inf(z) if kind == "linf" else cp.sum_largest(z, k)
+    cp.Problem(cp.Minimize(t * g + 0.5 * cp.sum_squares(z - v))).solve(solver=cp.CLARABEL, **TIGHT)
+    return z.value
+
+
+@pytest.mark.parametrize("kind,k", [("linf", 1), ("sum_largest", 1), ("sum_largest", 3)])
+def test_proxes_match_cvxpy_and_their_vjps_match_differences(kind, k):
+    g = torch.Generator().manual_seed(1)
+    w = 2 * torch.randn(4, 6, generator=g, dtype=F64)
+    o = torch.randn(4, 6, generator=g, dtype=F64)
+    t = 0.5 + torch.rand(4, generator=g, dtype=F64)
+    kk = torch.full((4,), float(k), dtype=F64)
+    if kind == "linf":
+        out = _prox_linf(w, o, t)
+    else:
+        out = _prox_sum_largest(w, o, t, kk)
+    for e in range(4):
+        ref = _prox_reference((w[e] + o[e]).numpy(), float(t[e]), kind, k) - o[e].numpy()
+        np.testing.assert_allclose(out[e].numpy(), ref, atol=1e-7)
+
+    def forward(w, o, t):
+        return _prox_linf(w, o, t) if kind == "linf" else _prox_sum_largest(w, o, t, kk)
+
+    v = torch.randn(4, 6, generator=g, dtype=F64)
+    if kind == "linf":
+        bars = _prox_linf_vjp(v, w, o, t)
+    else:
+        bars = _prox_sum_largest_vjp(v, w, o, t, kk)
+    # the closed-form VJP against central differences of the forward
+    for bar, i in zip(bars, range(3)):
+        base = [w, o, t]
+        fd = torch.zeros_like(base[i])
+        flat = fd.reshape(-1)
+        for j in range(flat.numel()):
+            plus = [b.clone() for b in base]
+            minus = [b.clone() for b in base]
+            plus[i].reshape(-1)[j] += 1e-6
+            minus[i].reshape(-1)[j] -= 1e-6
+            flat[j] = ((forward(*plus) - forward(*minus)) * v).sum() / 2e-6
+        torch.testing.assert_close(bar, fd, rtol=0, atol=1e-6)
+
+
+def _admm_spec(term):
+    return f"""
+foldgen: 1
+name: largest_fit
+dims: {{n: 6, m: 9}}
+parameters:
+  A: {{shape: [m, n]}}
+  y: {{shape: [n]}}
+  lam: {{shape: [], default: 0.7}}
+variables:
+  x: {{shape: [n]}}
+minimize: 0.5 * sum_squares(x - y) + lam * {term}
+constraints:
+  - -2 <= x <= 2
+solver: {{rule: admm, max_iter: 20000, tol: 1.0e-12}}
+backward: {{method: direct}}
+"""
+
+
+TERMS = {
+    "norm_inf(A @ x - 1)": lambda z, A: cp.norm_inf(A @ z - 1),
+    "max(A @ x)": lambda z, A: cp.max(A @ z),
+    "sum_largest(A @ x + 0.5, 3)": lambda z, A: cp.sum_largest(A @ z + 0.5, 3),
+    "norm(x, 'inf')": lambda z, A: cp.norm(z, "inf"),
+}
+
+
+@pytest.mark.parametrize("term", list(TERMS))
+def test_admm_splits_the_term_off_and_matches_cvxpy(term):
+    layer = foldgen.compile(_admm_spec(term))(on_nonconvergence="raise")
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(3, 9, 6, generator=g, dtype=F64)
+    y = 2 * torch.randn(3, 6, generator=g, dtype=F64)
+    lam = torch.tensor(0.7, dtype=F64)
+    x = layer(A, y, lam)
+    for e in range(3):
+        z = cp.Variable(6)
+        objective = 0.5 * cp.sum_squares(z - y[e].numpy()) + 0.7 * TERMS[term](z, A[e].numpy())
+        cp.Problem(cp.Minimize(objective), [z >= -2, z <= 2]).solve(solver=cp.CLARABEL, **TIGHT)
+        np.testing.assert_allclose(x[e].numpy(), z.value, atol=1e-6)
+    inputs = (
+        A[:1].clone().requires_grad_(),
+        y[:1].clone().requires_grad_(),
+        lam.clone().requires_grad_(),
+    )
+    assert torch.autograd.gradcheck(lambda *v: layer(*v), inputs, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize(
+    "constraint,cvx",
+    [
+        ("max(x) <= r", lambda z, c, r: [cp.max(z) <= r]),
+        ("min(x) >= -r", lambda z, c, r: [cp.min(z) >= -r]),
+        ("norm_inf(x - c) <= r", lambda z, c, r: [cp.norm_inf(z - c) <= r]),
+    ],
+)
+def test_max_min_and_norm_inf_constraints_are_bounds_under_pgd(constraint, cvx):
+    spec = f"""
+foldgen: 1
+name: linf_projection
+dims: {{n: 7}}
+parameters:
+  y: {{shape: [n]}}
+  c: {{shape: [n]}}
+  r: {{shape: [], default: 0.5}}
+variables:
+  x: {{shape: [n]}}
+minimize: 0.5 * sum_squares(x - y)
+constraints:
+  - {constraint}
+solver: {{rule: pgd, max_iter: 1000, tol: 1.0e-12}}
+"""
+    module_cls = foldgen.compile(spec)
+    layer = module_cls(on_nonconvergence="raise")
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(3, 7, generator=g, dtype=F64)
+    c = 0.3 * torch.randn(3, 7, generator=g, dtype=F64)
+    r = torch.tensor(0.5, dtype=F64)
+    x = layer(y, c, r)
+    for e in range(3):
+        z = cp.Variable(7)
+        problem = cp.Problem(
+            cp.Minimize(cp.sum_squares(z - y[e].numpy())), cvx(z, c[e].numpy(), 0.5)
+        )
+        problem.solve(solver=cp.CLARABEL, **TIGHT)
+        np.testing.assert_allclose(x[e].numpy(), z.value, atol=1e-7)
+    inputs = tuple(t[:1].clone().requires_grad_() for t in (y, c)) + (r.clone().requires_grad_(),)
+    assert torch.autograd.gradcheck(lambda *v: layer(*v), inputs, atol=1e-6)
+
+
+def test_pgd_and_sqp_reject_the_kinks_where_they_are():
+    text = _admm_spec("max(A @ x)")
+    with pytest.raises(SpecError, match=r"rule 'pgd' needs a differentiable objective, and 'max"):
+        foldgen.compile(text.replace("rule: admm", "rule: pgd"))
+    with pytest.raises(SpecError, match=r"max/min/norm_inf/sum_largest are not differentiable"):
+        foldgen.compile(text.replace("rule: admm", "rule: sqp"))
+    with pytest.raises(SpecError, match=r"has a negative weight"):
+        foldgen.compile(_admm_spec("min(A @ x)"))
