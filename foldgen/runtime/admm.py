@@ -261,7 +261,7 @@ _ADMM_PSD = _AdmmProx(
 def _admm_unpack(p, data):
     """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block (a lone
     PSD block's one datum arrives bare)."""
-    data = _as_tuple(data)
+    data = (data,) if isinstance(data, torch.Tensor) else data
     blocks, k = [], 0
     for has_matrix, term in zip(p.matrices, p.terms):
         A = data[k] if has_matrix else None
