@@ -556,8 +556,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
                     ("constraints", c.source),
                     "rule 'admm' splits constraints that are affine in "
                     f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds, Euclidean "
-                    "and l1 balls; this one is none of those (a nonlinear set has no closed-form "
-                    "proximal map here); " + SQP_HINT,
+                    "and l1 balls, PSD cones X >> M; this one is none of those (a nonlinear "
+                    "set has no closed-form proximal map here); " + SQP_HINT,
                 )
             relation(*affine, op, c.source)
     blocks: list[Block] = []

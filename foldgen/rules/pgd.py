@@ -257,8 +257,8 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
             ("constraints", general[0].source),
             "rule 'pgd' needs a feasible set with a closed-form projection, and this "
             "constraint is not one of the supported families (bounds, an affine equality, "
-            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted sum); "
-            "use rule 'admm' or 'sqp'",
+            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted "
+            "sum, a PSD cone X >> M); use rule 'admm' or 'sqp'",
         )
     if not others:
         if bound is None:
