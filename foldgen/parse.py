@@ -305,18 +305,12 @@ _PSD_OPS = (ast.RShift, ast.LShift)
 def _psd_relation(node: ast.BinOp, visitor: _Visitor) -> Relation:
     """``X >> M`` (or ``M << X``): X − M in the PSD cone, as CVXPY's PSD constraint; the
     matrix side must be square, the other a matrix of its shape or the number 0."""
-    big, small = (
-        (node.left, node.right)
-        if isinstance(node.op, ast.RShift)
-        else (
-            node.right,
-            node.left,
-        )
-    )
-    op = ">>" if isinstance(node.op, ast.RShift) else "<<"
+    right = isinstance(node.op, ast.RShift)
+    op = ">>" if right else "<<"
+    big, small = (node.left, node.right) if right else (node.right, node.left)
     lhs, rhs = visitor.visit(big), visitor.visit(small)
     for side, tree in ((lhs, big), (rhs, small)):
-        if side.rank == 0 and side is rhs:
+        if side.rank == 0 and tree is small:  # the number 0, checked below
             continue
         if side.rank != 2 or side.shape[0] != side.shape[1]:
             raise ExprError(
