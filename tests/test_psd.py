@@ -367,3 +367,15 @@ def test_admm_psd_on_one_block_of_two_variables_matches_cvxpy_and_gradcheck():
         torch.testing.assert_close(t[e], b[e].clamp_min(0), rtol=0, atol=1e-9)
     inputs = tuple(v[:1].clone().requires_grad_() for v in (A, M, b))
     assert torch.autograd.gradcheck(lambda *v: layer(*v), inputs, atol=1e-6)
+
+
+def test_the_size_of_a_square_variable_reads_back():
+    """sympy writes n·n as n**2: the size arithmetic reads it (and nothing but small powers)."""
+    from foldgen import dims
+
+    size = dims.product(("n", "n"))
+    assert size == "n**2" and dims.evaluate(dims.add(size, "n"), {"n": 3}) == 12
+    with pytest.raises(dims.DimError):
+        dims.canonical("n**100")
+    with pytest.raises(dims.DimError):
+        dims.canonical("n**m")
