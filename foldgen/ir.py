@@ -9,6 +9,7 @@ constraints into the families the update rules know:
 - ``HalfSpace``    a·x ≤ b
 - ``Ball``         ‖x − c‖₂ ≤ r
 - ``L1Ball``       ‖x − c‖₁ ≤ r
+- ``Psd``          X − M symmetric positive semidefinite (``X >> M``), X one matrix variable
 - ``General``      anything else, kept for rules with general constraint handling
 
 Recognition is by algebra, not by spelling: a constraint is affine in x when the symbolic
@@ -134,12 +135,40 @@ class L1Ball:
 
 
 @dataclass(frozen=True)
+class Psd:
+    """reshape(block, (n, n)) − offset ∈ S₊ⁿ, the symmetric PSD matrices (``X >> M``).
+
+    The relation implies symmetry of X − M: the set is {X : X − M = (X − M)ᵀ ⪰ 0}, so the
+    Euclidean projection of any Y is M + P₊(sym(Y − M)), sym(W) = (W + Wᵀ)/2, exactly (the
+    skew part of Y − M is orthogonal to every symmetric matrix)."""
+
+    var: Leaf
+    offset: Expr  # (n, n), free of the variables
+    source: int
+    block: Expr  # the n² entries that form X: var itself, or its Part of a packed state
+
+    @property
+    def whole(self) -> bool:
+        """Whether X is the whole of var (the only variable), not one block of several."""
+        b = self.block
+        return b == self.var or (isinstance(b, E.Part) and len(b.sizes) == 1)
+
+    @property
+    def start(self) -> E.Dim:
+        """Where X's n² entries begin in var."""
+        b = self.block
+        if isinstance(b, E.Part):
+            return dim_arith.total(b.sizes[: b.index]) if b.index else 0
+        return 0
+
+
+@dataclass(frozen=True)
 class General:
     relation: Relation
     source: int
 
 
-Constraint = AffineEq | SumEq | HalfSpace | Ball | L1Ball | General
+Constraint = AffineEq | SumEq | HalfSpace | Ball | L1Ball | Psd | General
 
 
 @dataclass(frozen=True)
@@ -494,6 +523,8 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
     used = [v for v in variables if diff.depends_on(v)]
     if not used:
         raise loaded.error(("constraints", i), "this constraint involves no variable")
+    if op == ">>":
+        return (_psd(diff, used[0], i) if len(used) == 1 else None) or General(rel, i)
     if len(used) > 1:
         return General(rel, i)
     x = used[0]
@@ -631,3 +662,23 @@ def _l1_ball(diff: Expr, x: Leaf, i: int) -> L1Ball | None:
             return None
     radius = rest if scale == 1.0 else E.div(rest, E.const(scale))
     return L1Ball(x, center, radius, i)
+
+
+def _psd(diff: Expr, x: Leaf, i: int) -> Psd | None:
+    """X − M with X exactly one matrix variable (x itself, reshape(x), or its block of the
+    packed state) and M free of x; anything else (2·X, Aᵀ X A, X − Y) is not recognised."""
+    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
+    core = [t for t in terms if t.depends_on(x)]
+    if len(core) != 1:
+        return None
+    t = core[0]
+    block: Expr
+    if t == x and x.rank == 2:
+        block = x
+    elif isinstance(t, E.Reshape) and (t.a == x or (isinstance(t.a, E.Part) and t.a.a == x)):
+        block = t.a
+    else:
+        return None
+    rest = [u for u in terms if not u.depends_on(x)]
+    offset = E.neg(E.add(*rest)) if rest else E.zero(diff.shape)
+    return Psd(x, E.broadcast(offset, diff.shape), i, block)

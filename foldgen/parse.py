@@ -40,7 +40,8 @@ class ExprError(ValueError):
 
 @dataclass(frozen=True)
 class Relation:
-    """One (in)equality of a constraint: ``lhs op rhs`` with op in '<=', '>=', '=='."""
+    """One (in)equality of a constraint: ``lhs op rhs`` with op in '<=', '>=', '==', or
+    '>>' (lhs − rhs symmetric positive semidefinite; ``M << X`` arrives as ``X >> M``)."""
 
     lhs: Expr
     op: str
@@ -315,11 +316,14 @@ def parse_expression(text: str, scope: Scope) -> Expr:
 
 @_depth_guard
 def parse_constraint(text: str, scope: Scope) -> list[Relation]:
-    """Parse ``a <= b``, ``a >= b``, ``a == b`` or a chain ``lo <= e <= hi`` into relations."""
+    """Parse ``a <= b``, ``a >= b``, ``a == b``, a chain ``lo <= e <= hi`` or a PSD
+    constraint ``X >> M`` / ``M << X`` into relations."""
     tree = _parse(text, scope.limits)
     node = tree.body
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _PSD_OPS):
+        return [_psd_relation(node, _Visitor(scope, text))]
     if not isinstance(node, ast.Compare):
-        raise ExprError("a constraint needs a comparison: '<=', '>=' or '=='")
+        raise ExprError("a constraint needs a comparison: '<=', '>=', '==' or '>>'")
     visitor = _Visitor(scope, text)
     sides = [visitor.visit(node.left)] + [visitor.visit(c) for c in node.comparators]
     out = []
@@ -336,6 +340,35 @@ def parse_constraint(text: str, scope: Scope) -> list[Relation]:
     if len(out) > 1 and any(r.op == "==" for r in out):
         raise ExprError("a chained comparison may not contain '=='")
     return out
+
+
+_PSD_OPS = (ast.RShift, ast.LShift)
+
+
+def _psd_relation(node: ast.BinOp, visitor: _Visitor) -> Relation:
+    """``X >> M`` (or ``M << X``): X − M in the PSD cone, as CVXPY's PSD constraint; the
+    matrix side must be square, the other a matrix of its shape or the number 0."""
+    right = isinstance(node.op, ast.RShift)
+    op = ">>" if right else "<<"
+    big, small = (node.left, node.right) if right else (node.right, node.left)
+    lhs, rhs = visitor.visit(big), visitor.visit(small)
+    for side, tree in ((lhs, big), (rhs, small)):
+        if side.rank == 0 and tree is small:  # the number 0, checked below
+            continue
+        if side.rank != 2 or side.shape[0] != side.shape[1]:
+            raise ExprError(
+                f"'{op}' (a PSD constraint) needs square matrices, and "
+                f"'{visitor._snippet(tree)}' is {shape_str(side.shape)}"
+            )
+    if rhs.rank == 0 and not E.is_const(rhs, 0.0):
+        raise ExprError(
+            f"the scalar side of '{op}' must be 0 (for a multiple of the identity write "
+            f"'{visitor._snippet(small)} * eye(n)'), got '{visitor._snippet(small)}'"
+        )
+    if rhs.rank == 0:
+        rhs = E.zero(lhs.shape)
+    _check_sides(lhs, rhs, op)
+    return Relation(lhs, ">>", rhs)
 
 
 def _check_sides(lhs: Expr, rhs: Expr, op: str) -> None:
@@ -531,6 +564,12 @@ class _Visitor:
         raise ExprError("only unary '-' and '+' are supported")
 
     def visit_BinOp(self, node: ast.BinOp) -> Expr:
+        if isinstance(node.op, _PSD_OPS):
+            op = ">>" if isinstance(node.op, ast.RShift) else "<<"
+            raise ExprError(
+                f"'{op}' is a PSD constraint ('X >> M'): it may only be a whole constraint, "
+                f"not part of an expression ('{self._snippet(node)}')"
+            )
         if type(node.op) not in _BINOPS:
             raise ExprError(f"operator '{type(node.op).__name__}' is not supported")
         # A chain a + b - c + … is walked along its left spine, not recursively.

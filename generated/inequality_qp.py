@@ -258,7 +258,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, _bar3, _bar4, P, q, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 09f50995b7f35a1b): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 34725ed402fd910a): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1212,6 +1212,7 @@ class _AdmmProx:
     support: object
     recedes: object
     growth: object
+    arity: int = 2  # how many tensors of ``p.block_data`` are its prox data
 
 
 def _admm_box_prox(w, data, rho):
@@ -1253,13 +1254,15 @@ _ADMM_BOX = _AdmmProx(
 
 
 def _admm_unpack(p, data):
-    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block."""
+    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block (a lone
+    PSD block's one datum arrives bare)."""
+    data = (data,) if isinstance(data, torch.Tensor) else data
     blocks, k = [], 0
-    for has_matrix in p.matrices:
+    for has_matrix, term in zip(p.matrices, p.terms):
         A = data[k] if has_matrix else None
         k += has_matrix
-        blocks.append((A, tuple(data[k : k + 2])))
-        k += 2
+        blocks.append((A, tuple(data[k : k + term.arity])))
+        k += term.arity
     return blocks
 
 

@@ -243,7 +243,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, y, D, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 dceb26686f9ec785): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 c4b0900c746ba168): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1197,6 +1197,7 @@ class _AdmmProx:
     support: object
     recedes: object
     growth: object
+    arity: int = 2  # how many tensors of ``p.block_data`` are its prox data
 
 
 def _admm_l1_prox(w, data, rho):
@@ -1218,13 +1219,15 @@ _ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l
 
 
 def _admm_unpack(p, data):
-    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block."""
+    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block (a lone
+    PSD block's one datum arrives bare)."""
+    data = (data,) if isinstance(data, torch.Tensor) else data
     blocks, k = [], 0
-    for has_matrix in p.matrices:
+    for has_matrix, term in zip(p.matrices, p.terms):
         A = data[k] if has_matrix else None
         k += has_matrix
-        blocks.append((A, tuple(data[k : k + 2])))
-        k += 2
+        blocks.append((A, tuple(data[k : k + term.arity])))
+        k += term.arity
     return blocks
 
 

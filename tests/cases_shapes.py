@@ -118,10 +118,32 @@ def _exp_cone_cvx(v):
     return np.array([x.value, y.value, z.value])
 
 
+def _psd(batch, dtype, gen, n=4):
+    """A symmetric A = Q diag(λ) Qᵀ with |λ| in [0.5, 1.5] and mixed signs: the projection
+    clips some eigenvalues, and none is near the kink at 0."""
+    q, _ = torch.linalg.qr(_randn(gen, *batch, n, n, dtype=torch.float64))
+    size = 0.5 + _rand(gen, *batch, n, dtype=torch.float64)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)[:n]
+    a = (q * (sign * size)[..., None, :]) @ q.mT
+    return {"A": (0.5 * (a + a.mT)).to(dtype)}
+
+
+def _psd_cvx(v):
+    import cvxpy as cp
+
+    A = v["A"]
+    X = cp.Variable(A.shape, symmetric=True)
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(X - A)), [X >> 0]).solve(
+        solver=cp.CLARABEL, **TIGHT
+    )
+    return X.value.ravel()
+
+
 CASES: dict[str, Case] = {
     "nnls_matrix": Case(_nnls, _nnls_cvx),
     "multiclass_logreg": Case(_logreg, _logreg_cvx),
     "mpc": Case(_mpc, _mpc_cvx, unrolled_sqp),
     "optimal_transport": Case(_transport, _transport_cvx, unrolled_sqp),
     "exp_cone_projection": Case(_exp_cone, _exp_cone_cvx, unrolled_sqp),
+    "psd_projection": Case(_psd, _psd_cvx),
 }

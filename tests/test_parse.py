@@ -263,7 +263,7 @@ def _re(fragment: str) -> str:
         ("~x", "only unary '-' and '+'"),
         ("x % 2", "operator 'Mod' is not supported"),
         ("x // 2", "operator 'FloorDiv' is not supported"),
-        ("x << 1", "operator 'LShift' is not supported"),
+        ("x << 1", "'<<' is a PSD constraint ('X >> M'): it may only be a whole constraint"),
         ("(y := x)", "unsupported syntax"),
         ("f'{x}'", "unsupported syntax"),
         ("[i for i in x]", "unsupported syntax"),

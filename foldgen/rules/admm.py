@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from foldgen import dims as dim_arith
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
 from foldgen.expr import Expr, Leaf
@@ -32,6 +33,7 @@ from foldgen.ir import (
     HalfSpace,
     L1Ball,
     Problem,
+    Psd,
     SumEq,
 )
 from foldgen.mathprint import math_str
@@ -44,6 +46,9 @@ from foldgen.rules.base import (
     Value,
     grad_indices,
     problem_header,
+    psd_form_error,
+    psd_name,
+    psd_text,
     single_vector_variable,
 )
 from foldgen.rules.base import smooth as derive_smooth
@@ -62,7 +67,7 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest"]
+ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd"]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
@@ -71,6 +76,7 @@ PROX_TEXT = {
     "box": "clamp to [lo, hi]",
     "ball": "projection onto the ball",
     "l1ball": "projection onto the l1 ball (soft-thresholding at the level that meets r)",
+    "psd": "M + V max(Λ, 0) Vᵀ, Λ, V the eigenvalues and -vectors of sym(⟨z⟩ − M)",
 }
 
 SQP_HINT = "use rule 'sqp'"
@@ -82,7 +88,8 @@ class Block:
 
     kind: ProxKind
     matrix: Expr | None  # Aᵢ, (m, n); None: zᵢ = x
-    data: tuple[Expr, Expr]  # l1: (offset o, weight c); box: (lo, hi); (l1)ball: (center, radius)
+    data: tuple[Expr, ...]  # l1: (offset o, weight c); box: (lo, hi); (l1)ball: (center,
+    # radius); psd: (M,) flattened row-major
     text: str  # gᵢ in readable math (⟨z⟩ stands for the block's zᵢ), for the docstring
     constraint: str = ""  # the constraint it enforces, for the docstring ("" for an l1 term)
     sources: tuple[int, ...] = ()  # the spec's constraints[i] it comes from (messages name them)
@@ -464,6 +471,19 @@ def _linear_matrix(e: Expr, x: Leaf, n) -> Expr | None:
     return None
 
 
+def _psd_block(c: Psd, x: Leaf) -> Block:
+    """The indicator of X − M ⪰ 0 on z = X's n² entries: z = x for the whole state, else
+    the rows of the identity that select X's block of the packed state."""
+    n2 = c.block.shape[0]
+    matrix: Expr | None = None
+    if not c.whole:
+        start = c.start
+        matrix = E.slice_(E.Eye(x.shape[0]), 0, start, dim_arith.add(start, n2))
+    constraint = f"{psd_text(c)} ⪰ 0"
+    text = f"indicator of {psd_text(c, '⟨z⟩')} ⪰ 0, ⟨z⟩ = {psd_name(c)}"
+    return Block("psd", matrix, (E.vec(c.offset),), text, constraint, (c.source,))
+
+
 def _normalise(matrix: Expr) -> tuple[float, Expr]:
     """matrix = s · M with s a number and M without a negative leading coefficient."""
     if isinstance(matrix, E.Mul) and isinstance(matrix.a, E.Const) and matrix.a.rank == 0:
@@ -551,6 +571,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             text = f"indicator of {ball}, ⟨z⟩ = {x.name}"
             constraint = ball.replace("⟨z⟩", x.name)
             balls.append(Block("ball", None, (center, c.radius), text, constraint, (c.source,)))
+        elif isinstance(c, Psd):
+            balls.append(_psd_block(c, x))
         elif isinstance(c, L1Ball):
             center = E.broadcast(c.center, x.shape)
             ball = f"‖⟨z⟩ − {math_str(c.center)}‖₁ ≤ {math_str(c.radius)}"
@@ -562,6 +584,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             assert isinstance(c, General)
             rel = c.relation
             lhs, op, rhs = rel.lhs, rel.op, rel.rhs
+            if op == ">>":
+                raise psd_form_error(problem, c.source)
             if op == ">=":
                 lhs, rhs, op = rhs, lhs, "<="
             affine = _affine(E.sub(lhs, rhs), x)
@@ -570,8 +594,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
                     ("constraints", c.source),
                     "rule 'admm' splits constraints that are affine in "
                     f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds, Euclidean "
-                    "and l1 balls; this one is none of those (a nonlinear set has no closed-form "
-                    "proximal map here); " + SQP_HINT,
+                    "and l1 balls, PSD cones X >> M; this one is none of those (a nonlinear "
+                    "set has no closed-form proximal map here); " + SQP_HINT,
                 )
             relation(*affine, op, c.source)
     blocks: list[Block] = []

@@ -13,8 +13,10 @@ from typing import Any, Literal, Protocol
 
 from foldgen import expr as E
 from foldgen.derive import gradient, vjp
+from foldgen.errors import RuleError
 from foldgen.expr import Expr, Leaf
-from foldgen.ir import Problem, Variable
+from foldgen.ir import Problem, Psd, Variable
+from foldgen.mathprint import math_str
 
 RuleName = Literal["pgd", "admm", "sqp"]
 
@@ -162,6 +164,28 @@ def single_vector_variable(problem: Problem) -> Variable:
             ("variables", var.name, "shape"), f"rule '{rule}' needs a vector variable (shape [n])"
         )
     return var
+
+
+def psd_name(c: Psd) -> str:
+    """The PSD constraint's matrix variable, by its name in the spec."""
+    b = c.block
+    return b.label if isinstance(b, E.Part) and b.label else math_str(b)
+
+
+def psd_text(c: Psd, name: str | None = None) -> str:
+    """X − M as the docstrings show it (X by its variable's name, or ``name``)."""
+    name = psd_name(c) if name is None else name
+    return name if E.is_zero(c.offset) else f"{name} − {math_str(c.offset)}"
+
+
+def psd_form_error(problem: Problem, source: int) -> RuleError:
+    """A '>>' the IR did not recognise as the PSD cone of one matrix variable."""
+    return problem.error(
+        ("constraints", source),
+        "a PSD constraint needs one matrix variable minus something free of the variables "
+        "(X >> M, M << X, X - M >> 0), the one form with a closed-form projection here; "
+        "a PSD constraint on an expression of variables is not supported yet",
+    )
 
 
 SOLVERS = (

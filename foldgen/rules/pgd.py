@@ -33,6 +33,7 @@ from foldgen.ir import (
     L1Ball,
     PgdSettings,
     Problem,
+    Psd,
     SumEq,
 )
 from foldgen.mathprint import math_str
@@ -45,6 +46,8 @@ from foldgen.rules.base import (
     Value,
     grad_indices,
     problem_header,
+    psd_form_error,
+    psd_text,
     single_vector_variable,
     smooth,
 )
@@ -53,7 +56,7 @@ from foldgen.runtime.names import PGD, PGD_SOLVES, SETS
 INF = float("inf")
 
 ProjectionKind = Literal[
-    "none", "box", "box_sum", "box_wsum", "affine", "halfspace", "ball", "l1ball"
+    "none", "box", "box_sum", "box_wsum", "affine", "halfspace", "ball", "l1ball", "psd"
 ]
 
 # The derived functions a PGD module may define, as the problem record names them.
@@ -261,13 +264,15 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
     bound = next((b for b in problem.bounds if b.var == x), None)
     others = [c for c in problem.constraints]
     general = [c for c in others if isinstance(c, General)]
+    if general and general[0].relation.op == ">>":
+        raise psd_form_error(problem, general[0].source)
     if general:
         raise problem.error(
             ("constraints", general[0].source),
             "rule 'pgd' needs a feasible set with a closed-form projection, and this "
             "constraint is not one of the supported families (bounds, an affine equality, "
-            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted sum); "
-            "use rule 'admm' or 'sqp'",
+            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted "
+            "sum, a PSD cone X >> M); use rule 'admm' or 'sqp'",
         )
     if not others:
         if bound is None:
@@ -313,6 +318,8 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
         return Projection(
             "halfspace", (SetItem("a", c.a, 1), SetItem("b", c.b, 0)), False, text, False
         )
+    if isinstance(c, Psd):
+        return _psd_projection(problem, c)
     if isinstance(c, L1Ball):
         center = E.broadcast(c.center, n)
         text = f"‖{x.name} − {math_str(c.center)}‖₁ ≤ {math_str(c.radius)}"
@@ -325,6 +332,20 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
     return Projection(
         "ball", (SetItem("c", center, 1), SetItem("r", c.radius, 0)), False, text, False
     )
+
+
+def _psd_projection(problem: Problem, c: Psd) -> Projection:
+    """X − M ⪰ 0 on the whole state: P(Y) = M + V max(Λ, 0) Vᵀ of sym(Y − M), Euclidean
+    only (a diagonal metric would not keep the eigenvectors)."""
+    if not c.whole:
+        raise problem.error(
+            ("constraints", c.source),
+            "rule 'pgd' projects onto a PSD cone only when its matrix is the only variable "
+            "(the projection of several variables' state is not one eigendecomposition); "
+            "use rule 'admm'",
+        )
+    text = f"{psd_text(c)} ⪰ 0 (symmetric)"
+    return Projection("psd", (SetItem("m", E.vec(c.offset), 1),), False, text, False)
 
 
 def _bounded_section(c) -> bool:

@@ -35,6 +35,7 @@ from foldgen.ir import (
     HalfSpace,
     L1Ball,
     Problem,
+    Psd,
     SqpSettings,
     SumEq,
 )
@@ -338,6 +339,10 @@ def _block(problem: Problem, c, x: Leaf) -> tuple[str, Block]:
         e = E.sub(E.sum_(E.func("abs", diff)), c.radius)
         _require_smooth(problem, e, ("constraints", c.source))
         return "ineq", _make(e, c.source)
+    if isinstance(c, Psd) or (isinstance(c, General) and c.relation.op == ">>"):
+        raise problem.error(
+            ("constraints", c.source), "rule 'sqp' has no PSD constraints; use pgd or admm"
+        )
     assert isinstance(c, General)
     rel = c.relation
     path = ("constraints", c.source)

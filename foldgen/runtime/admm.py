@@ -27,6 +27,10 @@ from foldgen.runtime.projections import (
     _proj_box_vjp,
     _proj_l1ball,
     _proj_l1ball_vjp,
+    _proj_psd,
+    _proj_psd_vjp,
+    _psd_min_eigenvalue,
+    _psd_square,
 )
 from foldgen.runtime.prox import (
     _prox_l1,
@@ -86,6 +90,7 @@ class _AdmmProx:
     support: object
     recedes: object
     growth: object
+    arity: int = 2  # how many tensors of ``p.block_data`` are its prox data
 
 
 # c‖z + o‖₁ (data (o, c)): soft-thresholding at c/ρ.
@@ -268,17 +273,61 @@ _ADMM_L1BALL = _AdmmProx(
 )
 
 
+# The indicator of the PSD cone Z − M ⪰ 0 (data (M,), n × n flattened row-major to n²):
+# projection of the symmetric part through one eigendecomposition, as PGD's set.
+
+
+def _admm_psd_prox(w, data, rho):
+    return _proj_psd(w, *data)
+
+
+def _admm_psd_prox_vjp(v, w, data, rho):
+    w_bar, m_bar = _proj_psd_vjp(v, w, *data)
+    return w_bar, (m_bar,)
+
+
+def _admm_psd_nonempty(data):
+    return torch.ones(data[0].shape[:-1], dtype=torch.bool, device=data[0].device)
+
+
+def _admm_psd_support(total, d, data):
+    """total + ⟨M, δ⟩ where sym(δ) ⪯ 0, else +∞ (the cone M + S₊ is unbounded along S₊)."""
+    (m,) = data
+    delta = _psd_square(d)
+    top = torch.linalg.eigvalsh(0.5 * (delta + delta.mT))[..., -1]
+    return total + (m * d).sum(-1) + torch.where(top > 0, math.inf, 0.0)
+
+
+def _admm_psd_recedes(e, data, eps, reach):
+    """e in the recession cone S₊: sym(e) ⪰ 0 and skew(e) = 0, to ε reach."""
+    low, skew = _psd_min_eigenvalue(e, torch.zeros_like(e))
+    return (low >= -eps * reach) & (skew <= eps * reach)
+
+
+_ADMM_PSD = _AdmmProx(
+    _admm_psd_prox,
+    _admm_psd_prox_vjp,
+    _admm_psd_nonempty,
+    _admm_psd_support,
+    _admm_psd_recedes,
+    None,
+    1,
+)
+
+
 # ---------------------------------------------------------------------------- the state
 
 
 def _admm_unpack(p, data):
-    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block."""
+    """``p.block_data``'s flat tuple as one (Aᵢ or None, prox data) pair per block (a lone
+    PSD block's one datum arrives bare)."""
+    data = (data,) if isinstance(data, torch.Tensor) else data
     blocks, k = [], 0
-    for has_matrix in p.matrices:
+    for has_matrix, term in zip(p.matrices, p.terms):
         A = data[k] if has_matrix else None
         k += has_matrix
-        blocks.append((A, tuple(data[k : k + 2])))
-        k += 2
+        blocks.append((A, tuple(data[k : k + term.arity])))
+        k += term.arity
     return blocks
 
 

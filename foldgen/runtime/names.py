@@ -16,6 +16,7 @@ SETS = {
     "halfspace": "_HALFSPACE",
     "ball": "_BALL",
     "l1ball": "_L1BALL",
+    "psd": "_PSD",
 }
 
 #: ADMM: the prox record (foldgen.runtime.admm) for each block kind.
@@ -26,6 +27,7 @@ PROXES = {
     "l1ball": "_ADMM_L1BALL",
     "linf": "_ADMM_LINF",
     "sum_largest": "_ADMM_SUM_LARGEST",
+    "psd": "_ADMM_PSD",
 }
 
 #: PGD: the solve function for each step mode.

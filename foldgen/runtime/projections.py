@@ -382,3 +382,63 @@ def _proj_box_wsum_vjp(v, x, y, lo, hi, w, d):
     hi_bar = torch.where(at_hi, u, 0)
     w_bar = -tau[..., None] * d * y_bar - g[..., None] * x
     return y_bar, lo_bar, hi_bar, w_bar.expand(shape), g.expand(shape[:-1])
+
+
+def _psd_square(y):
+    """The (..., n²) vector y as (..., n, n) matrices, row-major (n from y's last size)."""
+    n = math.isqrt(y.shape[-1])
+    return y.reshape(*y.shape[:-1], n, n)
+
+
+def _psd_eigh(y, m):
+    """The eigendecomposition of S = sym(Y − M), sym(W) = (W + Wᵀ)/2; y, m (..., n²)."""
+    w = _psd_square(y - m)
+    return torch.linalg.eigh(0.5 * (w + w.mT))
+
+
+def _proj_psd(y, m):
+    """Euclidean projection onto {X : X − M symmetric positive semidefinite}; y, m (..., n²)
+    are n × n matrices flattened row-major.
+
+    For Z = X − M symmetric, ‖M + Z − Y‖² = ‖Z − sym(Y − M)‖² + ‖skew(Y − M)‖², so the
+    nearest point is M + P₊(sym(Y − M)) exactly, P₊(S) = V max(Λ, 0) Vᵀ (S = V Λ Vᵀ): a
+    non-symmetric Y is projected through its symmetric part. The result is symmetric where
+    M is (then it is the nearest symmetric PSD matrix to Y − M, plus M)."""
+    lam, vec = _psd_eigh(y, m)
+    z = (vec * lam.clamp_min(0)[..., None, :]) @ vec.mT  # (..., n, n)
+    x = m + z.reshape(*z.shape[:-2], -1)
+    return x.expand(torch.broadcast_shapes(y.shape, m.shape))
+
+
+def _proj_psd_vjp(v, y, m):
+    """VJP of _proj_psd; returns (y_bar, m_bar).
+
+    With S = sym(Y − M) = V diag(λ) Vᵀ and f(λ) = max(λ, 0), the derivative of P₊ at S is
+    Daleckii–Krein's dS ↦ V (Γ ⊙ (Vᵀ dS V)) Vᵀ, Γᵢⱼ = (f(λᵢ) − f(λⱼ))/(λᵢ − λⱼ); it is
+    self-adjoint, and sym is too, so y_bar = V (Γ ⊙ (Vᵀ sym(V̄) V)) Vᵀ and m_bar = v − y_bar.
+    Γᵢⱼ is 1 where both λ are positive and 0 where neither is (f' on equal eigenvalues:
+    exact, so repeated eigenvalues of one sign need no tolerance), and the quotient only for
+    opposite signs, whose denominator is at least the positive one. λ = 0 counts as
+    negative: one element of the generalized Jacobian at the kink.
+    """
+    shape = torch.broadcast_shapes(v.shape, y.shape, m.shape)
+    lam, vec = _psd_eigh(y, m)
+    pos = lam > 0  # (..., n)
+    f = lam.clamp_min(0)
+    both = pos[..., :, None] & pos[..., None, :]
+    mixed = pos[..., :, None] != pos[..., None, :]
+    gap = lam[..., :, None] - lam[..., None, :]
+    quotient = (f[..., :, None] - f[..., None, :]) / torch.where(mixed, gap, 1)
+    gamma = torch.where(both, 1.0, torch.where(mixed, quotient, 0.0)).to(lam.dtype)
+    w = _psd_square(v)
+    core = vec.mT @ (0.5 * (w + w.mT)) @ vec
+    y_bar = vec @ (gamma * core) @ vec.mT
+    y_bar = y_bar.reshape(*y_bar.shape[:-2], -1).expand(shape)
+    return y_bar, v.expand(shape) - y_bar
+
+
+def _psd_min_eigenvalue(x, m):
+    """The smallest eigenvalue of sym(X − M) and the largest |entry| of skew(X − M)."""
+    w = _psd_square(x - m)
+    skew = (0.5 * (w - w.mT)).abs().amax((-2, -1))
+    return torch.linalg.eigvalsh(0.5 * (w + w.mT))[..., 0], skew

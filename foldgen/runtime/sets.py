@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from foldgen.runtime.core import _mv, _norm
+from foldgen.runtime.core import _as_tuple, _mv, _norm
 from foldgen.runtime.projections import (
     _affine_factor,
     _proj_affine,
@@ -29,6 +29,9 @@ from foldgen.runtime.projections import (
     _proj_halfspace_vjp,
     _proj_l1ball,
     _proj_l1ball_vjp,
+    _proj_psd,
+    _proj_psd_vjp,
+    _psd_min_eigenvalue,
 )
 
 
@@ -344,4 +347,41 @@ _L1BALL = _FeasibleSet(
     _same,
     _l1ball_violation,
     "the l1 ball is empty: its radius is negative",
+)
+
+
+# The PSD cone X − M ⪰ 0 (X, M n × n flattened row-major to n²; Euclidean projection of the
+# symmetric part through one eigendecomposition: any non-symmetric point is projected exactly).
+
+
+def _psd_prepare(data):
+    """The one datum M (a derived function of one output returns it bare) as S = (M,)."""
+    return _as_tuple(data)
+
+
+def _psd_project(y, d, S):
+    (m,) = S
+    return _proj_psd(y, m), torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device)
+
+
+def _psd_project_vjp(v, x, y, d, S):
+    (m,) = S
+    y_bar, m_bar = _proj_psd_vjp(v, y, m)
+    return y_bar, (m_bar,)
+
+
+def _psd_violation(x, S):
+    """max(−λmin(sym(X − M)), |skew(X − M)|, 0) relative to the magnitudes of X and M."""
+    (m,) = S
+    low, skew = _psd_min_eigenvalue(x, m)
+    return torch.maximum((-low).clamp_min(0), skew) / _magnitude(x, m)
+
+
+_PSD = _FeasibleSet(
+    (1,),
+    _psd_prepare,
+    _psd_project,
+    _psd_project_vjp,
+    _same,
+    _psd_violation,
 )
