@@ -120,6 +120,47 @@ def _norm_inf(a: Expr) -> Expr:
     return E.sum_largest(E.func("abs", _vec(a)), 1)
 
 
+def _multiply(a: Expr, b: Expr) -> Expr:
+    """CVXPY's multiply: the elementwise product, with NumPy's broadcasting."""
+    return E.mul(*_broadcast_pair(a, b))
+
+
+def _rel_entr(x: Expr, y: Expr) -> Expr:
+    """x log(x / y) elementwise, as −entr(x) − x log y (0 at x = 0, as CVXPY's)."""
+    x, y = _broadcast_pair(x, y)
+    return E.sub(E.neg(E.func("entr", x)), E.mul(x, E.func("log", y)))
+
+
+def _kl_div(x: Expr, y: Expr) -> Expr:
+    """CVXPY's kl_div: x log(x / y) − x + y elementwise."""
+    x, y = _broadcast_pair(x, y)
+    return E.add(_rel_entr(x, y), E.sub(y, x))
+
+
+def _inv_pos(a: Expr) -> Expr:
+    return E.power(a, E.const(-1.0))
+
+
+def _power(a: Expr, p: Expr) -> Expr:
+    return E.power(a, p)
+
+
+def _quad_over_lin(x: Expr, y: Expr) -> Expr:
+    """CVXPY's quad_over_lin: Σ x² / y for a scalar y."""
+    if y.rank != 0:
+        raise ShapeError(f"quad_over_lin(x, y) needs a scalar y, got {shape_str(y.shape)}")
+    return E.div(_sum_squares(x), y)
+
+
+def _log_sum_exp_axis(a: Expr, axis: int) -> Expr:
+    """log Σ exp along an axis of a matrix, as log(sum(exp(a), axis)): not shifted (a shift
+    by the largest entry would put a kink into the derivation), so entries beyond ~700
+    overflow, which the layer reports as non-finite."""
+    ones = E.const(1.0, a.shape[1:] if axis == 1 else a.shape[:1])
+    exp = E.func("exp", a)
+    return E.func("log", E.matmul(exp, ones) if axis == 1 else E.matmul(ones, exp))
+
+
 def _pos(a: Expr) -> Expr:
     return E.func("pos", a)
 
@@ -187,6 +228,12 @@ FUNCTIONS: dict[str, tuple[int | tuple[int, ...], Callable[..., Expr]]] = {
     "minimum": (2, _minimum),
     "vec": _unary(_vec),
     "kron": (2, E.kron),
+    "multiply": (2, _multiply),
+    "rel_entr": (2, _rel_entr),
+    "kl_div": (2, _kl_div),
+    "inv_pos": _unary(_inv_pos),
+    "power": (2, _power),
+    "quad_over_lin": (2, _quad_over_lin),
     **{
         name: _elementwise(name)
         for name in (
@@ -599,7 +646,7 @@ class _Visitor:
         if not isinstance(node.func, ast.Name):
             raise ExprError("only plain function calls like exp(x) are supported")
         name = node.func.id
-        if name in ("sum", "mean") and node.keywords:
+        if name in ("sum", "mean", "log_sum_exp") and node.keywords:
             return self._reduce(name, node)
         if name in ("reshape", "vec") and node.keywords:
             return self._ordered(name, node)
@@ -631,6 +678,8 @@ class _Visitor:
             return FUNCTIONS[name][1](a)
         if a.rank != 2:
             raise ExprError(f"{name}(e, axis={axis}) needs a matrix, got {shape_str(a.shape)}")
+        if name == "log_sum_exp":  # per column (axis 0) or row (axis 1) of a matrix
+            return _log_sum_exp_axis(a, axis)
         if axis == 0:
             out = E.matmul(E.const(1.0, a.shape[:1]), a)
         else:

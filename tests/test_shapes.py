@@ -62,6 +62,17 @@ VALUES = [
     ("pnorm(x, 1)", lambda v: v["x"].abs().sum(-1)),
     ("X @ X.T", lambda v: v["X"] @ v["X"].mT),
     ("X + c", lambda v: v["X"] + v["c"][..., None, :]),
+    ("log_sum_exp(X, axis=1)", lambda v: torch.logsumexp(v["X"], -1)),
+    ("log_sum_exp(X, axis=0)", lambda v: torch.logsumexp(v["X"], -2)),
+    ("multiply(c, X)", lambda v: v["c"][..., None, :] * v["X"]),
+    ("rel_entr(exp(x), exp(c))", lambda v: torch.exp(v["x"]) * (v["x"] - v["c"])),
+    (
+        "kl_div(exp(x), exp(c))",
+        lambda v: torch.exp(v["x"]) * (v["x"] - v["c"]) - torch.exp(v["x"]) + torch.exp(v["c"]),
+    ),
+    ("inv_pos(exp(x))", lambda v: torch.exp(-v["x"])),
+    ("power(exp(x), 3)", lambda v: torch.exp(3 * v["x"])),
+    ("quad_over_lin(x, exp(x[0]))", lambda v: (v["x"] ** 2).sum(-1) / torch.exp(v["x"][..., 0])),
     ("c * X - 1", lambda v: v["c"][..., None, :] * v["X"] - 1),
     ("X / reshape(sum(X, axis=1), (m, 1))", lambda v: v["X"] / v["X"].sum(-1)[..., None]),
     ("reshape(sum(X, axis=1), (m, 1)) - X", lambda v: v["X"].sum(-1)[..., None] - v["X"]),
@@ -96,6 +107,7 @@ OBJECTIVES = [
     "pnorm(x - c, 3) + sum(pos(x) ** 2) + sum(square(neg(X)))",
     "sum_squares(kron(X, X[0:2, 1:3]) @ hstack([x, x])) + sum(exp(kron(x[0:2], c[1:3] * x[1:3])))",
     "sum_largest(x * c, 2) + max(X @ x) - min(X[0])",
+    "sum(log_sum_exp(X * x[0] + c, axis=1)) + sum(kl_div(exp(x), exp(c)))",
 ]
 
 
