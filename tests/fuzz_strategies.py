@@ -35,9 +35,12 @@ PARAM_POOL = ("a", "b", "c", "A", "B", "G", "Q", "P", "h", "s", "t", "lam", "w")
 VAR_POOL = ("x", "y", "z", "u")
 ELEMENTWISE = (
     "exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "softplus", "square", "abs", "entr",
-    "logistic", "huber",
+    "logistic", "huber", "pos", "neg",
 )  # fmt: skip
-REDUCTIONS = ("sum", "sum_squares", "norm2", "norm1", "log_sum_exp", "mean", "trace")
+REDUCTIONS = (
+    "sum", "sum_squares", "norm2", "norm1", "log_sum_exp", "mean", "trace", "max", "min",
+    "norm_inf",
+)  # fmt: skip
 PROPERTIES = ("symmetric", "psd", "pd", "diagonal", "nonneg")
 
 HOSTILE_STRINGS = (
@@ -191,9 +194,9 @@ def expressions(
     if depth > 0:
         options += ["binary", "binary", "scale", "neg", "elementwise", "power"]
         if not shape:
-            options += ["reduce", "reduce", "dot", "matvec_scalar", "quad_form"]
+            options += ["reduce", "reduce", "dot", "matvec_scalar", "quad_form", "index"]
         elif len(shape) == 1:
-            options += ["matvec", "diag_part"]
+            options += ["matvec", "diag_part", "row", "axis_sum", "maximum"]
         else:
             options += ["transpose", "matmul"] + (["diag"] if shape[0] == shape[1] else [])
     kind = draw(st.sampled_from(options))
@@ -226,6 +229,26 @@ def expressions(
         vectors = [(d,) for d in sorted(ctx.dims)]
         shapes = vectors if reduction == "log_sum_exp" else [(), *vectors, *ctx.matrix_shapes()]
         return f"{reduction}({e(draw(st.sampled_from(shapes)))})"
+    if kind == "index":  # an entry of a vector: x[0], x[-1], x[n - 1]
+        d = draw(st.sampled_from(sorted(ctx.dims)))
+        at = draw(st.sampled_from(["0", "-1", f"{d} - 1", "1"]))
+        return f"({e((d,))})[{at}]"
+    if kind == "row":  # a row or a column of a matrix
+        rows = [s for s in ctx.matrix_shapes() if s[1] == shape[0]]
+        cols = [s for s in ctx.matrix_shapes() if s[0] == shape[0]]
+        if rows and draw(st.booleans()):
+            return f"({e(draw(st.sampled_from(rows)))})[0]"
+        if cols:
+            return f"({e(draw(st.sampled_from(cols)))})[:, -1]"
+        return f"ones({shape[0]})"
+    if kind == "axis_sum":
+        cols = [s for s in ctx.matrix_shapes() if s[1] == shape[0]]
+        if cols:
+            return f"sum({e(draw(st.sampled_from(cols)))}, axis=0)"
+        return f"ones({shape[0]})"
+    if kind == "maximum":
+        op = draw(st.sampled_from(["maximum", "minimum", "max", "min"]))
+        return f"{op}({e(shape)}, {e(shape)})"
     if kind == "dot":
         v = (draw(st.sampled_from(sorted(ctx.dims))),)
         return f"dot({e(v)}, {e(v)})"
@@ -347,8 +370,13 @@ def contexts(draw: st.DrawFn) -> tuple[Context, dict[str, Any], dict[str, Any], 
     var_names = draw(st.lists(st.sampled_from(VAR_POOL), min_size=1, max_size=most, unique=True))
     variables: dict[str, Shape] = {}
     for name in var_names:
-        vector = draw(st.integers(0, 9)) < 9
-        variables[name] = (draw(st.sampled_from(dim_names)),) if vector else ()
+        kind = draw(st.integers(0, 19))  # mostly vectors; scalars and matrices sometimes
+        if kind < 17:
+            variables[name] = (draw(st.sampled_from(dim_names)),)
+        elif kind < 19:
+            variables[name] = ()
+        else:
+            variables[name] = (draw(st.sampled_from(dim_names)), draw(st.sampled_from(dim_names)))
     ctx = Context(dims, params, variables)
     var_data: dict[str, Any] = {}
     for name, shape in variables.items():
