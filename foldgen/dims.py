@@ -5,7 +5,7 @@ Slicing ``x[1:]`` of a vector of size n gives size ``n - 1``, stacking x and y g
 (sympy's expanded form: ``m + n``, ``k*n``, ``T + 1``), so shapes stay plain tuples of
 ``str | int`` that compare by equality, print as Python (the dim names are local variables of
 every generated function) and reach no ``eval``: the text is read back by an `ast` walk that
-accepts only names, integers, ``+``, ``-`` and ``*``.
+accepts only names, integers, ``+``, ``-``, ``*`` and positive integer powers ``**``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,14 @@ def _walk(node: ast.expr, text: str) -> sympy.Expr:
         if isinstance(node.op, ast.Add):
             return a + b
         return a - b if isinstance(node.op, ast.Sub) else a * b
+    if (  # sympy's own text of a product of equal dims: vec of an (n, n) matrix is n**2
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Pow)
+        and isinstance(node.right, ast.Constant)
+        and type(node.right.value) is int
+        and node.right.value > 0
+    ):
+        return _walk(node.left, text) ** node.right.value
     raise DimError(f"'{text}' is not a size expression (dims, integers, +, - and *)")
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from foldgen import expr as E
-from foldgen.derive import gradient, vjp
+from foldgen.affine import affine_map as _affine
+from foldgen.derive import vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import (
     AdmmSettings,
@@ -369,61 +370,6 @@ def _matrix_or_none(matrix: Expr) -> Expr | None:
 
 
 # --------------------------------------------------------------------------- affine maps
-
-
-def _affine(e: Expr, x: Leaf) -> tuple[Expr, Expr] | None:
-    """(A, o) with e = A x + o, A a matrix free of x (a 1×n row for a scalar e), else None."""
-    n = x.shape[0]
-    # The offset e(0) only once e is known affine: 1/(a @ x) or log(x) has no value at 0.
-    if e.rank == 0:
-        a = gradient(e, x)
-        if a.depends_on(x):
-            return None
-        offset = E.substitute(e, {x: E.zero(x.shape)})
-        return E.outer(E.const(1.0, (1,)), a), E.broadcast(offset, (1,))
-    if e.rank != 1:
-        return None
-    w = Leaf("_w", "aux", e.shape)
-    if vjp([(e, w)], [x])[x].depends_on(x):
-        return None  # not affine
-    offset = E.substitute(e, {x: E.zero(x.shape)})
-    matrix = _linear_matrix(E.sub(e, offset), x, n)
-    if matrix is None or matrix.depends_on(x):
-        return None
-    return matrix, offset
-
-
-def _linear_matrix(e: Expr, x: Leaf, n) -> Expr | None:
-    """A with e = A x, for e linear in x built from @, +, and scalings; else None."""
-    if e == x:
-        return E.Eye(n)
-    if not e.depends_on(x):
-        return E.zero((e.shape[0], n)) if e.rank == 1 else None
-    match e:
-        case E.Add(terms=terms):
-            parts = [_linear_matrix(t, x, n) for t in terms if t.depends_on(x)]
-            if any(p is None for p in parts):
-                return None
-            return E.add(*parts)  # type: ignore[arg-type]
-        case E.Mul(a=a, b=b):
-            if a.depends_on(x) and b.depends_on(x):
-                return None
-            scale, inner_e = (a, b) if not a.depends_on(x) else (b, a)
-            if inner_e.rank != 1:
-                return None
-            inner = _linear_matrix(inner_e, x, n)
-            if inner is None:
-                return None
-            if scale.rank == 0:
-                return E.mul(scale, inner)
-            return E.matmul(E.diag(scale), inner)
-        case E.MatMul(a=a, b=b) if a.rank == 2 and b.rank == 1 and not a.depends_on(x):
-            inner = _linear_matrix(b, x, n)
-            return None if inner is None else E.matmul(a, inner)
-        case E.MatMul(a=a, b=b) if a.rank == 1 and b.rank == 2 and not b.depends_on(x):
-            inner = _linear_matrix(a, x, n)
-            return None if inner is None else E.matmul(E.transpose(b), inner)
-    return None
 
 
 def _normalise(matrix: Expr) -> tuple[float, Expr]:
