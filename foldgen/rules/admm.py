@@ -33,6 +33,7 @@ from foldgen.ir import (
     HalfSpace,
     L1Ball,
     Problem,
+    Soc,
     SumEq,
 )
 from foldgen.mathprint import math_str
@@ -63,13 +64,14 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball", "l1ball"]
+ProxKind = Literal["l1", "box", "ball", "l1ball", "soc"]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
     "box": "clamp to [lo, hi]",
     "ball": "projection onto the ball",
     "l1ball": "projection onto the l1 ball (soft-thresholding at the level that meets r)",
+    "soc": "projection onto the second-order cone, shifted by (b, d)",
 }
 
 SQP_HINT = "use rule 'sqp'"
@@ -466,6 +468,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             constraint = ball.replace("⟨z⟩", x.name)
             block = Block("l1ball", None, (center, c.radius), text, constraint, (c.source,))
             balls.append(block)
+        elif isinstance(c, Soc):
+            balls.append(_soc_block(c, x))
         else:
             assert isinstance(c, General)
             rel = c.relation
@@ -499,3 +503,15 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
         matrix = _matrix_or_none(box.matrix)
         blocks.append(Block("box", matrix, (lo, hi), text, constraint, sources))
     return blocks + balls
+
+
+def _soc_block(c: Soc, x: Leaf) -> Block:
+    """‖A x + b‖ ≤ cᵀx + d as the block z = (A x, cᵀx) with g the indicator of the cone
+    shifted by (b, d): its prox projects w + (b, d) onto the cone and subtracts (b, d)."""
+    m = c.A.shape[0]
+    matrix = E.concat([c.A, E.outer(E.const(1.0, (1,)), c.c)], 0)
+    data = (E.broadcast(c.b, (m,)), c.d)
+    cone = f"‖⟨z⟩₁ + {math_str(c.b)}‖ ≤ ⟨z⟩₂ + {math_str(c.d)}"
+    text = f"indicator of {cone}, ⟨z⟩ = (⟨z⟩₁, ⟨z⟩₂) = {_map_text(matrix, x)}"
+    constraint = f"‖{math_str(c.u)}‖ ≤ {math_str(c.t)}"
+    return Block("soc", matrix, data, text, constraint, (c.source,))

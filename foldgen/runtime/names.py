@@ -16,6 +16,7 @@ SETS = {
     "halfspace": "_HALFSPACE",
     "ball": "_BALL",
     "l1ball": "_L1BALL",
+    "soc": "_SOC",
 }
 
 #: ADMM: the prox record (foldgen.runtime.admm) for each block kind.
@@ -24,6 +25,7 @@ PROXES = {
     "box": "_ADMM_BOX",
     "ball": "_ADMM_BALL",
     "l1ball": "_ADMM_L1BALL",
+    "soc": "_ADMM_SOC",
 }
 
 #: PGD: the solve function for each step mode.
