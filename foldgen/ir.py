@@ -637,15 +637,18 @@ def _soc(rel: Relation, diff: Expr, x: Leaf, i: int) -> Soc | None:
 
 
 def _norm_argument(t: Expr) -> tuple[float, Expr] | None:
-    """(s, u) for the term s·‖u‖₂ = s·(Σu²)^½, s > 0 a finite number; else None."""
+    """(s, u) for the term s·‖u‖₂ = s·(Σu²)^½ (or s·sqrt(Σu²)), s > 0 a finite number."""
     scale = 1.0
     if isinstance(t, E.Mul) and isinstance(t.a, E.Const) and t.a.rank == 0:
         scale, t = t.a.value, t.b
     if not (scale > 0 and math.isfinite(scale)):
         return None
-    if not (isinstance(t, E.Pow) and t.exp == E.const(0.5)):
+    if isinstance(t, E.Pow) and t.exp == E.const(0.5):
+        body = t.base
+    elif isinstance(t, E.Func) and t.name == "sqrt":
+        body = t.a
+    else:
         return None
-    body = t.base
     if not (isinstance(body, E.Sum) and isinstance(body.a, E.Pow) and body.a.exp == E.const(2.0)):
         return None
     return scale, body.a.base

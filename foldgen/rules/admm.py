@@ -482,8 +482,9 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
                     ("constraints", c.source),
                     "rule 'admm' splits constraints that are affine in "
                     f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds, Euclidean "
-                    "and l1 balls; this one is none of those (a nonlinear set has no closed-form "
-                    "proximal map here); " + SQP_HINT,
+                    f"and l1 balls, second-order cones norm2(A @ {x.name} + b) <= c @ {x.name} + d; "
+                    "this one is none of those (a nonlinear set has no closed-form proximal map "
+                    "here); " + SQP_HINT,
                 )
             relation(*affine, op, c.source)
     blocks: list[Block] = []

@@ -257,7 +257,8 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
             ("constraints", general[0].source),
             "rule 'pgd' needs a feasible set with a closed-form projection, and this "
             "constraint is not one of the supported families (bounds, an affine equality, "
-            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted sum); "
+            "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted sum, "
+            "the second-order cone norm2(u) <= t of the whole state (u, t)); "
             "use rule 'admm' or 'sqp'",
         )
     if not others:
