@@ -148,7 +148,10 @@ def _run(module, values, settings=None):
     x = layer(**leaves)
     if module.VARIABLES is not None:  # the variables flattened and joined, as packed
         parts = x if isinstance(x, tuple) else (x,)
-        flat = [t.flatten(t.dim() - len(core)) for t, (_, core) in zip(parts, module.VARIABLES)]
+        flat = [  # a scalar variable has no core axis to flatten: reshape, as as_state does
+            t.reshape(*t.shape[: t.dim() - len(core)], -1)
+            for t, (_, core) in zip(parts, module.VARIABLES)
+        ]
         batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
         x = torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], -1)
     (x * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).sum().backward()
