@@ -623,12 +623,12 @@ def _soc(rel: Relation, diff: Expr, x: Leaf, i: int) -> Soc | None:
     rest = E.neg(E.add(*(t for t in terms if t is not norms[0])))  # cᵀx + d
     if not inner.depends_on(x):
         return None
-    u = E.mul(E.const(scale), E.vec(inner)) if scale != 1.0 else E.vec(inner)
-    vector = affine_map(u, x)
-    c = linear_row(rest, x) if rest.depends_on(x) else E.zero(x.shape)
-    if vector is None or c is None:
-        return None
-    try:
+    try:  # a constant that leaves the finite numbers here leaves the relation a General
+        u = E.mul(E.const(scale), E.vec(inner)) if scale != 1.0 else E.vec(inner)
+        vector = affine_map(u, x)
+        c = linear_row(rest, x) if rest.depends_on(x) else E.zero(x.shape)
+        if vector is None or c is None:
+            return None
         d = E.substitute(rest, {x: E.zero(x.shape)})
     except ConstantError:
         return None

@@ -512,7 +512,9 @@ def _soc_block(c: Soc, x: Leaf) -> Block:
     m = c.A.shape[0]
     matrix = E.concat([c.A, E.outer(E.const(1.0, (1,)), c.c)], 0)
     data = (E.broadcast(c.b, (m,)), c.d)
-    cone = f"‖⟨z⟩₁ + {math_str(c.b)}‖ ≤ ⟨z⟩₂ + {math_str(c.d)}"
+    b_text = "" if E.is_zero(c.b) else f" + {math_str(c.b)}"
+    d_text = "" if E.is_zero(c.d) else f" + {math_str(c.d)}"
+    cone = f"‖⟨z⟩₁{b_text}‖ ≤ ⟨z⟩₂{d_text}"
     text = f"indicator of {cone}, ⟨z⟩ = (⟨z⟩₁, ⟨z⟩₂) = {_map_text(matrix, x)}"
     constraint = f"‖{math_str(c.u)}‖ ≤ {math_str(c.t)}"
     return Block("soc", matrix, data, text, constraint, (c.source,))
