@@ -20,8 +20,12 @@ from foldgen.expr import Dim, Expr, Leaf
 
 
 def affine_map(e: Expr, x: Leaf) -> tuple[Expr, Expr] | None:
-    """(A, o) with e = A x + o, A a matrix free of x (a 1×n row for a scalar e), else None."""
+    """(A, o) with e = A x + o, A a matrix free of x (a 1×n row for a scalar e, the map of
+    vec(e) for a matrix e: a matrix relation is one block of its entries, row-major), else
+    None."""
     n = x.shape[0]
+    if e.rank == 2:
+        e = E.vec(e)
     # The offset e(0) only once e is known affine: 1/(a @ x) or log(x) has no value at 0.
     if e.rank == 0:
         a = gradient(e, x)

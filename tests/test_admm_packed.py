@@ -136,6 +136,7 @@ minimize: 0.5 * sum_squares(X - Y) + 0.5 * (t - g) ** 2 + 0.2 * norm1(vec(X))
 constraints:
   - X @ a <= h + t
   - sum(X, axis=0) == k
+  - X <= 0.5 + t
 solver: {rule: admm, rho: 1.0, max_iter: 20000, tol: 1.0e-12}
 backward: {method: direct}
 """
@@ -146,7 +147,7 @@ def matrix_values(batch=(2,), seed=1):
     return {
         "Y": torch.randn(*batch, 3, 4, generator=gen, dtype=F64),
         "a": torch.randn(*batch, 4, generator=gen, dtype=F64),
-        "h": 0.1 * torch.randn(*batch, 3, generator=gen, dtype=F64),
+        "h": 0.1 * torch.randn(*batch, 3, generator=gen, dtype=F64) - 0.8,
         "k": torch.randn(*batch, 4, generator=gen, dtype=F64),
         "g": torch.randn(*batch, generator=gen, dtype=F64),
     }
@@ -161,13 +162,14 @@ def matrix_cvx(v):
         + 0.5 * cp.square(t - v["g"])
         + 0.2 * cp.norm1(cp.vec(X, order="C"))
     )
-    constraints = [X @ v["a"] <= v["h"] + t, cp.sum(X, axis=0) == v["k"]]
+    constraints = [X @ v["a"] <= v["h"] + t, cp.sum(X, axis=0) == v["k"], X <= 0.5 + t]
     cp.Problem(cp.Minimize(f), constraints).solve(solver=cp.CLARABEL, **TIGHT)
     return X.value, t.value
 
 
 def test_matrix_variable_through_products(tmp_path):
-    """X @ a and sum(X, axis=0) have the Kronecker rows kron(I, aᵀ) and kron(1ᵀ, I)."""
+    """X @ a and sum(X, axis=0) have the Kronecker rows kron(I, aᵀ) and kron(1ᵀ, I); the
+    matrix relation X <= 0.5 + t is one block of its entries."""
     module = built(tmp_path, MATRIX, "matrix_rows")
     layer = module.MatrixRows(on_nonconvergence="raise")
     values = matrix_values()
@@ -176,6 +178,9 @@ def test_matrix_variable_through_products(tmp_path):
         ref = matrix_cvx({k: val[i].numpy() for k, val in values.items()})
         np.testing.assert_allclose(X[i].numpy(), ref[0], atol=2e-6)
         np.testing.assert_allclose(t[i].numpy(), ref[1], atol=2e-6)
+    # Both inequalities bind somewhere: neither block is idle.
+    rows = (X @ values["a"][..., None])[..., 0] - values["h"] - t[:, None]
+    assert float(rows.amax()) > -1e-8 and float((X - 0.5 - t[:, None, None]).amax()) > -1e-8
     names = ("Y", "a", "h", "k", "g")
     inputs = tuple(values[k][:1].clone().requires_grad_() for k in names)
 
