@@ -10,6 +10,7 @@ constraints into the families the update rules know:
 - ``Ball``         ‖x − c‖₂ ≤ r
 - ``L1Ball``       ‖x − c‖₁ ≤ r
 - ``Psd``          X − M symmetric positive semidefinite (``X >> M``), X one matrix variable
+- ``Soc``          ‖A x + b‖₂ ≤ cᵀx + d, a second-order cone (a ``General`` to rules without it)
 - ``General``      anything else, kept for rules with general constraint handling
 
 Recognition is by algebra, not by spelling: a constraint is affine in x when the symbolic
@@ -27,6 +28,7 @@ from typing import Literal, TypeVar
 
 from foldgen import dims as dim_arith
 from foldgen import expr as E
+from foldgen.affine import affine_map, linear_row
 from foldgen.derive import gradient, vjp
 from foldgen.errors import RuleError
 from foldgen.expr import ConstantError, Expr, Leaf, NodeBudgetExceeded, ShapeError, shape_str
@@ -166,6 +168,21 @@ class Psd:
 class General:
     relation: Relation
     source: int
+
+
+@dataclass(frozen=True)
+class Soc(General):
+    """‖A x + b‖₂ ≤ cᵀx + d: the affine image (A x + b, cᵀx + d) lies in the second-order
+    cone {(u, t) : ‖u‖ ≤ t}. A subclass of General, so that a rule without a cone handles
+    (or rejects) it as the relation it is; ``u`` and ``t`` are the two sides as expressions."""
+
+    var: Leaf
+    A: Expr  # (m, n)
+    b: Expr  # (m,)
+    c: Expr  # (n,)
+    d: Expr  # scalar
+    u: Expr  # A x + b
+    t: Expr  # cᵀx + d
 
 
 Constraint = AffineEq | SumEq | HalfSpace | Ball | L1Ball | Psd | General
@@ -551,7 +568,7 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
         if largest:
             return ("bounds", largest)
         ball = (_ball(diff, x, i) or _l1_ball(diff, x, i)) if op == "<=" else None
-        return ball or General(rel, i)
+        return ball or (_soc(rel, diff, x, i) if op == "<=" else None) or General(rel, i)
     # Vector constraints: c·x against a bound (c a positive or negative number), or A x = b.
     coeff = _scalar_coefficient(linear, x) if diff.shape == x.shape else None
     if coeff is not None and op == "<=":
@@ -682,3 +699,48 @@ def _psd(diff: Expr, x: Leaf, i: int) -> Psd | None:
     rest = [u for u in terms if not u.depends_on(x)]
     offset = E.neg(E.add(*rest)) if rest else E.zero(diff.shape)
     return Psd(x, E.broadcast(offset, diff.shape), i, block)
+
+
+def _soc(rel: Relation, diff: Expr, x: Leaf, i: int) -> Soc | None:
+    """s‖u‖₂ − (cᵀx + d) ≤ 0 (norm2(u), sqrt(sum_squares(u)), s > 0 a number) with u affine
+    in x and the rest an affine scalar: the second-order cone ‖s u‖ ≤ cᵀx + d. A Euclidean
+    ball (u = x − center, the rest free of x) is recognised before, by `_ball`."""
+    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
+    norms = [t for t in terms if _norm_argument(t) is not None and t.depends_on(x)]
+    if len(norms) != 1:
+        return None
+    found = _norm_argument(norms[0])
+    assert found is not None
+    scale, inner = found
+    rest = E.neg(E.add(*(t for t in terms if t is not norms[0])))  # cᵀx + d
+    if not inner.depends_on(x):
+        return None
+    try:  # a constant that leaves the finite numbers here leaves the relation a General
+        u = E.mul(E.const(scale), E.vec(inner)) if scale != 1.0 else E.vec(inner)
+        vector = affine_map(u, x)
+        c = linear_row(rest, x) if rest.depends_on(x) else E.zero(x.shape)
+        if vector is None or c is None:
+            return None
+        d = E.substitute(rest, {x: E.zero(x.shape)})
+    except ConstantError:
+        return None
+    A, b = vector
+    return Soc(rel, i, x, A, b, c, d, u, rest)
+
+
+def _norm_argument(t: Expr) -> tuple[float, Expr] | None:
+    """(s, u) for the term s·‖u‖₂ = s·(Σu²)^½ (or s·sqrt(Σu²)), s > 0 a finite number."""
+    scale = 1.0
+    if isinstance(t, E.Mul) and isinstance(t.a, E.Const) and t.a.rank == 0:
+        scale, t = t.a.value, t.b
+    if not (scale > 0 and math.isfinite(scale)):
+        return None
+    if isinstance(t, E.Pow) and t.exp == E.const(0.5):
+        body = t.base
+    elif isinstance(t, E.Func) and t.name == "sqrt":
+        body = t.a
+    else:
+        return None
+    if not (isinstance(body, E.Sum) and isinstance(body.a, E.Pow) and body.a.exp == E.const(2.0)):
+        return None
+    return scale, body.a.base

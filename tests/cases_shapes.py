@@ -139,6 +139,23 @@ def _psd_cvx(v):
     return X.value.ravel()
 
 
+def _soc(batch, dtype, gen, n=6):
+    """y anywhere, s between −½‖y‖ and 1.5‖y‖: the projection is y itself (s > ‖y‖) or on the
+    cone's boundary at t = (s + ‖y‖)/2 ≥ ‖y‖/4, away from the apex."""
+    y = _randn(gen, *batch, n, dtype=dtype)
+    scale = -0.5 + 2.0 * _rand(gen, *batch, dtype=dtype)
+    return {"y": y, "s": scale * torch.linalg.vector_norm(y, dim=-1)}
+
+
+def _soc_cvx(v):
+    import cvxpy as cp
+
+    x, t = cp.Variable(v["y"].shape[-1]), cp.Variable()
+    objective = cp.sum_squares(x - v["y"]) + cp.square(t - float(v["s"]))
+    cp.Problem(cp.Minimize(objective), [cp.norm(x, 2) <= t]).solve(solver=cp.CLARABEL, **TIGHT)
+    return np.concatenate([x.value, [t.value]])
+
+
 CASES: dict[str, Case] = {
     "nnls_matrix": Case(_nnls, _nnls_cvx),
     "multiclass_logreg": Case(_logreg, _logreg_cvx),
@@ -146,4 +163,5 @@ CASES: dict[str, Case] = {
     "optimal_transport": Case(_transport, _transport_cvx, unrolled_sqp),
     "exp_cone_projection": Case(_exp_cone, _exp_cone_cvx, unrolled_sqp),
     "psd_projection": Case(_psd, _psd_cvx),
+    "soc_projection": Case(_soc, _soc_cvx),
 }

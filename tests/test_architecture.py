@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "foldgen"
 # A module may import only from its own layer or a lower one.
 LAYERS = [
     {"_version", "errors", "limits", "source", "naming", "runtime", "dims"},
-    {"yamlread", "spec", "expr", "functions", "parse", "derive", "ir"},
+    {"yamlread", "spec", "expr", "functions", "parse", "derive", "affine", "ir"},
     {"printer", "mathprint"},
     {"rules"},
     {"emit", "link"},

@@ -148,7 +148,7 @@ def _run(module, values, settings=None):
     x = layer(**leaves)
     if module.VARIABLES is not None:  # the variables flattened and joined, as packed
         parts = x if isinstance(x, tuple) else (x,)
-        flat = [
+        flat = [  # a scalar variable has no core axis to flatten: reshape, as as_state does
             t.reshape(*t.shape[: t.dim() - len(core)], -1)
             for t, (_, core) in zip(parts, module.VARIABLES)
         ]

@@ -23,7 +23,8 @@ from typing import Literal
 
 from foldgen import dims as dim_arith
 from foldgen import expr as E
-from foldgen.derive import gradient, vjp
+from foldgen.affine import affine_map as _affine
+from foldgen.derive import vjp
 from foldgen.expr import Expr, Leaf
 from foldgen.ir import (
     AdmmSettings,
@@ -34,6 +35,7 @@ from foldgen.ir import (
     L1Ball,
     Problem,
     Psd,
+    Soc,
     SumEq,
 )
 from foldgen.mathprint import math_str
@@ -67,7 +69,7 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd"]
+ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd", "soc"]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
@@ -77,6 +79,7 @@ PROX_TEXT = {
     "ball": "projection onto the ball",
     "l1ball": "projection onto the l1 ball (soft-thresholding at the level that meets r)",
     "psd": "M + V max(Λ, 0) Vᵀ, Λ, V the eigenvalues and -vectors of sym(⟨z⟩ − M)",
+    "soc": "projection onto the second-order cone, shifted by (b, d)",
 }
 
 SQP_HINT = "use rule 'sqp'"
@@ -416,61 +419,6 @@ def _matrix_or_none(matrix: Expr) -> Expr | None:
 # --------------------------------------------------------------------------- affine maps
 
 
-def _affine(e: Expr, x: Leaf) -> tuple[Expr, Expr] | None:
-    """(A, o) with e = A x + o, A a matrix free of x (a 1×n row for a scalar e), else None."""
-    n = x.shape[0]
-    # The offset e(0) only once e is known affine: 1/(a @ x) or log(x) has no value at 0.
-    if e.rank == 0:
-        a = gradient(e, x)
-        if a.depends_on(x):
-            return None
-        offset = E.substitute(e, {x: E.zero(x.shape)})
-        return E.outer(E.const(1.0, (1,)), a), E.broadcast(offset, (1,))
-    if e.rank != 1:
-        return None
-    w = Leaf("_w", "aux", e.shape)
-    if vjp([(e, w)], [x])[x].depends_on(x):
-        return None  # not affine
-    offset = E.substitute(e, {x: E.zero(x.shape)})
-    matrix = _linear_matrix(E.sub(e, offset), x, n)
-    if matrix is None or matrix.depends_on(x):
-        return None
-    return matrix, offset
-
-
-def _linear_matrix(e: Expr, x: Leaf, n) -> Expr | None:
-    """A with e = A x, for e linear in x built from @, +, and scalings; else None."""
-    if e == x:
-        return E.Eye(n)
-    if not e.depends_on(x):
-        return E.zero((e.shape[0], n)) if e.rank == 1 else None
-    match e:
-        case E.Add(terms=terms):
-            parts = [_linear_matrix(t, x, n) for t in terms if t.depends_on(x)]
-            if any(p is None for p in parts):
-                return None
-            return E.add(*parts)  # type: ignore[arg-type]
-        case E.Mul(a=a, b=b):
-            if a.depends_on(x) and b.depends_on(x):
-                return None
-            scale, inner_e = (a, b) if not a.depends_on(x) else (b, a)
-            if inner_e.rank != 1:
-                return None
-            inner = _linear_matrix(inner_e, x, n)
-            if inner is None:
-                return None
-            if scale.rank == 0:
-                return E.mul(scale, inner)
-            return E.matmul(E.diag(scale), inner)
-        case E.MatMul(a=a, b=b) if a.rank == 2 and b.rank == 1 and not a.depends_on(x):
-            inner = _linear_matrix(b, x, n)
-            return None if inner is None else E.matmul(a, inner)
-        case E.MatMul(a=a, b=b) if a.rank == 1 and b.rank == 2 and not b.depends_on(x):
-            inner = _linear_matrix(a, x, n)
-            return None if inner is None else E.matmul(E.transpose(b), inner)
-    return None
-
-
 def _psd_block(c: Psd, x: Leaf) -> Block:
     """The indicator of X − M ⪰ 0 on z = X's n² entries: z = x for the whole state, else
     the rows of the identity that select X's block of the packed state."""
@@ -580,6 +528,8 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
             constraint = ball.replace("⟨z⟩", x.name)
             block = Block("l1ball", None, (center, c.radius), text, constraint, (c.source,))
             balls.append(block)
+        elif isinstance(c, Soc):
+            balls.append(_soc_block(c, x))
         else:
             assert isinstance(c, General)
             rel = c.relation
@@ -594,8 +544,9 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
                     ("constraints", c.source),
                     "rule 'admm' splits constraints that are affine in "
                     f"{x.name} (l <= A @ {x.name} <= u, A @ {x.name} == b), bounds, Euclidean "
-                    "and l1 balls, PSD cones X >> M; this one is none of those (a nonlinear "
-                    "set has no closed-form proximal map here); " + SQP_HINT,
+                    f"and l1 balls, PSD cones X >> M, second-order cones norm2(A @ {x.name} + b) <= c @ {x.name} + d; "
+                    "this one is none of those (a nonlinear set has no closed-form proximal map "
+                    "here); " + SQP_HINT,
                 )
             relation(*affine, op, c.source)
     blocks: list[Block] = []
@@ -615,3 +566,17 @@ def _constraint_blocks(problem: Problem, x: Leaf) -> list[Block]:
         matrix = _matrix_or_none(box.matrix)
         blocks.append(Block("box", matrix, (lo, hi), text, constraint, sources))
     return blocks + balls
+
+
+def _soc_block(c: Soc, x: Leaf) -> Block:
+    """‖A x + b‖ ≤ cᵀx + d as the block z = (A x, cᵀx) with g the indicator of the cone
+    shifted by (b, d): its prox projects w + (b, d) onto the cone and subtracts (b, d)."""
+    m = c.A.shape[0]
+    matrix = E.concat([c.A, E.outer(E.const(1.0, (1,)), c.c)], 0)
+    data = (E.broadcast(c.b, (m,)), c.d)
+    b_text = "" if E.is_zero(c.b) else f" + {math_str(c.b)}"
+    d_text = "" if E.is_zero(c.d) else f" + {math_str(c.d)}"
+    cone = f"‖⟨z⟩₁{b_text}‖ ≤ ⟨z⟩₂{d_text}"
+    text = f"indicator of {cone}, ⟨z⟩ = (⟨z⟩₁, ⟨z⟩₂) = {_map_text(matrix, x)}"
+    constraint = f"‖{math_str(c.u)}‖ ≤ {math_str(c.t)}"
+    return Block("soc", matrix, data, text, constraint, (c.source,))

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from foldgen import dims
 from foldgen import expr as E
 from foldgen.derive import jacobian_diagonal, vjp
 from foldgen.expr import Expr, Leaf
@@ -34,6 +35,7 @@ from foldgen.ir import (
     PgdSettings,
     Problem,
     Psd,
+    Soc,
     SumEq,
 )
 from foldgen.mathprint import math_str
@@ -56,7 +58,7 @@ from foldgen.runtime.names import PGD, PGD_SOLVES, SETS
 INF = float("inf")
 
 ProjectionKind = Literal[
-    "none", "box", "box_sum", "box_wsum", "affine", "halfspace", "ball", "l1ball", "psd"
+    "none", "box", "box_sum", "box_wsum", "affine", "halfspace", "ball", "l1ball", "psd", "soc"
 ]
 
 # The derived functions a PGD module may define, as the problem record names them.
@@ -263,6 +265,9 @@ def _require_smooth(problem: Problem, f: Expr) -> None:
 def _projection(problem: Problem, x: Leaf) -> Projection:
     bound = next((b for b in problem.bounds if b.var == x), None)
     others = [c for c in problem.constraints]
+    cone = _cone_projection(problem, x, bound)
+    if cone is not None:
+        return cone
     general = [c for c in others if isinstance(c, General)]
     if general and general[0].relation.op == ">>":
         raise psd_form_error(problem, general[0].source)
@@ -272,7 +277,8 @@ def _projection(problem: Problem, x: Leaf) -> Projection:
             "rule 'pgd' needs a feasible set with a closed-form projection, and this "
             "constraint is not one of the supported families (bounds, an affine equality, "
             "a half-space, a Euclidean or l1 ball, a capped simplex, bounds with one weighted "
-            "sum, a PSD cone X >> M); use rule 'admm' or 'sqp'",
+            "sum, a PSD cone X >> M, the second-order cone norm2(u) <= t of the whole state "
+            "(u, t)); use rule 'admm' or 'sqp'",
         )
     if not others:
         if bound is None:
@@ -364,3 +370,33 @@ def _bound_text(b: Bound, x: Leaf) -> str:
     lo = f"{math_str(b.lower)} ≤ " if b.lower is not None else ""
     hi = f" ≤ {math_str(b.upper)}" if b.upper is not None else ""
     return f"{lo}{x.name}{hi}"
+
+
+def _cone_projection(problem: Problem, x: Leaf, bound: Bound | None) -> Projection | None:
+    """The second-order cone when it is the whole feasible set and exactly the state ordered
+    as (u, t): ``norm2(x) <= t`` of variables x then t (packed), or ``norm2(x[:-1]) <= x[-1]``
+    of one vector; its projection has a closed form and no data. Else None (another cone
+    is a General to PGD, rejected with the others)."""
+    if bound is not None or len(problem.constraints) != 1:
+        return None
+    c = problem.constraints[0]
+    if not (isinstance(c, Soc) and _canonical_cone(c, x)):
+        return None
+    text = f"‖{math_str(c.u)}‖ ≤ {math_str(c.t)}"
+    return Projection("soc", (), False, text, False)
+
+
+def _canonical_cone(c: Soc, x: Leaf) -> bool:
+    """Whether (u, t) = (x[:-1], x[-1]): as two packed blocks (a vector, then a scalar) or as a
+    slice of one vector variable."""
+    u, t = c.u, c.t
+    if isinstance(u, E.Part) and u.a == x and u.index == 0 and len(u.sizes) == 2:
+        return (
+            u.sizes[1] == 1
+            and isinstance(t, E.Reshape)
+            and isinstance(t.a, E.Part)
+            and (t.a.a, t.a.sizes, t.a.index) == (x, u.sizes, 1)
+        )
+    n = x.shape[0]
+    last = dims.sub(n, 1)
+    return u == E.slice_(x, 0, 0, last) and t == E.reshape(E.slice_(x, 0, last, n), ())

@@ -29,6 +29,8 @@ from foldgen.runtime.projections import (
     _proj_l1ball_vjp,
     _proj_psd,
     _proj_psd_vjp,
+    _proj_soc,
+    _proj_soc_vjp,
     _psd_min_eigenvalue,
     _psd_square,
 )
@@ -312,6 +314,57 @@ _ADMM_PSD = _AdmmProx(
     _admm_psd_recedes,
     None,
     1,
+)
+
+
+# The indicator of the second-order cone ‖z_u + b‖ ≤ z_t + d (data (b, d)) of the block
+# z = (A x, cᵀx): the projection onto the cone K, shifted by the offset o = (b, d).
+
+
+def _admm_soc_offset(w, data):
+    b, d = data
+    batch = torch.broadcast_shapes(w.shape[:-1], b.shape[:-1], d.shape)
+    return torch.cat([b.expand(*batch, b.shape[-1]), d.expand(batch)[..., None]], -1)
+
+
+def _admm_soc_prox(w, data, rho):
+    o = _admm_soc_offset(w, data)
+    return _proj_soc(w + o) - o
+
+
+def _admm_soc_prox_vjp(v, w, data, rho):
+    """w̄ = J_K(w + o)ᵀv and ō = w̄ − v, split into (b̄, d̄)."""
+    o = _admm_soc_offset(w, data)
+    w_bar = _proj_soc_vjp(v, w + o)
+    o_bar = w_bar - v
+    return w_bar, (o_bar[..., :-1], o_bar[..., -1])
+
+
+def _admm_soc_nonempty(data):
+    return torch.ones(data[1].shape, dtype=torch.bool, device=data[1].device)
+
+
+def _admm_soc_support(total, d, data):
+    """total − oᵀδ for δ in the polar cone ‖δ_u‖ ≤ −δ_t (to √eps ‖δ‖), +∞ off it: the support
+    function of K − o."""
+    o = _admm_soc_offset(d, data)
+    size = _norm(d)
+    polar = _norm(d[..., :-1]) + d[..., -1] <= math.sqrt(torch.finfo(d.dtype).eps) * size
+    return total + torch.where(polar, -(o * d).sum(-1), math.inf)
+
+
+def _admm_soc_recedes(e, data, eps, reach):
+    """e in the cone K (the recession cone of K − o), to ε reach."""
+    return _norm(e[..., :-1]) - e[..., -1] <= eps * reach
+
+
+_ADMM_SOC = _AdmmProx(
+    _admm_soc_prox,
+    _admm_soc_prox_vjp,
+    _admm_soc_nonempty,
+    _admm_soc_support,
+    _admm_soc_recedes,
+    None,
 )
 
 

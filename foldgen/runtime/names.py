@@ -17,6 +17,7 @@ SETS = {
     "ball": "_BALL",
     "l1ball": "_L1BALL",
     "psd": "_PSD",
+    "soc": "_SOC",
 }
 
 #: ADMM: the prox record (foldgen.runtime.admm) for each block kind.
@@ -28,6 +29,7 @@ PROXES = {
     "linf": "_ADMM_LINF",
     "sum_largest": "_ADMM_SUM_LARGEST",
     "psd": "_ADMM_PSD",
+    "soc": "_ADMM_SOC",
 }
 
 #: PGD: the solve function for each step mode.

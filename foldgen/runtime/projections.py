@@ -442,3 +442,46 @@ def _psd_min_eigenvalue(x, m):
     w = _psd_square(x - m)
     skew = (0.5 * (w - w.mT)).abs().amax((-2, -1))
     return torch.linalg.eigvalsh(0.5 * (w + w.mT))[..., 0], skew
+
+
+def _proj_soc(y):
+    """Projection onto the second-order cone K = {(u, t) : ‖u‖ ≤ t}; y = (u, t), (..., m + 1).
+
+    With s = ‖u‖: y itself inside (s ≤ t), 0 in the polar cone (s ≤ −t), else the point
+    ((s + t)/(2s)) (u, s) on the cone's boundary (Bauschke's closed form).
+    """
+    u, t = y[..., :-1], y[..., -1]
+    s = torch.linalg.vector_norm(u, dim=-1)  # (...)
+    inside = s <= t
+    polar = s <= -t
+    s_safe = torch.where(inside | polar, 1, s)  # s > |t| ≥ 0 where it is used
+    half = (s + t) / 2  # (...)
+    out = torch.cat([(half / s_safe)[..., None] * u, half[..., None]], -1)  # (..., m + 1)
+    return torch.where(inside[..., None], y, torch.where(polar[..., None], 0, out))
+
+
+def _proj_soc_vjp(v, y):
+    """VJP of _proj_soc; returns y_bar, (..., m + 1).
+
+    Between the cones, with ū = u/s and α = (s + t)/(2s), the Jacobian is symmetric,
+    J = [[α(I − ūūᵀ) + ½ūūᵀ, ½ū], [½ūᵀ, ½]], so with g = ūᵀv_u + v_t:
+    y_bar = (α(v_u − ū ūᵀv_u) + ½ū g, ½g). Inside: v; in the polar cone: 0. A point on the
+    cone's boundary to within 4 ulps counts as between (the boundary's element of the
+    generalized Jacobian, as the ball chooses); the apex and the polar cone's boundary give 0.
+    """
+    shape = torch.broadcast_shapes(v.shape, y.shape)
+    v, y = v.expand(shape), y.expand(shape)
+    u, t = y[..., :-1], y[..., -1]
+    s = torch.linalg.vector_norm(u, dim=-1)  # (...)
+    polar = s <= -t
+    inside = (s < t * (1 - 4 * torch.finfo(y.dtype).eps)) & ~polar
+    between = ~inside & ~polar  # s > |t| here, so s > 0
+    s_safe = torch.where(between, s, 1)
+    unit = u / s_safe[..., None]  # (..., m)
+    v_u, v_t = v[..., :-1], v[..., -1]
+    radial = (unit * v_u).sum(-1)  # (...)
+    alpha = (s + t) / (2 * s_safe)
+    g = radial + v_t
+    u_bar = alpha[..., None] * (v_u - unit * radial[..., None]) + 0.5 * unit * g[..., None]
+    out = torch.cat([u_bar, (0.5 * g)[..., None]], -1)
+    return torch.where(inside[..., None], v, torch.where(between[..., None], out, 0))

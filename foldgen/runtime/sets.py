@@ -31,6 +31,8 @@ from foldgen.runtime.projections import (
     _proj_l1ball_vjp,
     _proj_psd,
     _proj_psd_vjp,
+    _proj_soc,
+    _proj_soc_vjp,
     _psd_min_eigenvalue,
 )
 
@@ -385,3 +387,25 @@ _PSD = _FeasibleSet(
     _same,
     _psd_violation,
 )
+
+
+# The second-order cone ‖u‖ ≤ t on the whole state x = (u, t) (no data: the cone is fixed).
+
+
+def _soc_project(y, d, S):
+    return _proj_soc(y), torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device)
+
+
+def _soc_project_vjp(v, x, y, d, S):
+    return _proj_soc_vjp(v, y), ()
+
+
+def _soc_violation(x, S):
+    """max(‖u‖ − t, 0) relative to ‖u‖ and |t|."""
+    u, t = x[..., :-1], x[..., -1]
+    s = _norm(u)
+    scale = torch.maximum(s, t.abs()).clamp_min(torch.finfo(x.dtype).tiny)
+    return (s - t).clamp_min(0) / scale
+
+
+_SOC = _FeasibleSet((), _same, _soc_project, _soc_project_vjp, _same, _soc_violation)
