@@ -64,7 +64,7 @@ def _mpc(batch, dtype, gen, nx=3, nu=2):
     }
 
 
-def _mpc_cvx(v, T=8):
+def _mpc_cvx(v, T=5):
     import cvxpy as cp
 
     A, B, x0, q, r, umax = v["A"], v["B"], v["x0"], v["q"], v["r"], float(v["umax"])
@@ -76,7 +76,7 @@ def _mpc_cvx(v, T=8):
     return np.concatenate([X.value.ravel(), U.value.ravel()])
 
 
-def _transport(batch, dtype, gen, n=4, m=5):
+def _transport(batch, dtype, gen, n=3, m=4):
     a = 0.5 + _rand(gen, *batch, n, dtype=torch.float64)
     b = 0.5 + _rand(gen, *batch, m, dtype=torch.float64)
     return {
