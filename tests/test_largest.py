@@ -17,6 +17,8 @@ from foldgen.derive import gradient
 from foldgen.errors import SpecError
 from foldgen.parse import parse_expression
 from foldgen.runtime.prox import (
+    _prox_hinge,
+    _prox_hinge_vjp,
     _prox_linf,
     _prox_linf_vjp,
     _prox_sum_largest,
@@ -49,32 +51,41 @@ def test_subgradient_is_the_gradient_away_from_ties(text):
 
 def _prox_reference(v, t, kind, k=1):
     z = cp.Variable(v.shape[0])
-    g = cp.norm_inf(z) if kind == "linf" else cp.sum_largest(z, k)
+    if kind == "hinge":
+        g = cp.sum(cp.pos(z))
+    else:
+        g = cp.norm_inf(z) if kind == "linf" else cp.sum_largest(z, k)
     cp.Problem(cp.Minimize(t * g + 0.5 * cp.sum_squares(z - v))).solve(solver=cp.CLARABEL, **TIGHT)
     return z.value
 
 
-@pytest.mark.parametrize("kind,k", [("linf", 1), ("sum_largest", 1), ("sum_largest", 3)])
+@pytest.mark.parametrize(
+    "kind,k", [("linf", 1), ("sum_largest", 1), ("sum_largest", 3), ("hinge", 1)]
+)
 def test_proxes_match_cvxpy_and_their_vjps_match_differences(kind, k):
     g = torch.Generator().manual_seed(1)
     w = 2 * torch.randn(4, 6, generator=g, dtype=F64)
     o = torch.randn(4, 6, generator=g, dtype=F64)
     t = 0.5 + torch.rand(4, generator=g, dtype=F64)
     kk = torch.full((4,), float(k), dtype=F64)
-    if kind == "linf":
-        out = _prox_linf(w, o, t)
-    else:
-        out = _prox_sum_largest(w, o, t, kk)
+    proxes = {
+        "linf": lambda w, o, t: _prox_linf(w, o, t),
+        "hinge": lambda w, o, t: _prox_hinge(w, o, t),
+        "sum_largest": lambda w, o, t: _prox_sum_largest(w, o, t, kk),
+    }
+    out = proxes[kind](w, o, t)
     for e in range(4):
         ref = _prox_reference((w[e] + o[e]).numpy(), float(t[e]), kind, k) - o[e].numpy()
         np.testing.assert_allclose(out[e].numpy(), ref, atol=1e-7)
 
     def forward(w, o, t):
-        return _prox_linf(w, o, t) if kind == "linf" else _prox_sum_largest(w, o, t, kk)
+        return proxes[kind](w, o, t)
 
     v = torch.randn(4, 6, generator=g, dtype=F64)
     if kind == "linf":
         bars = _prox_linf_vjp(v, w, o, t)
+    elif kind == "hinge":
+        bars = _prox_hinge_vjp(v, w, o, t)
     else:
         bars = _prox_sum_largest_vjp(v, w, o, t, kk)
     # the closed-form VJP against central differences of the forward
@@ -189,3 +200,41 @@ def test_pgd_and_sqp_reject_the_kinks_where_they_are():
         foldgen.compile(text.replace("rule: admm", "rule: sqp"))
     with pytest.raises(SpecError, match=r"has a negative weight"):
         foldgen.compile(_admm_spec("min(A @ x)"))
+
+
+def test_a_soft_margin_svm_splits_its_hinge_off_and_matches_cvxpy():
+    """The SVM as cvxpylayers' and JAXopt's examples write it: weights w, a scalar bias b and
+    the hinge Σ max(1 − y ⊙ (X w + b), 0) (pos of an affine map of the packed (w, b))."""
+    spec = """
+foldgen: 1
+name: svm
+dims: {N: 16, d: 3}
+parameters:
+  X: {shape: [N, d]}
+  y: {shape: [N], grad: false}
+  C: {shape: [], default: 1.0}
+variables:
+  w: {shape: [d]}
+  b: {}
+minimize: 0.5 * sum_squares(w) + C * sum(pos(1 - multiply(y, X @ w + b)))
+solver: {rule: admm, max_iter: 50000, tol: 1.0e-12}
+backward: {method: direct}
+"""
+    layer = foldgen.compile(spec)(on_nonconvergence="raise")
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(2, 16, 3, generator=g, dtype=F64)
+    y = torch.sign(X[..., 0] + 0.5 * torch.randn(2, 16, generator=g, dtype=F64))
+    C = torch.tensor(1.0, dtype=F64)
+    w, b = layer(X, y, C)
+    for e in range(2):
+        wv, bv = cp.Variable(3), cp.Variable()
+        hinge = cp.sum(cp.pos(1 - cp.multiply(y[e].numpy(), X[e].numpy() @ wv + bv)))
+        cp.Problem(cp.Minimize(0.5 * cp.sum_squares(wv) + hinge)).solve(
+            solver=cp.CLARABEL, **TIGHT
+        )
+        np.testing.assert_allclose(w[e].numpy(), wv.value, atol=1e-6)
+        np.testing.assert_allclose(float(b[e]), bv.value, atol=1e-6)
+    inputs = (X[:1].clone().requires_grad_(), C.clone().requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda X, C: layer(X, y[:1], C), inputs, atol=1e-5, fast_mode=True
+    )

@@ -69,11 +69,12 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd", "soc"]
+ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd", "soc", "hinge"]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
     "linf": "w − P(w) with P the projection onto the l1 ball of radius c/ρ (Moreau)",
+    "hinge": "w − c/ρ above c/ρ, 0 on [0, c/ρ], w below 0",
     "sum_largest": "w − P(w) with P the projection onto {0 ≤ u ≤ c/ρ, Σu = k c/ρ} (Moreau)",
     "box": "clamp to [lo, hi]",
     "ball": "projection onto the ball",
@@ -303,13 +304,16 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
             for f in factors
             if isinstance(f, E.Sum)
             and isinstance(f.a, E.Func)
-            and f.a.name == "abs"
+            and f.a.name in ("abs", "pos")
             and f.depends_on(x)
         ]
         found += [
             f
             for f in factors
-            if isinstance(f, E.Func) and f.name == "abs" and f.rank == 0 and f.depends_on(x)
+            if isinstance(f, E.Func)
+            and f.name in ("abs", "pos")
+            and f.rank == 0
+            and f.depends_on(x)
         ]
         found += [f for f in factors if isinstance(f, E.SumLargest) and f.depends_on(x)]
         if not found:
@@ -343,11 +347,16 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
         if affine is None:
             raise problem.error(
                 key,
-                f"rule 'admm' splits off norm1/abs of an affine expression of {x.name} "
+                f"rule 'admm' splits off norm1/abs/pos of an affine expression of {x.name} "
                 f"(A @ {x.name} + b), and '{math_str(arg)}' is not one; " + SQP_HINT,
             )
         matrix, offset = affine
         inner = "⟨z⟩" + ("" if E.is_zero(offset) else f" + {math_str(offset)}")
+        func = core.a if isinstance(core, E.Sum) else core
+        if isinstance(func, E.Func) and func.name == "pos":  # the hinge Σ max(A x + o, 0)
+            text = f"{_weight_text(weight)}Σ max({inner}, 0), ⟨z⟩ = {_map_text(matrix, x)}"
+            blocks.append(Block("hinge", _matrix_or_none(matrix), (offset, weight), text))
+            continue
         text = f"{_weight_text(weight)}‖{inner}‖₁, ⟨z⟩ = {_map_text(matrix, x)}"
         blocks.append(Block("l1", _matrix_or_none(matrix), (offset, weight), text))
     smooth_expr = E.add(*smooth) if smooth else E.zero()

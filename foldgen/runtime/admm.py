@@ -35,6 +35,8 @@ from foldgen.runtime.projections import (
     _psd_square,
 )
 from foldgen.runtime.prox import (
+    _prox_hinge,
+    _prox_hinge_vjp,
     _prox_l1,
     _prox_l1_vjp,
     _prox_linf,
@@ -114,6 +116,29 @@ def _admm_l1_growth(e, data):
 
 
 _ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+
+
+# c Σ max(z + o, 0) (data (o, c)), the hinge: shift down by c/ρ above it, flat on [0, c/ρ].
+
+
+def _admm_hinge_prox(w, data, rho):
+    o, c = data
+    return _prox_hinge(w, o, c / rho)
+
+
+def _admm_hinge_prox_vjp(v, w, data, rho):
+    o, c = data
+    w_bar, o_bar, t_bar = _prox_hinge_vjp(v, w, o, c / rho)
+    return w_bar, (o_bar, t_bar / rho)
+
+
+def _admm_hinge_growth(e, data):
+    return data[1] * e.clamp_min(0).sum(-1)
+
+
+_ADMM_HINGE = _AdmmProx(
+    _admm_hinge_prox, _admm_hinge_prox_vjp, None, None, None, _admm_hinge_growth
+)
 
 
 # c‖z + o‖∞ (data (o, c)): the identity minus the projection onto the l1 ball of radius c/ρ.

@@ -27,6 +27,7 @@ PROXES = {
     "ball": "_ADMM_BALL",
     "l1ball": "_ADMM_L1BALL",
     "linf": "_ADMM_LINF",
+    "hinge": "_ADMM_HINGE",
     "sum_largest": "_ADMM_SUM_LARGEST",
     "psd": "_ADMM_PSD",
     "soc": "_ADMM_SOC",

@@ -90,3 +90,28 @@ def _prox_sum_largest_vjp(v, w, o, t, k):
     t_bar = -(hi_bar.sum(-1) + k * k_bar)
     shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
     return w_bar.expand(shape), (-p_bar).expand(shape), t_bar.expand(shape[:-1])
+
+
+def _prox_hinge(w, o, t):
+    """prox of z -> c sum(max(z + o, 0)) with t = c / rho: with y = w + o, y − t above t,
+    0 on [0, t], y below 0; minus o.
+
+    w, o (..., m); t (...) >= 0.
+    """
+    y = w + o
+    t = t[..., None]
+    return torch.where(y > t, y - t, torch.where(y < 0, y, torch.zeros_like(y))) - o
+
+
+def _prox_hinge_vjp(v, w, o, t):
+    """VJP of _prox_hinge; returns (w_bar, o_bar, t_bar): dz/dw = 1 off [0, t] (0 on it,
+    where the prox is flat), dz/do = dz/dw − 1, dz/dt = −1 above t. A component exactly at 0
+    or t counts as on the flat part."""
+    y = w + o
+    above = y > t[..., None]
+    moving = above | (y < 0)
+    w_bar = torch.where(moving, v, 0)
+    o_bar = torch.where(moving, 0, -v)
+    t_bar = -torch.where(above, v, 0).sum(-1)
+    shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
+    return w_bar.expand(shape), o_bar.expand(shape), t_bar.expand(shape[:-1])
