@@ -155,7 +155,7 @@ class Context:
     def matrix_shapes(self) -> list[Shape]:
         """Matrix shapes some leaf has (a parameter, its transpose, or an identity)."""
         shapes = {(d, d) for d in self.dims}
-        for s in self.params.values():
+        for s in [*self.params.values(), *self.variables.values()]:
             if len(s) == 2:
                 shapes |= {s, s[::-1]}
         return sorted(shapes)
