@@ -551,6 +551,42 @@ def _chain_group(op: ast.operator) -> int | None:
     return _CHAIN_GROUP.get(type(op))
 
 
+#: CVXPY's keyword names of arguments that foldgen takes by position (pnorm(x, p=1)).
+_KEYWORD_POSITIONS = {
+    "pnorm": ("x", "p"),
+    "norm": ("x", "p"),
+    "sum_largest": ("x", "k"),
+    "sum_smallest": ("x", "k"),
+    "huber": ("x", "M"),
+    "reshape": ("expr", "shape"),
+    "power": ("x", "p"),
+    "kl_div": ("x", "y"),
+    "rel_entr": ("x", "y"),
+    "quad_form": ("x", "P"),
+}
+
+
+def _positional(node: ast.Call, name: str) -> ast.Call:
+    """node with CVXPY's keyword arguments of ``name`` moved to their positions (others, such
+    as axis= and order=, stay keywords); a keyword given twice or out of place is an error."""
+    names = _KEYWORD_POSITIONS.get(name)
+    if not names or not any(kw.arg in names for kw in node.keywords):
+        return node
+    args = list(node.args)
+    rest = []
+    given = {kw.arg: kw.value for kw in node.keywords if kw.arg in names}
+    rest = [kw for kw in node.keywords if kw.arg not in names]
+    for position, arg in enumerate(names):
+        if arg not in given:
+            continue
+        if position < len(args):
+            raise ExprError(f"{name}() got {arg} twice (by position and as {arg}=)")
+        if position > len(args):
+            raise ExprError(f"{name}(): {arg}= needs the arguments before it")
+        args.append(given[arg])
+    return ast.Call(func=node.func, args=args, keywords=rest)
+
+
 class _Visitor:
     """Whitelist visitor: every accepted node type has a method; anything else is rejected."""
 
@@ -646,6 +682,7 @@ class _Visitor:
         if not isinstance(node.func, ast.Name):
             raise ExprError("only plain function calls like exp(x) are supported")
         name = node.func.id
+        node = _positional(node, name)
         if name in ("sum", "mean", "log_sum_exp") and node.keywords:
             return self._reduce(name, node)
         if name in ("reshape", "vec") and node.keywords:

@@ -60,6 +60,9 @@ VALUES = [
     ("min(x, 0.5)", lambda v: v["x"].clamp_max(0.5)),
     ("pnorm(x, 3)", lambda v: v["x"].abs().pow(3).sum(-1).pow(1 / 3)),
     ("pnorm(x, 1)", lambda v: v["x"].abs().sum(-1)),
+    ("pnorm(x, p=3)", lambda v: v["x"].abs().pow(3).sum(-1).pow(1 / 3)),
+    ("norm(x, p='inf')", lambda v: v["x"].abs().amax(-1)),
+    ("sum_largest(x, k=2)", lambda v: v["x"].topk(2, -1).values.sum(-1)),
     ("X @ X.T", lambda v: v["X"] @ v["X"].mT),
     ("X + c", lambda v: v["X"] + v["c"][..., None, :]),
     ("log_sum_exp(X, axis=1)", lambda v: torch.logsumexp(v["X"], -1)),
@@ -183,6 +186,8 @@ def test_gradient_of_a_slice_is_zero_outside_it():
         ("pnorm(x, 0.5)", "p >= 1"),
         ("vstack([X, c[0:2]])", "cannot stack"),
         ("kron(X, x)", "kron needs two matrices or two vectors"),
+        ("pnorm(x, 1, p=1)", "pnorm() got p twice"),
+        ("pnorm(x, q=1)", "pnorm() takes no keyword arguments"),
     ],
 )
 def test_shape_errors_name_the_expression(text, fragment):
