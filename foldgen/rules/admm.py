@@ -69,12 +69,15 @@ DERIVED_FIELDS = (
     "block_data_vjp",
 )
 
-ProxKind = Literal["l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd", "soc", "hinge"]
+ProxKind = Literal[
+    "l1", "box", "ball", "l1ball", "linf", "sum_largest", "psd", "soc", "hinge", "l2"
+]
 
 PROX_TEXT = {
     "l1": "soft-thresholding at c/ρ",
     "linf": "w − P(w) with P the projection onto the l1 ball of radius c/ρ (Moreau)",
     "hinge": "w − c/ρ above c/ρ, 0 on [0, c/ρ], w below 0",
+    "l2": "block soft-thresholding w (1 − (c/ρ)/‖w‖)₊",
     "sum_largest": "w − P(w) with P the projection onto {0 ≤ u ≤ c/ρ, Σu = k c/ρ} (Moreau)",
     "box": "clamp to [lo, hi]",
     "ball": "projection onto the ball",
@@ -316,6 +319,7 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
             and f.depends_on(x)
         ]
         found += [f for f in factors if isinstance(f, E.SumLargest) and f.depends_on(x)]
+        found += [f for f in factors if _norm2_argument(f) is not None and f.depends_on(x)]
         if not found:
             smooth.append(term)
             continue
@@ -340,6 +344,10 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
             )
         if isinstance(core, E.SumLargest):
             blocks.append(_largest_block(problem, core, weight, x))
+            continue
+        l2_arg = _norm2_argument(core)
+        if l2_arg is not None:
+            blocks.append(_l2_block(problem, l2_arg, weight, x))
             continue
         assert isinstance(core, (E.Sum, E.Func))
         arg = core.a.a if isinstance(core, E.Sum) and isinstance(core.a, E.Func) else core.a
@@ -372,6 +380,32 @@ def _split_objective(problem: Problem, x: Leaf) -> tuple[Expr, list[Block]]:
                 "expression; " + SQP_HINT,
             )
     return smooth_expr, blocks
+
+
+def _norm2_argument(f: Expr) -> Expr | None:
+    """e for the factor ‖e‖₂ = (Σ e²)^½ of a vector e (not the squared norm: that is smooth)."""
+    if not (isinstance(f, E.Pow) and f.exp == E.const(0.5) and isinstance(f.base, E.Sum)):
+        return None
+    inner = f.base.a
+    if isinstance(inner, E.Pow) and inner.exp == E.const(2.0) and inner.base.rank == 1:
+        return inner.base
+    return None
+
+
+def _l2_block(problem: Problem, arg: Expr, weight: Expr, x: Leaf) -> Block:
+    """c·norm2(A x + o): its prox is block soft-thresholding (the group lasso's), exact at
+    A x + o = 0 where norm2 has no gradient."""
+    affine = _affine(arg, x)
+    if affine is None:
+        raise problem.error(
+            (problem.sense,),
+            f"rule 'admm' splits off norm2 of an affine expression of {x.name} "
+            f"(A @ {x.name} + b), and '{math_str(arg)}' is not one; " + SQP_HINT,
+        )
+    matrix, offset = affine
+    inner = "⟨z⟩" + ("" if E.is_zero(offset) else f" + {math_str(offset)}")
+    text = f"{_weight_text(weight)}‖{inner}‖₂, ⟨z⟩ = {_map_text(matrix, x)}"
+    return Block("l2", _matrix_or_none(matrix), (offset, weight), text)
 
 
 def _largest_block(problem: Problem, core: E.SumLargest, weight: Expr, x: Leaf) -> Block:

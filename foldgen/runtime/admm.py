@@ -39,6 +39,8 @@ from foldgen.runtime.prox import (
     _prox_hinge_vjp,
     _prox_l1,
     _prox_l1_vjp,
+    _prox_l2,
+    _prox_l2_vjp,
     _prox_linf,
     _prox_linf_vjp,
     _prox_sum_largest,
@@ -116,6 +118,27 @@ def _admm_l1_growth(e, data):
 
 
 _ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+
+
+# c‖z + o‖₂ (data (o, c)): block soft-thresholding at c/ρ.
+
+
+def _admm_l2_prox(w, data, rho):
+    o, c = data
+    return _prox_l2(w, o, c / rho)
+
+
+def _admm_l2_prox_vjp(v, w, data, rho):
+    o, c = data
+    w_bar, o_bar, t_bar = _prox_l2_vjp(v, w, o, c / rho)
+    return w_bar, (o_bar, t_bar / rho)
+
+
+def _admm_l2_growth(e, data):
+    return data[1] * torch.linalg.vector_norm(e, dim=-1)
+
+
+_ADMM_L2 = _AdmmProx(_admm_l2_prox, _admm_l2_prox_vjp, None, None, None, _admm_l2_growth)
 
 
 # c Σ max(z + o, 0) (data (o, c)), the hinge: shift down by c/ρ above it, flat on [0, c/ρ].

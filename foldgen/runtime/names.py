@@ -28,6 +28,7 @@ PROXES = {
     "l1ball": "_ADMM_L1BALL",
     "linf": "_ADMM_LINF",
     "hinge": "_ADMM_HINGE",
+    "l2": "_ADMM_L2",
     "sum_largest": "_ADMM_SUM_LARGEST",
     "psd": "_ADMM_PSD",
     "soc": "_ADMM_SOC",

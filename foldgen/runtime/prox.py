@@ -115,3 +115,32 @@ def _prox_hinge_vjp(v, w, o, t):
     t_bar = -torch.where(above, v, 0).sum(-1)
     shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
     return w_bar.expand(shape), o_bar.expand(shape), t_bar.expand(shape[:-1])
+
+
+def _prox_l2(w, o, t):
+    """prox of z -> c |z + o|_2 with t = c / rho (block soft-thresholding, the group lasso's):
+    with y = w + o, y (1 − t/|y|) where |y| > t, else 0; minus o.
+
+    w, o (..., m); t (...) >= 0.
+    """
+    y = w + o
+    s = torch.linalg.vector_norm(y, dim=-1)
+    scale = (1 - t / s.clamp_min(torch.finfo(y.dtype).tiny)).clamp_min(0)
+    return y * scale[..., None] - o
+
+
+def _prox_l2_vjp(v, w, o, t):
+    """VJP of _prox_l2; returns (w_bar, o_bar, t_bar). Where |y| = s > t the Jacobian is
+    (1 − t/s) I + (t/s³) y yᵀ (symmetric) and dz/dt = −y/s; elsewhere it is 0 (|y| = t
+    exactly counts as shrunk to 0)."""
+    y = w + o
+    s = torch.linalg.vector_norm(y, dim=-1)
+    active = s > t
+    safe = torch.where(active, s, torch.ones_like(s))
+    unit = y / safe[..., None]
+    radial = (unit * v).sum(-1)
+    j_v = (1 - t / safe)[..., None] * v + (t / safe * radial)[..., None] * unit
+    w_bar = torch.where(active[..., None], j_v, 0)
+    t_bar = -torch.where(active, radial, 0)
+    shape = torch.broadcast_shapes(v.shape, w.shape, o.shape, t.shape + (1,))
+    return w_bar.expand(shape), (w_bar - v).expand(shape), t_bar.expand(shape[:-1])
