@@ -191,6 +191,8 @@ def expressions(
         options += ["ones"]
     elif shape[0] == shape[1]:
         options += ["eye"]
+    else:
+        options += ["ones"]  # ones(m, n): a non-square shape no leaf may have
     if depth > 0:
         options += ["binary", "binary", "scale", "neg", "elementwise", "power"]
         if not shape:
@@ -205,7 +207,7 @@ def expressions(
     if kind == "number":
         return draw(_NUMBERS)
     if kind == "ones":
-        return f"ones({shape[0]})"
+        return f"ones({', '.join(shape)})"
     if kind == "eye":
         return f"eye({shape[0]})"
     if kind == "binary":
