@@ -213,10 +213,8 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
         "forward_summary": fill(
             f"Solve for each batch element; returns {_returns_text(problem)}.", "        ", 92
         ).lstrip(),
-        "packed": problem.packing is not None,
-        "zero_size": "a variable of size 0"
-        if problem.packing is not None
-        else f"{var.shape[0]} = 0",
+        "packed": packed,
+        "zero_size": "a variable of size 0" if packed else f"{var.shape[0]} = 0",
         "var": {"name": var.name, "dims": var.shape[0]},
         "derived": derived,
         "record": record,

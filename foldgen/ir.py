@@ -580,15 +580,23 @@ def _classify(loaded: LoadedSpec, i: int, rel: Relation, variables: list[Leaf]):
     return General(rel, i)
 
 
-def _largest_bounds(diff: Expr, x: Leaf) -> list[tuple[str, Leaf, Expr]] | None:
-    """max(c·x + o) + r ≤ 0 (also min(x) ≥ r, as max(−x) ≤ −r) and norm_inf(c·x + o) + r
-    ≤ 0, with r free of x, are bounds of x: entrywise c·x + o ≤ −r (and ≥ r for norm_inf)."""
+def _one_term(diff: Expr, x: Leaf) -> tuple[Expr, Expr] | None:
+    """(t, r) with diff = t + r where t is diff's only term that depends on x (r free of x,
+    a zero when nothing else is there), else None: how each set family reads its relation."""
     terms = diff.terms if isinstance(diff, E.Add) else (diff,)
     core = [t for t in terms if t.depends_on(x)]
     if len(core) != 1:
         return None
-    rest = E.add(*(t for t in terms if not t.depends_on(x)))
-    t = core[0]
+    return core[0], E.add(*(t for t in terms if not t.depends_on(x)))
+
+
+def _largest_bounds(diff: Expr, x: Leaf) -> list[tuple[str, Leaf, Expr]] | None:
+    """max(c·x + o) + r ≤ 0 (also min(x) ≥ r, as max(−x) ≤ −r) and norm_inf(c·x + o) + r
+    ≤ 0, with r free of x, are bounds of x: entrywise c·x + o ≤ −r (and ≥ r for norm_inf)."""
+    split = _one_term(diff, x)
+    if split is None:
+        return None
+    t, rest = split
     scale = 1.0
     if isinstance(t, E.Mul) and isinstance(t.a, E.Const) and t.a.rank == 0 and t.a.value > 0:
         scale, t = t.a.value, t.b
@@ -627,12 +635,10 @@ def _scalar_coefficient(linear: Expr, x: Leaf) -> float | None:
 
 def _ball(diff: Expr, x: Leaf, i: int) -> Ball | None:
     """‖x − c‖ − r ≤ 0 or Σ(x − c)² − r ≤ 0, with c and r free of x."""
-    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
-    core = [t for t in terms if t.depends_on(x)]
-    if len(core) != 1:
+    split = _one_term(diff, x)
+    if split is None:
         return None
-    rest = E.neg(E.add(*(t for t in terms if not t.depends_on(x))))
-    t = core[0]
+    t, rest = split[0], E.neg(split[1])
     squared = False
     if isinstance(t, E.Pow) and t.exp == E.const(0.5):
         t = t.base
@@ -651,12 +657,10 @@ def _ball(diff: Expr, x: Leaf, i: int) -> Ball | None:
 def _l1_ball(diff: Expr, x: Leaf, i: int) -> L1Ball | None:
     """s·‖x − c‖₁ − t ≤ 0 (also ‖c − x‖₁, Σ|x − c|), s > 0 a number, c and t free of x:
     the l1 ball of radius t/s."""
-    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
-    core = [t for t in terms if t.depends_on(x)]
-    if len(core) != 1:
+    split = _one_term(diff, x)
+    if split is None:
         return None
-    rest = E.neg(E.add(*(t for t in terms if not t.depends_on(x))))
-    t, scale = core[0], 1.0
+    t, rest, scale = split[0], E.neg(split[1]), 1.0
     if isinstance(t, E.Mul):
         coefficient = t.a
         if not (isinstance(coefficient, E.Const) and coefficient.rank == 0):
@@ -684,11 +688,10 @@ def _l1_ball(diff: Expr, x: Leaf, i: int) -> L1Ball | None:
 def _psd(diff: Expr, x: Leaf, i: int) -> Psd | None:
     """X − M with X exactly one matrix variable (x itself, reshape(x), or its block of the
     packed state) and M free of x; anything else (2·X, Aᵀ X A, X − Y) is not recognised."""
-    terms = diff.terms if isinstance(diff, E.Add) else (diff,)
-    core = [t for t in terms if t.depends_on(x)]
-    if len(core) != 1:
+    split = _one_term(diff, x)
+    if split is None:
         return None
-    t = core[0]
+    t = split[0]
     block: Expr
     if t == x and x.rank == 2:
         block = x
@@ -696,8 +699,7 @@ def _psd(diff: Expr, x: Leaf, i: int) -> Psd | None:
         block = t.a
     else:
         return None
-    rest = [u for u in terms if not u.depends_on(x)]
-    offset = E.neg(E.add(*rest)) if rest else E.zero(diff.shape)
+    offset = E.neg(split[1])
     return Psd(x, E.broadcast(offset, diff.shape), i, block)
 
 

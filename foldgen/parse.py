@@ -198,10 +198,6 @@ def _stack(axis: int) -> Callable[..., Expr]:
     return build
 
 
-def _reshape_row_major(a: Expr, shape: tuple) -> Expr:
-    return E.reshape(a, shape)
-
-
 def _vec(a: Expr) -> Expr:
     return E.vec(a) if a.rank else E.reshape(a, (1,))
 
@@ -782,7 +778,7 @@ class _Visitor:
             shape = tuple(self._size(d, "reshape") for d in args[1].elts)
             if len(shape) > 2:
                 raise ExprError("reshape() gives a scalar, vector or matrix (at most two sizes)")
-            return _reshape_row_major(a, shape)
+            return E.reshape(a, shape)
         if name in ("sum_largest", "sum_smallest"):
             if len(args) != 2:
                 raise ExprError(f"{name}() takes an expression and a count k, e.g. {name}(x, 2)")

@@ -248,7 +248,7 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 c9f4634fc09f0050): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 9ad2d435a00b73b5): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1212,22 +1212,28 @@ class _AdmmProx:
     arity: int = 2  # how many tensors of ``p.block_data`` are its prox data
 
 
-def _admm_l1_prox(w, data, rho):
-    o, c = data
-    return _prox_l1(w, o, c / rho)
+def _weighted_term(prox, prox_vjp, growth):
+    """The block term c·g(z + o) (data (o, c), c ≥ 0) from g's prox at the threshold
+    t = c/ρ, ``prox(w, o, t)``, and its VJP ``prox_vjp(v, w, o, t) -> (w̄, ō, t̄)``: the
+    threshold's cotangent goes back to c as t̄/ρ."""
 
+    def term_prox(w, data, rho):
+        o, c = data
+        return prox(w, o, c / rho)
 
-def _admm_l1_prox_vjp(v, w, data, rho):
-    o, c = data
-    w_bar, o_bar, t_bar = _prox_l1_vjp(v, w, o, c / rho)
-    return w_bar, (o_bar, t_bar / rho)  # the threshold is t = c/ρ
+    def term_prox_vjp(v, w, data, rho):
+        o, c = data
+        w_bar, o_bar, t_bar = prox_vjp(v, w, o, c / rho)
+        return w_bar, (o_bar, t_bar / rho)
+
+    return _AdmmProx(term_prox, term_prox_vjp, None, None, None, growth)
 
 
 def _admm_l1_growth(e, data):
     return data[1] * e.abs().sum(-1)
 
 
-_ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+_ADMM_L1 = _weighted_term(_prox_l1, _prox_l1_vjp, _admm_l1_growth)
 
 
 def _admm_unpack(p, data):

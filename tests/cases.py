@@ -27,6 +27,19 @@ def load_module(name: str, directory: Path = ROOT / "generated"):
     return foldgen.load_generated(directory / f"{name}.py", f"generated_{name}")
 
 
+def as_state(module, out):
+    """The layer's result as one (batch…, N) tensor: a multi-variable spec's tuple of
+    variables flattened and joined in spec order, as the packed state holds them."""
+    if module.VARIABLES is None:
+        return out
+    flat = []
+    for t, (_, core) in zip(out if isinstance(out, tuple) else (out,), module.VARIABLES):
+        batch = t.shape[: t.dim() - len(core)]
+        flat.append(t.reshape(*batch, -1))
+    batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
+    return torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], -1)
+
+
 @dataclass(frozen=True)
 class Case:
     """How to draw inputs for one spec and how to solve it independently."""

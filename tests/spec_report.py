@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cases import CASES, ROOT, SPECS, load_module  # noqa: E402
-from test_battery import as_state, draw, make_layer  # noqa: E402
+from cases import CASES, ROOT, SPECS, as_state, load_module  # noqa: E402
+from test_battery import draw, make_layer  # noqa: E402
 
 from foldgen.build import build  # noqa: E402
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cases import CASES, SPECS, load_module
+from cases import CASES, SPECS, as_state, load_module
 
 from foldgen.runtime.pgd import _lipschitz
 
@@ -41,19 +41,6 @@ def draw(case, batch=(), dtype=F64, seed=0):
 
 def grad_names(module):
     return list(module.GRAD_PARAMETERS)
-
-
-def as_state(module, out):
-    """The layer's result as one (batch…, N) tensor: a multi-variable spec's tuple of
-    variables flattened and joined in spec order, as the packed state holds them."""
-    if module.VARIABLES is None:
-        return out
-    flat = []
-    for t, (_, core) in zip(out if isinstance(out, tuple) else (out,), module.VARIABLES):
-        batch = t.shape[: t.dim() - len(core)]
-        flat.append(t.reshape(*batch, -1))
-    batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
-    return torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], -1)
 
 
 def test_gradcheck(spec):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cases import CASES, SPECS
+from cases import CASES, SPECS, as_state
 
 import foldgen
 from foldgen.build import build
@@ -145,15 +145,7 @@ def _run(module, values, settings=None):
         k: v.clone().requires_grad_() if k in module.GRAD_PARAMETERS else v
         for k, v in values.items()
     }
-    x = layer(**leaves)
-    if module.VARIABLES is not None:  # the variables flattened and joined, as packed
-        parts = x if isinstance(x, tuple) else (x,)
-        flat = [  # a scalar variable has no core axis to flatten: reshape, as as_state does
-            t.reshape(*t.shape[: t.dim() - len(core)], -1)
-            for t, (_, core) in zip(parts, module.VARIABLES)
-        ]
-        batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
-        x = torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], -1)
+    x = as_state(module, layer(**leaves))
     (x * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).sum().backward()
     return x.detach(), {
         k: v.grad for k, v in leaves.items() if getattr(v, "grad", None) is not None

@@ -281,3 +281,12 @@ backward: {method: direct}
     assert float(x[..., 3:].abs().max()) < 1e-9  # the second group is off (x's z is 0)
     inputs = (A[:1].clone().requires_grad_(), b[:1].clone().requires_grad_())
     assert torch.autograd.gradcheck(lambda A, b: layer(A, b, lam), inputs, atol=1e-5)
+
+
+def test_the_sum_largest_block_grows_as_sum_largest_for_the_certificate():
+    from foldgen.runtime.admm import _ADMM_SUM_LARGEST
+
+    e = torch.randn(4, 6, generator=torch.Generator().manual_seed(6), dtype=F64)
+    ck = torch.tensor([0.7, 3.0], dtype=F64).expand(4, 2)
+    expected = 0.7 * e.topk(3, -1).values.sum(-1)
+    torch.testing.assert_close(_ADMM_SUM_LARGEST.growth(e, (None, ck)), expected)

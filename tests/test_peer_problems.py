@@ -5,6 +5,7 @@ is the spec body, the inputs it draws and the CVXPY model of one batch element."
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from cases import as_state
 
 import foldgen
 
@@ -581,25 +583,19 @@ minimize: sum(log_sum_exp_rows(X @ W + c)) - sum(Y * (X @ W + c)) + 0.5 * sum_sq
 }
 
 
-def _flat(out) -> torch.Tensor:
-    parts = out if isinstance(out, tuple) else (out,)
-    batch = 2
-    return torch.cat([p.reshape(batch, -1) for p in parts], -1)
-
-
 @pytest.mark.parametrize("name", list(PEERS))
 def test_peer_problem_builds_matches_cvxpy_and_gradchecks(name):
     peer = PEERS[name]
     cls = foldgen.compile(f"foldgen: 1\nname: {name}\n" + peer.body)
     layer = cls(on_nonconvergence="raise")
     values = peer.data(torch.Generator().manual_seed(0))
-    x = _flat(layer(**values))
+    module = sys.modules[cls.__module__]
+    x = as_state(module, layer(**values))
     for e in range(2):
         reference = peer.cvxpy(
             {k: v[e].numpy() if v.dim() else v.numpy() for k, v in values.items()}
         )
         np.testing.assert_allclose(x[e].numpy(), reference, atol=peer.atol, rtol=0)
-    module = __import__("sys").modules[cls.__module__]
     names = list(module.GRAD_PARAMETERS)
     inputs = tuple(values[n].clone().requires_grad_() for n in names)
 

@@ -151,18 +151,10 @@ def problem_header(problem: Problem, x: str, objective: str) -> list[str]:
 
 
 def single_vector_variable(problem: Problem) -> Variable:
-    """The problem's one vector variable; every rule so far needs exactly that."""
-    rule = problem.solver.rule
-    if len(problem.variables) != 1:
-        raise problem.error(
-            ("variables",),
-            f"rule '{rule}' supports one variable for now; stack them into one vector",
-        )
-    var = problem.variables[0]
-    if var.leaf.rank != 1:
-        raise problem.error(
-            ("variables", var.name, "shape"), f"rule '{rule}' needs a vector variable (shape [n])"
-        )
+    """The problem's one vector variable: lowering packs the spec's variables into one
+    (`foldgen.ir.Packing`) whenever they are several or not a vector."""
+    (var,) = problem.variables
+    assert var.leaf.rank == 1, "ir.lower packs non-vector variables"
     return var
 
 

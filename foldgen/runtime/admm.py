@@ -99,90 +99,61 @@ class _AdmmProx:
     arity: int = 2  # how many tensors of ``p.block_data`` are its prox data
 
 
-# c‖z + o‖₁ (data (o, c)): soft-thresholding at c/ρ.
+def _weighted_term(prox, prox_vjp, growth):
+    """The block term c·g(z + o) (data (o, c), c ≥ 0) from g's prox at the threshold
+    t = c/ρ, ``prox(w, o, t)``, and its VJP ``prox_vjp(v, w, o, t) -> (w̄, ō, t̄)``: the
+    threshold's cotangent goes back to c as t̄/ρ."""
+
+    def term_prox(w, data, rho):
+        o, c = data
+        return prox(w, o, c / rho)
+
+    def term_prox_vjp(v, w, data, rho):
+        o, c = data
+        w_bar, o_bar, t_bar = prox_vjp(v, w, o, c / rho)
+        return w_bar, (o_bar, t_bar / rho)
+
+    return _AdmmProx(term_prox, term_prox_vjp, None, None, None, growth)
 
 
-def _admm_l1_prox(w, data, rho):
-    o, c = data
-    return _prox_l1(w, o, c / rho)
-
-
-def _admm_l1_prox_vjp(v, w, data, rho):
-    o, c = data
-    w_bar, o_bar, t_bar = _prox_l1_vjp(v, w, o, c / rho)
-    return w_bar, (o_bar, t_bar / rho)  # the threshold is t = c/ρ
+# c‖z + o‖₁: soft-thresholding at c/ρ.
 
 
 def _admm_l1_growth(e, data):
     return data[1] * e.abs().sum(-1)
 
 
-_ADMM_L1 = _AdmmProx(_admm_l1_prox, _admm_l1_prox_vjp, None, None, None, _admm_l1_growth)
+_ADMM_L1 = _weighted_term(_prox_l1, _prox_l1_vjp, _admm_l1_growth)
 
 
-# c‖z + o‖₂ (data (o, c)): block soft-thresholding at c/ρ.
-
-
-def _admm_l2_prox(w, data, rho):
-    o, c = data
-    return _prox_l2(w, o, c / rho)
-
-
-def _admm_l2_prox_vjp(v, w, data, rho):
-    o, c = data
-    w_bar, o_bar, t_bar = _prox_l2_vjp(v, w, o, c / rho)
-    return w_bar, (o_bar, t_bar / rho)
+# c‖z + o‖₂: block soft-thresholding at c/ρ.
 
 
 def _admm_l2_growth(e, data):
     return data[1] * torch.linalg.vector_norm(e, dim=-1)
 
 
-_ADMM_L2 = _AdmmProx(_admm_l2_prox, _admm_l2_prox_vjp, None, None, None, _admm_l2_growth)
+_ADMM_L2 = _weighted_term(_prox_l2, _prox_l2_vjp, _admm_l2_growth)
 
 
-# c Σ max(z + o, 0) (data (o, c)), the hinge: shift down by c/ρ above it, flat on [0, c/ρ].
-
-
-def _admm_hinge_prox(w, data, rho):
-    o, c = data
-    return _prox_hinge(w, o, c / rho)
-
-
-def _admm_hinge_prox_vjp(v, w, data, rho):
-    o, c = data
-    w_bar, o_bar, t_bar = _prox_hinge_vjp(v, w, o, c / rho)
-    return w_bar, (o_bar, t_bar / rho)
+# c Σ max(z + o, 0), the hinge: shift down by c/ρ above it, flat on [0, c/ρ].
 
 
 def _admm_hinge_growth(e, data):
     return data[1] * e.clamp_min(0).sum(-1)
 
 
-_ADMM_HINGE = _AdmmProx(
-    _admm_hinge_prox, _admm_hinge_prox_vjp, None, None, None, _admm_hinge_growth
-)
+_ADMM_HINGE = _weighted_term(_prox_hinge, _prox_hinge_vjp, _admm_hinge_growth)
 
 
-# c‖z + o‖∞ (data (o, c)): the identity minus the projection onto the l1 ball of radius c/ρ.
-
-
-def _admm_linf_prox(w, data, rho):
-    o, c = data
-    return _prox_linf(w, o, c / rho)
-
-
-def _admm_linf_prox_vjp(v, w, data, rho):
-    o, c = data
-    w_bar, o_bar, t_bar = _prox_linf_vjp(v, w, o, c / rho)
-    return w_bar, (o_bar, t_bar / rho)
+# c‖z + o‖∞: the identity minus the projection onto the l1 ball of radius c/ρ.
 
 
 def _admm_linf_growth(e, data):
     return data[1] * e.abs().amax(-1)
 
 
-_ADMM_LINF = _AdmmProx(_admm_linf_prox, _admm_linf_prox_vjp, None, None, None, _admm_linf_growth)
+_ADMM_LINF = _weighted_term(_prox_linf, _prox_linf_vjp, _admm_linf_growth)
 
 
 # c·sum_largest(z + o, k) (data (o, (c, k))): the identity minus the projection onto the
@@ -202,9 +173,11 @@ def _admm_sum_largest_prox_vjp(v, w, data, rho):
 
 
 def _admm_sum_largest_growth(e, data):
+    """c·(the sum of e's k largest entries), k read from the data without a host sync."""
     ck = data[1]
-    k = int(ck[..., 1].reshape(-1)[0]) if ck.numel() else 1
-    return ck[..., 0] * e.topk(k, -1).values.sum(-1)
+    ranked = e.sort(-1, descending=True).values
+    first = torch.arange(e.shape[-1], device=e.device) < ck[..., 1:2]
+    return ck[..., 0] * torch.where(first, ranked, 0).sum(-1)
 
 
 _ADMM_SUM_LARGEST = _AdmmProx(
