@@ -234,7 +234,7 @@ SolverSettings = PgdSettings | AdmmSettings | SqpSettings
 class BackwardSettings:
     """How the backward solves its adjoint system, defaults resolved."""
 
-    method: Literal["lfpi", "gmres", "cg", "direct", "auto"]
+    method: Literal["lfpi", "gmres", "cg", "direct", "active_set", "auto"]
     max_iter: int
     tol: float
 

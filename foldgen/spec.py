@@ -237,7 +237,7 @@ class SolverSpec(_Frozen):
 class BackwardSpec(_Frozen):
     """How the backward pass solves its fixed-point linear system."""
 
-    method: Literal["lfpi", "gmres", "cg", "direct", "auto"] = "auto"
+    method: Literal["lfpi", "gmres", "cg", "direct", "active_set", "auto"] = "auto"
     max_iter: _PositiveInt = 500
     tol: _PositiveFloat = 1e-10
 
@@ -342,6 +342,12 @@ class Spec(_Frozen):
             )
         if not self.variables:
             raise _fail("declare at least one variable", ("variables",))
+        if self.backward.method == "active_set" and self.solver.rule != "pgd":
+            raise _fail(
+                f"backward method 'active_set' is PGD's reduced solve; rule "
+                f"'{self.solver.rule}' takes 'auto', 'direct', 'gmres', 'lfpi' or 'cg'",
+                ("backward", "method"),
+            )
         if not self.parameters:
             raise _fail(
                 "declare at least one parameter: the layer's inputs (a problem without any "

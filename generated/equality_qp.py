@@ -239,7 +239,7 @@ def _set_data_vjp(x, _A_bar, _b_bar, P, q, A, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 160a37c00a49bef3): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 1d050e3f0fd39980): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -262,8 +262,12 @@ def _dot(a, b):
 
 
 def _lift(t, rank):
-    """Insert one batch axis just before the core axes (for a dense Jacobian's columns)."""
-    return t.unsqueeze(-rank - 1)
+    """Insert one batch axis just before the core axes (for a dense Jacobian's columns).
+
+    A tensor without batch axes is returned as it is: broadcasting aligns it already, and a
+    lifted (1, m, n) matrix would turn its products into broadcast copies (see `_mv`).
+    """
+    return t.unsqueeze(-rank - 1) if t.dim() > rank else t
 
 
 def _norm(v):
@@ -573,7 +577,7 @@ def _proj_affine_vjp(v, x, y, A, b, W):
     )
 
 
-_BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
+_BACKWARD_METHODS = ("auto", "active_set", "lfpi", "gmres", "cg", "direct")
 
 
 _NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
@@ -940,10 +944,12 @@ def _caller_level(layer):
     return level
 
 
-def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
+def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
     """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
 
     ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    ``structure``, where the rule proves one (PGD's `_ActiveSet`), offers ``solve(phi_t,
+    g)``, the exact reduced solve, and ``dense()``, Φᵀ in closed form for ``direct``.
     An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
     finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
     reporting and the zeroing of its gradients are ``_Fold.backward``'s.
@@ -956,15 +962,22 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     g = torch.where(ok[..., None], g, 0)
     method, tol = layer.backward_method, layer.adjoint_tol
     small = n <= 128 and batch.numel() * n * n <= 2**24  # Φᵀ small enough to materialise
-    if method == "auto":
-        # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
-        method = "direct" if small else "gmres"
+    structured = structure is not None and structure.available
+    if method in ("auto", "active_set"):
+        # The exact reduced solve where the structure is proven; else a dense LU while Φᵀ
+        # is small enough to materialise, else matrix-free GMRES.
+        method = "active_set" if structured else "direct" if small else "gmres"
     dense = []  # Φᵀ as a matrix, built at most once
 
     def solve(name, rhs):
+        if name == "active_set":
+            return structure.solve(phi_t, rhs)
         if name in ("direct", "lstsq"):
             if not dense:
-                dense.append(_dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device))
+                if structured:
+                    dense.append(structure.dense().expand(*batch, n, n))
+                else:
+                    dense.append(_dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device))
             return (_solve_direct if name == "direct" else _solve_lstsq)(dense[0], rhs)
         return _iterative(layer, name, phi_t, rhs, tol)
 
@@ -998,6 +1011,7 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
 #: tolerance (backward_fallback=True): a Krylov method, a dense LU, then the minimum-norm
 #: least-squares solution (the dense ones only while Φᵀ is small enough to materialise).
 _FALLBACKS = {
+    "active_set": ("gmres", "direct", "lstsq"),
     "direct": ("gmres", "lstsq"),
     "gmres": ("direct", "lstsq"),
     "lfpi": ("gmres", "direct", "lstsq"),
@@ -1095,6 +1109,8 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
+    if method == "active_set" and p.rule != "pgd":
+        raise ValueError(f"backward_method: 'active_set' is PGD's reduced solve, not {p.rule}'s")
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
@@ -1198,6 +1214,11 @@ class _FeasibleSet:
     unprepare_bars: object
     violation: object
     empty: str = "the constraints admit no point"  # why a `nonempty` False element has none
+    #: The form of the projection's Jacobian J_P, which the active-set backward relies on:
+    #: "diagonal" (a 0/1 diagonal in any metric: the free set), "projector" (a symmetric
+    #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
+    #: i.e. for a scalar step) or "general" (no structure claimed).
+    jacobian: str = "general"
 
 
 def _same(data):
@@ -1249,6 +1270,7 @@ _AFFINE = _FeasibleSet(
     _same,
     _affine_violation,
     _AFFINE_EMPTY,
+    jacobian="projector",
 )
 
 
@@ -1523,7 +1545,10 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
         S_lifted = tuple(_lift(t, r) for t, r in zip(S, p.set.ranks))
         return _pgd_phi_t(p, _lift(x, 1), _lift(d, 1), S_lifted, lifted)[0]
 
-    v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]))
+    structure = None
+    if layer.backward_method in ("auto", "active_set", "direct"):
+        structure = _ActiveSet(p, x, y, d, S, values)
+    v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]), None, structure)
     # Ψᵀv: through ∇f (scaled by −D) and through the set data.
     w, set_bars = p.set.project_vjp(v, x, y, d, S)
     grads = [None] * len(values)
@@ -1536,6 +1561,150 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
         for index, bar in zip(p.set_grad_indices, _as_tuple(set_grads)):
             grads[index] = bar if grads[index] is None else grads[index] + bar
     return grads
+
+
+#: Entries of a dense Hessian, Jacobian or free block the active-set backward may hold at
+#: once (float64: 128 MiB); beyond it the batch is processed in chunks, or, where a batched
+#: matrix itself would exceed it, the backward falls back to the iterative solvers.
+_DENSE_LIMIT = 2**24
+
+
+def _dense_hessian(p, x, values):
+    """∇²f at x as a matrix, (n, n) where no batched data reaches it (one product per unit
+    vector, for the whole batch), else (..., n, n); None where it would exceed _DENSE_LIMIT.
+
+    The shape is found first on the meta device, so a shared Hessian is never built per
+    element and a too-large batched one is never allocated.
+    """
+    n = x.shape[-1]
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    try:
+        meta = [t.to("meta") for t in (_lift(x, 1), torch.eye(n, dtype=x.dtype, device=x.device))]
+        shape = p.hvp(meta[0], meta[1], *[v.to("meta") for v in lifted]).shape
+    except (RuntimeError, NotImplementedError):  # an op without a meta kernel
+        shape = x.shape + (n,)
+    if math.prod(shape) > max(_DENSE_LIMIT, n * n):
+        return None
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+
+
+class _ActiveSet:
+    """The folded system of PGD on a set whose J_P is a free-set diagonal or an orthogonal
+    projector, solved exactly on the active face instead of iteratively.
+
+    With P = J_Pᵀ a projector that commutes with D (a diagonal P, or a scalar step), the
+    fixed point v = g + (I − ∇²f D) P v gives, for u = D P v,
+    (P ∇²f P + I − P) u = P g: the folded system restricted to the face's tangent space is
+    symmetric, positive definite for convex f, and v = g + D⁻¹u − ∇²f u. For a box P =
+    diag(free) and the system is ∇²f_FF u_F = g_F: one batched Cholesky of the free block,
+    gathered and padded to the batch's largest free set (an LU where Cholesky fails, e.g.
+    for a nonconvex f). ``available`` is False where the structure is not proven.
+    """
+
+    def __init__(self, p, x, y, d, S, values):
+        self.p, self.x, self.d, self.values = p, x, d, values
+        kind = p.set.jacobian
+        self.kind = kind
+        self.available = False
+        if kind == "general" or (kind == "projector" and d.shape[-1] != 1):
+            return
+        H = _dense_hessian(p, x, values)
+        if H is None:
+            return
+        n = x.shape[-1]
+        if kind == "diagonal":
+            ones = torch.ones_like(x)
+            self.free = p.set.project_vjp(ones, x, y, d, S)[0] != 0  # (..., n)
+        else:
+            if math.prod(x.shape[:-1]) * n * n > _DENSE_LIMIT:
+                return
+            eye = torch.eye(n, dtype=x.dtype, device=x.device)
+            S_lifted = tuple(_lift(t, r) for t, r in zip(S, p.set.ranks))
+            # rows Pᵀeᵢ of the lifted VJP: P itself (symmetric)
+            self.P = p.set.project_vjp(eye, _lift(x, 1), _lift(y, 1), _lift(d, 1), S_lifted)[0]
+        self.H = H
+        self.available = True
+
+    def dense(self):
+        """Φᵀ = (I − ∇²f D) P as a matrix, in closed form (no product per unit vector)."""
+        H, d = self.H, self.d
+        n = self.x.shape[-1]
+        eye = torch.eye(n, dtype=H.dtype, device=H.device)
+        if self.kind == "diagonal":
+            return (eye - H * d[..., None, :]) * self.free[..., None, :].to(H.dtype)
+        return self.P - (H * d[..., None, :]) @ self.P
+
+    def solve(self, phi_t, g):
+        """(v, iterations, residual) as the iterative solvers return them; the residual is
+        that of (I − Φᵀ) v = g through ``phi_t`` itself, so a solve that does not fit the
+        structure (an asymmetric Hessian, a singular block) is seen and falls back."""
+        batch, n = g.shape[:-1], g.shape[-1]
+        scale = g.abs().amax(-1).clamp_min(torch.finfo(g.dtype).tiny)[..., None]
+        rhs = g / scale
+        if self.kind == "diagonal":
+            u = _free_block_solve(self.H, self.free.expand(*batch, n), rhs)
+        else:
+            P = self.P.expand(*batch, n, n)
+            M = P @ self.H @ P + torch.eye(n, dtype=g.dtype, device=g.device) - P
+            u = _spd_solve(M, _mv(P, rhs))
+        v = rhs + u / self.d - self.p.hvp(self.x, u, *self.values)
+        r = v - phi_t(v) - rhs
+        residual = _norm(r) / _norm(rhs).clamp_min(torch.finfo(g.dtype).tiny)
+        residual = torch.where(torch.isfinite(residual), residual, math.inf)
+        iterations = torch.ones(batch, dtype=torch.int64, device=g.device)
+        return torch.where(torch.isfinite(v), v, 0) * scale, iterations, residual
+
+
+def _spd_solve(M, b):
+    """M⁻¹b per element: Cholesky where M is positive definite, LU where it is not; NaN
+    where M is singular (the caller's residual check sees it)."""
+    L, info = torch.linalg.cholesky_ex(M)
+    # two triangular solves: batched, they run several times faster than cholesky_solve
+    y = torch.linalg.solve_triangular(L, b[..., None], upper=False)
+    x = torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0]
+    failed = info != 0
+    if bool(failed.any()):
+        lu, lu_info = torch.linalg.solve_ex(M, b[..., None])
+        lu = torch.where((lu_info == 0)[..., None], lu[..., 0], math.nan)
+        x = torch.where(failed[..., None], lu, x)
+    return x
+
+
+def _free_block_solve(H, free, b):
+    """u with ∇²f_FF u_F = b_F on each element's free set F and u = 0 off it.
+
+    The free indices are gathered to the front (stable order) and the blocks padded with
+    identity rows to the largest free set k; a shared H is indexed per element without a
+    (B, n, n) copy, and the batch is processed in chunks of at most _DENSE_LIMIT entries.
+    """
+    batch, n = free.shape[:-1], free.shape[-1]
+    free, b = free.reshape(-1, n), b.reshape(-1, n)
+    shared = H.dim() == 2
+    if not shared:
+        H = H.expand(*batch, n, n).reshape(-1, n, n)
+    counts = free.sum(-1)  # (B,)
+    k = int(counts.max()) if counts.numel() else 0
+    u = torch.zeros_like(b)
+    if k == 0:
+        return u.reshape(*batch, n)
+    order = torch.argsort((~free).to(torch.int8), dim=-1, stable=True)[:, :k]  # free first
+    eye = torch.eye(k, dtype=b.dtype, device=b.device)
+    chunk = max(1, _DENSE_LIMIT // (k * k))
+    for start in range(0, b.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        idx = order[rows]  # (c, k)
+        valid = torch.arange(k, device=b.device) < counts[rows, None]  # (c, k)
+        if shared:  # one flat gather: several times faster than H[rows, columns]
+            block = H.reshape(-1)[idx[:, :, None] * n + idx[:, None, :]]  # (c, k, k)
+        else:
+            block = torch.take_along_dim(H[rows], idx[:, :, None], 1)
+            block = torch.take_along_dim(block, idx[:, None, :], 2)
+        block = torch.where(valid[:, :, None] & valid[:, None, :], block, eye)
+        rhs = torch.where(valid, torch.take_along_dim(b[rows], idx, 1), 0)
+        solution = torch.where(valid, _spd_solve(block, rhs), 0)
+        u[rows] = u[rows].scatter(1, idx, solution)
+    return u.reshape(*batch, n)
 
 
 # =============================================================================================

@@ -258,7 +258,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, _bar3, _bar4, P, q, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 7d843398be3c899e): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 af5bc9c2054d3955): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -281,8 +281,12 @@ def _dot(a, b):
 
 
 def _lift(t, rank):
-    """Insert one batch axis just before the core axes (for a dense Jacobian's columns)."""
-    return t.unsqueeze(-rank - 1)
+    """Insert one batch axis just before the core axes (for a dense Jacobian's columns).
+
+    A tensor without batch axes is returned as it is: broadcasting aligns it already, and a
+    lifted (1, m, n) matrix would turn its products into broadcast copies (see `_mv`).
+    """
+    return t.unsqueeze(-rank - 1) if t.dim() > rank else t
 
 
 def _norm(v):
@@ -553,7 +557,7 @@ def _proj_box_vjp(v, y, lo, hi):
     return y_bar, lo_bar, hi_bar
 
 
-_BACKWARD_METHODS = ("auto", "lfpi", "gmres", "cg", "direct")
+_BACKWARD_METHODS = ("auto", "active_set", "lfpi", "gmres", "cg", "direct")
 
 
 _NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
@@ -920,10 +924,12 @@ def _caller_level(layer):
     return level
 
 
-def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
+def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
     """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
 
     ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
+    ``structure``, where the rule proves one (PGD's `_ActiveSet`), offers ``solve(phi_t,
+    g)``, the exact reduced solve, and ``dense()``, Φᵀ in closed form for ``direct``.
     An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
     finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
     reporting and the zeroing of its gradients are ``_Fold.backward``'s.
@@ -936,15 +942,22 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
     g = torch.where(ok[..., None], g, 0)
     method, tol = layer.backward_method, layer.adjoint_tol
     small = n <= 128 and batch.numel() * n * n <= 2**24  # Φᵀ small enough to materialise
-    if method == "auto":
-        # Dense LU while Φᵀ is small enough to materialise, else matrix-free GMRES.
-        method = "direct" if small else "gmres"
+    structured = structure is not None and structure.available
+    if method in ("auto", "active_set"):
+        # The exact reduced solve where the structure is proven; else a dense LU while Φᵀ
+        # is small enough to materialise, else matrix-free GMRES.
+        method = "active_set" if structured else "direct" if small else "gmres"
     dense = []  # Φᵀ as a matrix, built at most once
 
     def solve(name, rhs):
+        if name == "active_set":
+            return structure.solve(phi_t, rhs)
         if name in ("direct", "lstsq"):
             if not dense:
-                dense.append(_dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device))
+                if structured:
+                    dense.append(structure.dense().expand(*batch, n, n))
+                else:
+                    dense.append(_dense_from_matvec(dense_phi_t(), batch, n, g.dtype, g.device))
             return (_solve_direct if name == "direct" else _solve_lstsq)(dense[0], rhs)
         return _iterative(layer, name, phi_t, rhs, tol)
 
@@ -978,6 +991,7 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None):
 #: tolerance (backward_fallback=True): a Krylov method, a dense LU, then the minimum-norm
 #: least-squares solution (the dense ones only while Φᵀ is small enough to materialise).
 _FALLBACKS = {
+    "active_set": ("gmres", "direct", "lstsq"),
     "direct": ("gmres", "lstsq"),
     "gmres": ("direct", "lstsq"),
     "lfpi": ("gmres", "direct", "lstsq"),
@@ -1075,6 +1089,8 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
+    if method == "active_set" and p.rule != "pgd":
+        raise ValueError(f"backward_method: 'active_set' is PGD's reduced solve, not {p.rule}'s")
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -125,9 +125,13 @@ def test_forward_matches_cvxpy(name):
         np.testing.assert_allclose(x.numpy(), reference, atol=2e-6)
 
 
-@pytest.mark.parametrize("method", ["direct", "gmres", "lfpi"])
+@pytest.mark.parametrize("method", ["direct", "gmres", "lfpi", "active_set"])
 def test_backward_methods_agree(spec, method):
     name, module, case = spec
+    if method == "active_set" and module.PROBLEM.rule != "pgd":
+        with pytest.raises(ValueError, match="active_set"):
+            make_layer(module, backward_method=method)
+        return
     values = draw(case, batch=(4,), seed=3)
     reference_layer = make_layer(module, backward_method="direct")
     weight = torch.randn(
@@ -142,6 +146,11 @@ def test_backward_methods_agree(spec, method):
     converged = layer.backward_info.converged
     if method != "lfpi":
         assert bool(converged.all())
+    if method == "active_set":  # the reduced solve runs wherever the structure is proven:
+        # J_P a free-set diagonal, or an orthogonal projector under a scalar step
+        jacobian, step = module.PROBLEM.set.jacobian, layer.info.alpha.shape[-1]
+        structured = jacobian == "diagonal" or (jacobian == "projector" and step == 1)
+        assert layer.backward_info.method == ("active_set" if structured else "direct")
     for n in grads:
         scale = reference[n].abs().max().clamp_min(1.0)
         diff = (grads[n] - reference[n]).abs()

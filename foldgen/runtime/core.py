@@ -26,8 +26,12 @@ def _expand(s, core):
 
 
 def _lift(t, rank):
-    """Insert one batch axis just before the core axes (for a dense Jacobian's columns)."""
-    return t.unsqueeze(-rank - 1)
+    """Insert one batch axis just before the core axes (for a dense Jacobian's columns).
+
+    A tensor without batch axes is returned as it is: broadcasting aligns it already, and a
+    lifted (1, m, n) matrix would turn its products into broadcast copies (see `_mv`).
+    """
+    return t.unsqueeze(-rank - 1) if t.dim() > rank else t
 
 
 def _norm(v):

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from foldgen.runtime.core import _as_tuple, _lift, _norm
+from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
 from foldgen.runtime.layer import _DIVERGED, SolveInfo, _adjoint, _report_groups, _trend
 
 _RUNAWAY = 0.5
@@ -432,7 +432,10 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
         S_lifted = tuple(_lift(t, r) for t, r in zip(S, p.set.ranks))
         return _pgd_phi_t(p, _lift(x, 1), _lift(d, 1), S_lifted, lifted)[0]
 
-    v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]))
+    structure = None
+    if layer.backward_method in ("auto", "active_set", "direct"):
+        structure = _ActiveSet(p, x, y, d, S, values)
+    v = _adjoint(layer, phi_t, dense_phi_t, grad_x.expand(*batch, x.shape[-1]), None, structure)
     # Ψᵀv: through ∇f (scaled by −D) and through the set data.
     w, set_bars = p.set.project_vjp(v, x, y, d, S)
     grads = [None] * len(values)
@@ -445,3 +448,147 @@ def _pgd_pullback(p, layer, x, values, state, grad_x):
         for index, bar in zip(p.set_grad_indices, _as_tuple(set_grads)):
             grads[index] = bar if grads[index] is None else grads[index] + bar
     return grads
+
+
+#: Entries of a dense Hessian, Jacobian or free block the active-set backward may hold at
+#: once (float64: 128 MiB); beyond it the batch is processed in chunks, or, where a batched
+#: matrix itself would exceed it, the backward falls back to the iterative solvers.
+_DENSE_LIMIT = 2**24
+
+
+def _dense_hessian(p, x, values):
+    """∇²f at x as a matrix, (n, n) where no batched data reaches it (one product per unit
+    vector, for the whole batch), else (..., n, n); None where it would exceed _DENSE_LIMIT.
+
+    The shape is found first on the meta device, so a shared Hessian is never built per
+    element and a too-large batched one is never allocated.
+    """
+    n = x.shape[-1]
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    try:
+        meta = [t.to("meta") for t in (_lift(x, 1), torch.eye(n, dtype=x.dtype, device=x.device))]
+        shape = p.hvp(meta[0], meta[1], *[v.to("meta") for v in lifted]).shape
+    except (RuntimeError, NotImplementedError):  # an op without a meta kernel
+        shape = x.shape + (n,)
+    if math.prod(shape) > max(_DENSE_LIMIT, n * n):
+        return None
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+
+
+class _ActiveSet:
+    """The folded system of PGD on a set whose J_P is a free-set diagonal or an orthogonal
+    projector, solved exactly on the active face instead of iteratively.
+
+    With P = J_Pᵀ a projector that commutes with D (a diagonal P, or a scalar step), the
+    fixed point v = g + (I − ∇²f D) P v gives, for u = D P v,
+    (P ∇²f P + I − P) u = P g: the folded system restricted to the face's tangent space is
+    symmetric, positive definite for convex f, and v = g + D⁻¹u − ∇²f u. For a box P =
+    diag(free) and the system is ∇²f_FF u_F = g_F: one batched Cholesky of the free block,
+    gathered and padded to the batch's largest free set (an LU where Cholesky fails, e.g.
+    for a nonconvex f). ``available`` is False where the structure is not proven.
+    """
+
+    def __init__(self, p, x, y, d, S, values):
+        self.p, self.x, self.d, self.values = p, x, d, values
+        kind = p.set.jacobian
+        self.kind = kind
+        self.available = False
+        if kind == "general" or (kind == "projector" and d.shape[-1] != 1):
+            return
+        H = _dense_hessian(p, x, values)
+        if H is None:
+            return
+        n = x.shape[-1]
+        if kind == "diagonal":
+            ones = torch.ones_like(x)
+            self.free = p.set.project_vjp(ones, x, y, d, S)[0] != 0  # (..., n)
+        else:
+            if math.prod(x.shape[:-1]) * n * n > _DENSE_LIMIT:
+                return
+            eye = torch.eye(n, dtype=x.dtype, device=x.device)
+            S_lifted = tuple(_lift(t, r) for t, r in zip(S, p.set.ranks))
+            # rows Pᵀeᵢ of the lifted VJP: P itself (symmetric)
+            self.P = p.set.project_vjp(eye, _lift(x, 1), _lift(y, 1), _lift(d, 1), S_lifted)[0]
+        self.H = H
+        self.available = True
+
+    def dense(self):
+        """Φᵀ = (I − ∇²f D) P as a matrix, in closed form (no product per unit vector)."""
+        H, d = self.H, self.d
+        n = self.x.shape[-1]
+        eye = torch.eye(n, dtype=H.dtype, device=H.device)
+        if self.kind == "diagonal":
+            return (eye - H * d[..., None, :]) * self.free[..., None, :].to(H.dtype)
+        return self.P - (H * d[..., None, :]) @ self.P
+
+    def solve(self, phi_t, g):
+        """(v, iterations, residual) as the iterative solvers return them; the residual is
+        that of (I − Φᵀ) v = g through ``phi_t`` itself, so a solve that does not fit the
+        structure (an asymmetric Hessian, a singular block) is seen and falls back."""
+        batch, n = g.shape[:-1], g.shape[-1]
+        scale = g.abs().amax(-1).clamp_min(torch.finfo(g.dtype).tiny)[..., None]
+        rhs = g / scale
+        if self.kind == "diagonal":
+            u = _free_block_solve(self.H, self.free.expand(*batch, n), rhs)
+        else:
+            P = self.P.expand(*batch, n, n)
+            M = P @ self.H @ P + torch.eye(n, dtype=g.dtype, device=g.device) - P
+            u = _spd_solve(M, _mv(P, rhs))
+        v = rhs + u / self.d - self.p.hvp(self.x, u, *self.values)
+        r = v - phi_t(v) - rhs
+        residual = _norm(r) / _norm(rhs).clamp_min(torch.finfo(g.dtype).tiny)
+        residual = torch.where(torch.isfinite(residual), residual, math.inf)
+        iterations = torch.ones(batch, dtype=torch.int64, device=g.device)
+        return torch.where(torch.isfinite(v), v, 0) * scale, iterations, residual
+
+
+def _spd_solve(M, b):
+    """M⁻¹b per element: Cholesky where M is positive definite, LU where it is not; NaN
+    where M is singular (the caller's residual check sees it)."""
+    L, info = torch.linalg.cholesky_ex(M)
+    # two triangular solves: batched, they run several times faster than cholesky_solve
+    y = torch.linalg.solve_triangular(L, b[..., None], upper=False)
+    x = torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0]
+    failed = info != 0
+    if bool(failed.any()):
+        lu, lu_info = torch.linalg.solve_ex(M, b[..., None])
+        lu = torch.where((lu_info == 0)[..., None], lu[..., 0], math.nan)
+        x = torch.where(failed[..., None], lu, x)
+    return x
+
+
+def _free_block_solve(H, free, b):
+    """u with ∇²f_FF u_F = b_F on each element's free set F and u = 0 off it.
+
+    The free indices are gathered to the front (stable order) and the blocks padded with
+    identity rows to the largest free set k; a shared H is indexed per element without a
+    (B, n, n) copy, and the batch is processed in chunks of at most _DENSE_LIMIT entries.
+    """
+    batch, n = free.shape[:-1], free.shape[-1]
+    free, b = free.reshape(-1, n), b.reshape(-1, n)
+    shared = H.dim() == 2
+    if not shared:
+        H = H.expand(*batch, n, n).reshape(-1, n, n)
+    counts = free.sum(-1)  # (B,)
+    k = int(counts.max()) if counts.numel() else 0
+    u = torch.zeros_like(b)
+    if k == 0:
+        return u.reshape(*batch, n)
+    order = torch.argsort((~free).to(torch.int8), dim=-1, stable=True)[:, :k]  # free first
+    eye = torch.eye(k, dtype=b.dtype, device=b.device)
+    chunk = max(1, _DENSE_LIMIT // (k * k))
+    for start in range(0, b.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        idx = order[rows]  # (c, k)
+        valid = torch.arange(k, device=b.device) < counts[rows, None]  # (c, k)
+        if shared:  # one flat gather: several times faster than H[rows, columns]
+            block = H.reshape(-1)[idx[:, :, None] * n + idx[:, None, :]]  # (c, k, k)
+        else:
+            block = torch.take_along_dim(H[rows], idx[:, :, None], 1)
+            block = torch.take_along_dim(block, idx[:, None, :], 2)
+        block = torch.where(valid[:, :, None] & valid[:, None, :], block, eye)
+        rhs = torch.where(valid, torch.take_along_dim(b[rows], idx, 1), 0)
+        solution = torch.where(valid, _spd_solve(block, rhs), 0)
+        u[rows] = u[rows].scatter(1, idx, solution)
+    return u.reshape(*batch, n)

@@ -48,6 +48,11 @@ class _FeasibleSet:
     unprepare_bars: object
     violation: object
     empty: str = "the constraints admit no point"  # why a `nonempty` False element has none
+    #: The form of the projection's Jacobian J_P, which the active-set backward relies on:
+    #: "diagonal" (a 0/1 diagonal in any metric: the free set), "projector" (a symmetric
+    #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
+    #: i.e. for a scalar step) or "general" (no structure claimed).
+    jacobian: str = "general"
 
 
 def _same(data):
@@ -82,7 +87,15 @@ def _space_violation(x, S):
     return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
 
 
-_SPACE = _FeasibleSet((), _same, _space_project, _space_project_vjp, _same, _space_violation)
+_SPACE = _FeasibleSet(
+    (),
+    _same,
+    _space_project,
+    _space_project_vjp,
+    _same,
+    _space_violation,
+    jacobian="diagonal",
+)
 
 
 # The box lo ≤ x ≤ hi (clamp; any metric gives the same projection).
@@ -114,6 +127,7 @@ _BOX = _FeasibleSet(
     _same,
     _box_violation,
     "the bounds conflict: a lower bound exceeds its upper bound",
+    jacobian="diagonal",
 )
 
 
@@ -148,6 +162,7 @@ _BOX_SUM = _FeasibleSet(
     _box_sum_violation,
     "the bounds and the sum constraint conflict: lo > hi somewhere, or sum(lo) > k, or "
     "sum(hi) < k",
+    jacobian="projector",
 )
 
 
@@ -183,6 +198,7 @@ _BOX_WSUM = _FeasibleSet(
     _box_wsum_violation,
     "the bounds and the weighted sum conflict: lo > hi somewhere, or c lies outside the "
     "range of wᵀx over the box",
+    jacobian="projector",
 )
 
 
@@ -243,6 +259,7 @@ _AFFINE = _FeasibleSet(
     _same,
     _affine_violation,
     _AFFINE_EMPTY,
+    jacobian="projector",
 )
 _AFFINE_ROW = _FeasibleSet(
     (2, 1, 2),
@@ -252,6 +269,7 @@ _AFFINE_ROW = _FeasibleSet(
     _affine_row_unprepare,
     _affine_violation,
     _AFFINE_EMPTY,
+    jacobian="projector",
 )
 
 
@@ -284,6 +302,7 @@ _HALFSPACE = _FeasibleSet(
     _same,
     _halfspace_violation,
     "the half-space is empty: a = 0 with b < 0",
+    jacobian="projector",
 )
 
 
@@ -349,6 +368,7 @@ _L1BALL = _FeasibleSet(
     _same,
     _l1ball_violation,
     "the l1 ball is empty: its radius is negative",
+    jacobian="projector",
 )
 
 
