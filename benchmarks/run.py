@@ -1,14 +1,19 @@
 """foldgen against its peers, side by side on the same data, in one process.
 
-    python benchmarks/run.py --threads 1  # the full table and study (27 min on 2 cores)
-    python benchmarks/run.py --quick      # small sizes, a smoke run (about 1.5 min)
-    python benchmarks/run.py --render     # table.md and backward.png again from results.csv
+    python benchmarks/run.py --threads 1            # the full table and study (~35 min, 2 cores)
+    python benchmarks/run.py --threads 1 --scaling  # the scaling study alone (~5 min)
+    python benchmarks/run.py --quick                # small sizes, a smoke run (about 2 min)
+    python benchmarks/run.py --render               # the tables and plots again from the CSVs
 
-Prints a markdown table and writes results.csv, table.md, backward.png, convergence.csv and
-convergence.png to --out (default benchmarks/results). Times are medians of repeated runs
-(forward: one solve, inputs requiring grad; backward: one gradient of ⟨g, x*⟩ on a recorded
-forward); memory is the peak of live torch tensors during forward + backward; the gradient
-error is relative to the float64 dense KKT implicit-differentiation reference.
+Prints markdown tables and writes results.csv, table.md, times.png, convergence.csv and
+convergence.png (with --scaling: scaling.csv, scaling.md, scaling.png) to --out (default
+benchmarks/results). Times are medians of repeated runs (forward: one solve, inputs requiring
+grad; backward: one gradient of ⟨g, x*⟩ on a recorded forward); memory is the peak of live
+torch tensors during forward + backward; the gradient error is relative to the float64 dense
+KKT implicit-differentiation reference. Each case has a floor row where one is defined (the
+exact answer's factorisations and solves given x*'s active structure; see the cases in
+problems.py) and a hand-written loop where it is ten lines; every row's times are also given
+as ratios to the floor and to foldgen, and the issue's targets are judged from those.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
+import scaling
 import torch
 from convergence import study
 from memory import PeakMemory
@@ -208,7 +214,7 @@ def verdict(ratio, goal):
 
 
 def targets(rows):
-    """The issue's targets, per case: speed-ups of foldgen's backward over runtime-autograd
+    """The earlier per-case targets: speed-ups of foldgen's backward over runtime-autograd
     folding (≥10×) and over unrolling (≥5×, at its own accuracy), of forward + backward over
     cvxpylayers at batch 64 (≥30×), and foldgen's gradient error (≤1e-8)."""
     head = (
@@ -217,14 +223,12 @@ def targets(rows):
     )
     lines = [head, "|" + " --- |" * 5]
     for case in dict.fromkeys(r["case"] for r in rows):
-        mine = {}
-        for r in rows:
-            if r["case"] == case:
-                mine.setdefault(r["method"], r)
+        mine = _by_method(rows, case)
         fold = mine["foldgen"]
-        cells = [case, verdict(mine["autograd-fold"]["bwd_x"], 10)]
-        unrolled = mine["unrolled"]
-        if "bwd_x" in unrolled and math.isnan(unrolled["grad_err"]):
+        folded = mine.get("autograd-fold", {})
+        cells = [case, verdict(folded["bwd_x"], 10) if "bwd_x" in folded else "not run"]
+        unrolled = mine.get("unrolled", {"solver": "not run"})
+        if "bwd_x" in unrolled and math.isnan(unrolled.get("grad_err", math.nan)):
             cells.append(f"{unrolled['bwd_x']:.3g}×, but its gradient is NaN")
         elif "bwd_x" in unrolled:
             cells.append(f"{verdict(unrolled['bwd_x'], 5)}, {unrolled['grad_err']:.1e}")
@@ -237,7 +241,7 @@ def targets(rows):
             cells.append(verdict(cvx["total_x"], 30))
         else:
             cells.append(f"{cvx['total_x']:.3g}× (batch < 64)")
-        err = fold["grad_err"]
+        err = fold.get("grad_err", math.nan)
         cells.append(f"{err:.1e} {'met' if err <= 1e-8 else 'missed'}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -398,7 +402,7 @@ def plot_times(rows, path):
     import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys(r["case"] for r in rows))
-    plt.rcParams.update({"font.size": 13})
+    plt.rcParams.update({"font.size": 14})
     fig, axes = plt.subplots(
         1, 3, figsize=(13, 0.42 * len(cases) + 2.6), sharey=True, constrained_layout=True
     )
@@ -421,10 +425,10 @@ def plot_times(rows, path):
         ax.grid(True, axis="x", which="major", alpha=0.4)
         for i in range(len(cases)):
             ax.axhline(i, color="0.9", lw=0.8, zorder=0)
-    axes[0].set_yticks(range(len(cases)), [_short(c) for c in cases], fontsize=11)
+    axes[0].set_yticks(range(len(cases)), [_short(c) for c in cases], fontsize=13)
     axes[0].invert_yaxis()
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=12)
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=13)
     fig.suptitle("Time per case, one thread, float64 (floor: the exact answer's cost)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -452,6 +456,18 @@ def read_results(out):
     return add_ratios(rows), (out / "header.txt").read_text().strip()
 
 
+def write_scaling(rows, out, render=False):
+    """scaling.csv (unless re-rendering), scaling.md (the exponents) and scaling.png."""
+    if not render:
+        scaling.write_csv(rows, out)
+    stamp = time.strftime("%Y-%m-%d")
+    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {stamp}"
+    text = f"{header}\n\n{scaling.table(rows)}\n"
+    print(f"\n{text}")
+    (out / "scaling.md").write_text(text)
+    scaling.plot(rows, out / "scaling.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -464,7 +480,13 @@ def main() -> None:
     parser.add_argument(
         "--render",
         action="store_true",
-        help="only redo table.md and backward.png from results.csv",
+        help="only redo table.md and times.png from results.csv (and scaling.md and "
+        "scaling.png from scaling.csv, where there is one)",
+    )
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only the scaling study: box_qp time vs n and vs batch (scaling.csv, .md, .png)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -476,9 +498,20 @@ def main() -> None:
     if args.render:
         rows, header = read_results(args.out)
         write_outputs(rows, header, args.out)
+        if (args.out / "scaling.csv").exists():
+            write_scaling(scaling.read(args.out), args.out, render=True)
+        return
+    started = time.perf_counter()
+    if args.scaling:
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        budget = min(args.budget, 5.0)
+        found = scaling.run_scaling(
+            args.quick, measure, args.repeats, budget, log, 5.0 if args.quick else 60.0
+        )
+        write_scaling(found, args.out)
+        print(f"total {time.perf_counter() - started:.0f} s; wrote {args.out}")
         return
     rows = []
-    started = time.perf_counter()
     for case in make_cases(args.quick):
         if args.only not in case.name:
             continue
