@@ -248,17 +248,21 @@ def _stopped(step, new, tol):
 
 def pgd_loop(Q, c, lo, hi, tol, max_iter, accelerated=False):
     """Projected gradient descent on ½xᵀQx + cᵀx over lo ≤ x ≤ hi (±inf: unconstrained), step
-    1/L from one eigvalsh; FISTA momentum if ``accelerated``. (x, iterations)."""
+    1/L from one eigvalsh; if ``accelerated``, FISTA momentum with O'Donoghue and Candès'
+    gradient restart per element. (x, iterations)."""
     step = 1 / torch.linalg.eigvalsh(Q)[-1]
     x = y = torch.zeros_like(c).clamp(lo, hi)
-    t = 1.0
+    t = torch.ones_like(c[..., :1])
     for k in range(1, max_iter + 1):
         x_new = (y - step * (y @ Q + c)).clamp(lo, hi)
         if _stopped(x_new - x, x_new, tol):
             return x_new, k
         if accelerated:
-            t, t_old = (1 + (1 + 4 * t * t) ** 0.5) / 2, t
-            y = x_new + (t_old - 1) / t * (x_new - x)
+            restart = ((y - x_new) * (x_new - x)).sum(-1, keepdim=True) > 0
+            t_new = (1 + (1 + 4 * t * t).sqrt()) / 2
+            beta = torch.where(restart, 0.0, (t - 1) / t_new)
+            t = torch.where(restart, 1.0, t_new)
+            y = x_new + beta * (x_new - x)
         else:
             y = x_new
         x = x_new
