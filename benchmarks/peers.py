@@ -12,7 +12,13 @@ differentiate the same loss ⟨g, x*⟩ on the same data.
   but with each product Φᵀv = (∂U/∂s)ᵀv taken by ``torch.autograd.grad`` through a plain
   torch evaluation of one update step U at s* (the generated module's own step functions).
 - ``cvxpylayers`` and ``qpth``: the standard differentiable convex-optimization layers, at
-  their default settings.
+  their default settings; ``cvxpylayers eps=1e-8`` is the same layer with SCS at eps 1e-8
+  (``solver_args``), so that speed is also compared at equal accuracy.
+- ``loop``: a hand-written torch loop of about ten lines with the same math (`pgd_loop`,
+  `admm_tv_loop`), stopped by the same relative test at the layer's tolerance; its backward
+  is autograd through the unrolled loop.
+- ``floor``: what the exact answer costs once the solution's active structure is known (the
+  case's ``floor``; `reference.free_block_cholesky`, `reference.kkt_lu`).
 """
 
 from __future__ import annotations
@@ -174,13 +180,15 @@ def _sum_to(t, like):
 class Cvxpylayers:
     label = "cvxpylayers"
 
-    def __init__(self, case, weight):
+    def __init__(self, case, weight, solver_args=None):
         self.case, self.weight = case, weight
         self.layer, self.names = case.cvxpylayer()
         self.inputs = leaves(case)
+        self.solver_args = solver_args or {}
 
     def forward(self):
-        return self.layer(*[self.inputs[k] for k in self.names])[0]
+        params = [self.inputs[k] for k in self.names]
+        return self.layer(*params, solver_args=self.solver_args)[0]
 
     backward = Foldgen.backward
 
@@ -196,3 +204,88 @@ class Qpth:
         return self.case.qpth(self.inputs)
 
     backward = Foldgen.backward
+
+
+class HandLoop:
+    """The case's hand-written loop (``case.loop``); backward by autograd through it."""
+
+    label = "loop"
+
+    def __init__(self, case, weight, tol, max_iter):
+        self.case, self.weight, self.tol, self.max_iter = case, weight, tol, max_iter
+        self.inputs = leaves(case)
+        self.iterations = 0
+
+    def forward(self):
+        x, self.iterations = self.case.loop(self.inputs, self.tol, self.max_iter)
+        return x
+
+    backward = Foldgen.backward
+
+
+class Floor:
+    """A case's floor: ``forward()`` and ``backward()`` time the factorisations and solves
+    that give x* and the gradient once the active structure is known; the backward returns
+    the gradient where the floor computes all of it (else None: timed, not checked)."""
+
+    label = "floor"
+
+    def __init__(self, forward, backward, setting):
+        self._forward, self._backward, self.setting = forward, backward, setting
+
+    def forward(self):
+        return self._forward()
+
+    def backward(self, handle):
+        return self._backward()
+
+
+def _stopped(step, new, tol):
+    """The layers' relative stopping test on a batch: ‖step‖ ≤ tol · max(1, ‖new‖∞)."""
+    bound = tol * new.abs().amax(-1).clamp_min(1.0)
+    return bool((step.norm(dim=-1) <= bound).all())
+
+
+def pgd_loop(Q, c, lo, hi, tol, max_iter, accelerated=False):
+    """Projected gradient descent on ½xᵀQx + cᵀx over lo ≤ x ≤ hi (±inf: unconstrained), step
+    1/L from one eigvalsh; if ``accelerated``, FISTA momentum with O'Donoghue and Candès'
+    gradient restart per element. (x, iterations)."""
+    step = 1 / torch.linalg.eigvalsh(Q)[-1]
+    x = y = torch.zeros_like(c).clamp(lo, hi)
+    t = torch.ones_like(c[..., :1])
+    for k in range(1, max_iter + 1):
+        x_new = (y - step * (y @ Q + c)).clamp(lo, hi)
+        if _stopped(x_new - x, x_new, tol):
+            return x_new, k
+        if accelerated:
+            restart = ((y - x_new) * (x_new - x)).sum(-1, keepdim=True) > 0
+            t_new = (1 + (1 + 4 * t * t).sqrt()) / 2
+            beta = torch.where(restart, 0.0, (t - 1) / t_new)
+            t = torch.where(restart, 1.0, t_new)
+            y = x_new + beta * (x_new - x)
+        else:
+            y = x_new
+        x = x_new
+    return x, max_iter
+
+
+def admm_tv_loop(y, D, lam, rho, tol, max_iter, fixed_iterations=None):
+    """Scaled ADMM on ½‖x − y‖² + λ‖z‖₁, z = Dx, with ρ fixed and one Cholesky factor of
+    I + ρDᵀD shared by the batch; stops on ‖(z, u)⁺ − (z, u)‖ ≤ tol·max(1, ‖(z, u)⁺‖∞), or runs
+    exactly ``fixed_iterations`` sweeps without a test. (x, iterations)."""
+    n = D.shape[1]
+    factor = torch.linalg.cholesky(torch.eye(n, dtype=y.dtype) + rho * D.T @ D)
+    z = u = y.new_zeros(y.shape[0], D.shape[0])
+    count = fixed_iterations or max_iter
+    for k in range(1, count + 1):
+        x = torch.cholesky_solve((y + rho * (z - u) @ D).T, factor).T
+        dx = x @ D.T
+        w = dx + u
+        z_new = w.sign() * (w.abs() - lam / rho).clamp_min(0)
+        u_new = w - z_new
+        if fixed_iterations is None:
+            step = torch.cat([z_new - z, u_new - u], -1)
+            if _stopped(step, torch.cat([z_new, u_new], -1), tol):
+                return x, k
+        z, u = z_new, u_new
+    return x, count

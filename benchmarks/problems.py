@@ -7,12 +7,14 @@ defaults; ``make_cases(quick=True)`` shrinks them for the CI smoke run.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from reference import Local
+from peers import admm_tv_loop, pgd_loop
+from reference import Local, free_block_cholesky, kkt_lu, padded_indices
 
 import foldgen
 
@@ -44,6 +46,11 @@ class BenchCase:
     solution: Callable | None = None  # () -> x*, where foldgen's own may be inaccurate
     methods: list = field(default_factory=lambda: [None])  # foldgen backward methods to show
     settings: dict = field(default_factory=dict)  # extra layer settings
+    # (inputs, tol, max_iter) -> (x, iterations): a hand-written loop with the same math.
+    loop: Callable | None = None
+    # (x*, g, foldgen's forward iterations) -> (forward(), backward(), what they time): the
+    # exact answer's cost once x*'s active structure is known (see reference.py).
+    floor: Callable | None = None
 
     @property
     def generated(self):
@@ -114,9 +121,19 @@ def box_qp(n, batch, gen):
         empty = torch.empty(0, dtype=F64)
         return QPFunction(verbose=-1)(Q, inputs["c"], G, h, empty, empty)
 
+    def loop(inputs, tol, max_iter):
+        return pgd_loop(Q, inputs["c"], 0.0, 1.0, tol, max_iter)
+
+    def floor(x, g, iterations):
+        free = (x > 1e-10) & (x < 1 - 1e-10)
+        solve = free_block_cholesky(Q, free, g)
+        rhs = -(c + torch.where(free, 0.0, x) @ Q)  # x_F = Q_FF⁻¹(−c_F − Q_FU x_U)
+        setting = "bwd: Cholesky of Q_FF padded to the largest free set + 2 triangular solves; fwd: the same for x_F"
+        return (lambda: solve(rhs)), (lambda: {"c": -solve(g)}), setting
+
     return BenchCase(
         f"box_qp n={n} b={batch}", "box_qp", "BoxQp", {"Q": Q}, {"c": c}, ["c"], {"c"},
-        local, cvxpylayer=cvxpylayer, qpth=qpth,
+        local, cvxpylayer=cvxpylayer, qpth=qpth, loop=loop, floor=floor,
     )  # fmt: skip
 
 
@@ -185,10 +202,53 @@ def portfolio(n, batch, gen):
         problem = cp.Problem(cp.Maximize(mu_ @ x), constraints)
         return CvxpyLayer(problem, parameters=[mu_], variables=[x]), ["mu"]
 
+    def floor(x, g, iterations):
+        # Forward: per SQP iteration one LU of the interior point's full KKT matrix, size
+        # 2n + 2 (H, the budget row, the n + 1 inequalities with their −S/Λ block).
+        ones, eye = torch.ones(batch, 1, n, dtype=F64), torch.eye(n, dtype=F64)
+        rows = torch.cat([ones, -eye.expand(batch, n, n), (2 * x @ Sigma)[:, None]], 1)
+        corner = torch.cat([torch.zeros(batch, 1), -torch.ones(batch, n + 1)], 1).to(F64)
+        full = kkt_lu(2 * Sigma, rows, torch.ones(batch, n + 2, dtype=torch.bool), corner)
+        rhs_full = torch.randn(batch, 2 * n + 2, dtype=F64)
+        # Backward: one LU of the active set's KKT matrix, H = 2ν Σ with ν the risk
+        # multiplier (least squares of Jᵀν = μ, as in the reference); ∂ℓ/∂μ = w_x.
+        zero = x <= 1e-8
+        index, valid = padded_indices(zero)
+        J = torch.zeros(batch, index.shape[1] + 2, n, dtype=F64)
+        J[:, 0] = 1
+        J[:, 1:-1] = -eye[index]
+        mask = torch.cat(
+            [
+                torch.ones(batch, 1, dtype=torch.bool),
+                valid,
+                ((x @ Sigma) * x).sum(-1, keepdim=True) >= gamma - 1e-8,
+            ],
+            1,
+        )
+        J[:, -1] = 2 * x @ Sigma
+        J = J.masked_fill(~mask[..., None], 0)
+        nu = torch.stack(  # per element, on its real rows only
+            [
+                torch.linalg.lstsq(J[i, mask[i]].T, mu[i, :, None]).solution[-1, 0]
+                for i in range(batch)
+            ]
+        ).masked_fill(~mask[:, -1], 0)
+        active = kkt_lu(2 * nu[:, None, None] * Sigma, J, mask)
+        rhs = torch.cat([g, torch.zeros(batch, J.shape[1], dtype=F64)], 1)
+
+        def forward():
+            for _ in range(iterations):
+                full(rhs_full)
+
+        setting = (
+            f"fwd: {iterations} SQP it × LU of the (2n+2) IP KKT; bwd: LU of the active-set KKT"
+        )
+        return forward, (lambda: {"mu": active(rhs)[:, :n]}), setting
+
     bound = {"Sigma": Sigma, "gamma": gamma}
     return BenchCase(
         f"portfolio n={n} b={batch}", "portfolio", "Portfolio", bound, {"mu": mu}, ["mu"],
-        {"mu"}, local, cvxpylayer=cvxpylayer,
+        {"mu"}, local, cvxpylayer=cvxpylayer, floor=floor,
     )  # fmt: skip
 
 
@@ -229,9 +289,32 @@ def tv_denoise(n, batch, gen):
         problem = cp.Problem(cp.Minimize(objective))
         return CvxpyLayer(problem, parameters=[y_, D_], variables=[x]), ["y", "D"]
 
+    rho = 1.0  # the spec's
+
+    def loop(inputs, tol, max_iter):
+        return admm_tv_loop(inputs["y"], inputs["D"], lam, rho, tol, max_iter)
+
+    def floor(x, g, iterations):
+        # Forward: the minimal loop (one shared factorisation) for foldgen's iteration count,
+        # without a stopping test. Backward: one LU of the KKT matrix of the fused pairs
+        # Z = {(Dx)ᵢ = 0} as equalities, [[I, D_Zᵀ], [D_Z, 0]], padded; ∂ℓ/∂y = w_x.
+        index, valid = padded_indices((x @ D.T).abs() <= 1e-6)
+        active = kkt_lu(torch.eye(n, dtype=F64), D[index], valid)
+        rhs = torch.cat([g, torch.zeros(batch, index.shape[1], dtype=F64)], 1)
+
+        def forward():
+            admm_tv_loop(y, D, lam, rho, 0.0, iterations, fixed_iterations=iterations)
+
+        def backward():
+            active(rhs)  # the y part only; D's is outer products of w (not timed, not checked)
+
+        setting = f"fwd: one Cholesky of I + ρDᵀD + {iterations} bare ADMM sweeps; bwd: LU of the fused set's KKT"
+        return forward, backward, setting
+
     return BenchCase(
         f"tv_denoise n={n} b={batch}", "tv_denoise", "TvDenoise", {"lam": lam},
-        {"y": y, "D": D}, ["y", "D"], {"y"}, local, cvxpylayer=cvxpylayer,
+        {"y": y, "D": D}, ["y", "D"], {"y"}, local, cvxpylayer=cvxpylayer, loop=loop,
+        floor=floor,
     )  # fmt: skip
 
 
@@ -279,10 +362,90 @@ def quadratic(n, batch, cond, gen):
         objective = 0.5 * cp.quad_form(x, cp.psd_wrap(Q.numpy())) - b_ @ x
         return CvxpyLayer(cp.Problem(cp.Minimize(objective)), [b_], [x]), ["b"]
 
+    def loop(inputs, tol, max_iter):
+        return pgd_loop(Q, -inputs["b"], -math.inf, math.inf, tol, max_iter, accelerated=True)
+
+    def floor(x, g, iterations):
+        def solve(rhs):  # one Cholesky of the shared Q, all right-hand sides at once
+            return torch.cholesky_solve(rhs.T, torch.linalg.cholesky(Q)).T
+
+        setting = "one Cholesky of Q + 2 triangular solves for the batch (fwd: x = Q⁻¹b)"
+        return (lambda: solve(b)), (lambda: {"b": solve(g)}), setting
+
     return BenchCase(
         f"quadratic n={n} b={batch} cond={cond:g}", "quadratic", "Quadratic", {"Q": Q},
         {"b": b}, ["b"], {"b"}, local, cvxpylayer=cvxpylayer,
         methods=["gmres", "lfpi", "direct"], settings={"backward_max_iter": 100_000},
+        loop=loop, floor=floor,
+    )  # fmt: skip
+
+
+def inequality_qp(n, p, batch, gen):
+    """qpth's random QPs (the OptNet paper's): P = LLᵀ + 0.1I, G Gaussian, h = G z₀ + s₀ with
+    s₀ > 0, per element q and h; inequality_qp's box −1 ≤ x ≤ 1 with z₀ inside it. ADMM."""
+    L = torch.randn(n, n, generator=gen, dtype=F64)
+    P = L @ L.T / n + 0.1 * torch.eye(n, dtype=F64)
+    G = torch.randn(p, n, generator=gen, dtype=F64)
+    z0 = torch.rand(batch, n, generator=gen, dtype=F64) - 0.5
+    h = z0 @ G.T + torch.rand(batch, p, generator=gen, dtype=F64)
+    q = torch.randn(batch, n, generator=gen, dtype=F64)
+
+    def active_rows(x, h_):
+        tight = (x @ G.T - h_ >= -1e-8).nonzero()[:, 0]
+        at_hi, at_lo = (x >= 1 - 1e-8).nonzero()[:, 0], (x <= -1 + 1e-8).nonzero()[:, 0]
+        return tight, at_hi, at_lo
+
+    def local(x, p_):
+        tight, at_hi, at_lo = active_rows(x, p_["h"])
+
+        def active(x, q_):
+            return torch.cat([(q_["G"] @ x - q_["h"])[tight], x[at_hi] - 1, -1 - x[at_lo]])
+
+        return Local(lambda x, q_: 0.5 * x @ q_["P"] @ x + q_["q"] @ x, active)
+
+    def cvxpylayer():
+        import cvxpy as cp
+        from cvxpylayers.torch import CvxpyLayer
+
+        x, q_, h_ = cp.Variable(n), cp.Parameter(n), cp.Parameter(p)
+        objective = 0.5 * cp.quad_form(x, cp.psd_wrap(P.numpy())) + q_ @ x
+        constraints = [G.numpy() @ x <= h_, x >= -1, x <= 1]
+        problem = cp.Problem(cp.Minimize(objective), constraints)
+        return CvxpyLayer(problem, parameters=[q_, h_], variables=[x]), ["q", "h"]
+
+    def qpth(inputs):
+        from qpth.qp import QPFunction
+
+        eye = torch.eye(n, dtype=F64)
+        G_all = torch.cat([G, eye, -eye])
+        h_all = torch.cat([inputs["h"], torch.ones(batch, 2 * n, dtype=F64)], 1)
+        empty = torch.empty(0, dtype=F64)
+        return QPFunction(verbose=-1)(P, inputs["q"], G_all, h_all, empty, empty)
+
+    def floor(x, g, iterations):
+        # One LU of the active set's KKT matrix [[P, J_Aᵀ], [J_A, 0]] (rows of G, ±e_i),
+        # padded; fwd: x* from it (rhs (−q, h_A, ±1)), bwd: ∂ℓ/∂q = −w_x.
+        rows, values, eye = [], [], torch.eye(n, dtype=F64)
+        for i in range(batch):
+            tight, at_hi, at_lo = active_rows(x[i], h[i])
+            rows.append(torch.cat([G[tight], eye[at_hi], -eye[at_lo]]))
+            values.append(torch.cat([h[i, tight], torch.ones(len(at_hi) + len(at_lo))]))
+        m = max(max(len(r) for r in rows), 1)
+        J = torch.zeros(batch, m, n, dtype=F64)
+        valid = torch.zeros(batch, m, dtype=torch.bool)
+        rhs_f = torch.cat([-q, torch.zeros(batch, m, dtype=F64)], 1)
+        for i, r in enumerate(rows):
+            J[i, : len(r)], valid[i, : len(r)] = r, True
+            rhs_f[i, n : n + len(r)] = values[i]
+        solve = kkt_lu(P, J, valid)
+        rhs_b = torch.cat([g, torch.zeros(batch, m, dtype=F64)], 1)
+        setting = "LU of the active set's KKT (rows of G and ±e_i, padded); fwd: x* from it"
+        return (lambda: solve(rhs_f)), (lambda: {"q": -solve(rhs_b)[:, :n]}), setting
+
+    return BenchCase(
+        f"inequality_qp n={n} p={p} b={batch}", "inequality_qp", "InequalityQp",
+        {"P": P, "G": G}, {"q": q, "h": h}, ["q"], {"q", "h"}, local,
+        cvxpylayer=cvxpylayer, qpth=qpth, floor=floor,
     )  # fmt: skip
 
 
@@ -297,6 +460,7 @@ def make_cases(quick=False, seed=0):
             tv_denoise(30, 4, gen),
             nonconvex_qp(20, 8, gen),
             quadratic(20, 8, 100, gen),
+            inequality_qp(10, 10, 4, gen),
         ]
     cases = [box_qp(n, batch, gen) for n in (20, 100, 500) for batch in (1, 64)]
     cases += [
@@ -304,4 +468,5 @@ def make_cases(quick=False, seed=0):
     ]
     cases += [portfolio(50, 64, gen), tv_denoise(100, 32, gen), nonconvex_qp(100, 64, gen)]
     cases += [quadratic(100, 64, cond, gen) for cond in (10, 100, 1000)]
+    cases += [inequality_qp(n, p, 16, gen) for n, p in ((10, 10), (50, 50))]
     return cases

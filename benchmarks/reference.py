@@ -80,3 +80,63 @@ def relative_error(grads: dict, reference: dict) -> float:
     num = sum(float((grads[k].detach() - reference[k]).norm() ** 2) for k in reference)
     den = sum(float(reference[k].norm() ** 2) for k in reference)
     return (num / den) ** 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Floors: what the exact answer costs once the solution's active structure is known. Each
+# builder does the bookkeeping (active sets, gathers, padding) outside and returns the timed
+# part alone: a factorisation of the system that decides x* and its gradient, and its solves.
+
+
+def padded_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, valid), both (B, k) with k the largest count of True in a row of ``mask``:
+    each row's True positions first (padded with its other positions), and which are real."""
+    k = max(int(mask.sum(-1).max()), 1)
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :k]
+    return order, torch.gather(mask, 1, order)
+
+
+def free_block_cholesky(H: torch.Tensor, free: torch.Tensor, g: torch.Tensor):
+    """The exact active-set gradient of a box-constrained (or unconstrained) quadratic:
+    −(H_FF)⁻¹ g_F on each element's free set F, 0 elsewhere, by one batched Cholesky of the
+    free block padded to the batch's largest free set (identity on the padding). H is the
+    shared (n, n) Hessian, free a (B, n) mask, g the (B, n) loss gradient.
+
+    Returns ``solve(rhs)`` (the timed part: the Cholesky and the two triangular solves of the
+    padded system for a (B, n) right-hand side, scattered back) and the gathered g."""
+    index, valid = padded_indices(free)
+    k = index.shape[1]
+    both = valid[:, :, None] & valid[:, None, :]
+    eye = torch.eye(k, dtype=H.dtype).expand_as(both)
+    block = torch.where(both, H[index[:, :, None], index[:, None, :]], eye)
+
+    def solve(rhs):
+        factor = torch.linalg.cholesky(block)
+        part = torch.gather(rhs, 1, index).masked_fill(~valid, 0)
+        y = torch.cholesky_solve(part[..., None], factor)[..., 0].masked_fill(~valid, 0)
+        return torch.zeros_like(rhs).scatter(1, index, y)
+
+    return solve
+
+
+def kkt_lu(H: torch.Tensor, J: torch.Tensor, valid: torch.Tensor, corner=None):
+    """``solve(rhs)``: one batched LU of K = [[H, Jᵀ], [J, C]] and its solve, with H (n, n)
+    or (B, n, n) and J (B, m, n) the active constraints' rows padded to the batch's largest
+    count (``valid`` (B, m) marks the real ones; the padding is an identity block). C is 0
+    on the real rows, or ``corner`` (B, m) there (an interior point's −S/Λ block)."""
+    B, m, n = J.shape
+    K = torch.zeros(B, n + m, n + m, dtype=J.dtype)
+    K[:, :n, :n] = H
+    J = J.masked_fill(~valid[..., None], 0)
+    K[:, n:, :n] = J
+    K[:, :n, n:] = J.mT
+    diagonal = (~valid).to(J.dtype)
+    if corner is not None:
+        diagonal = torch.where(valid, corner, diagonal)
+    K[:, n:, n:] = torch.diag_embed(diagonal)
+
+    def solve(rhs):  # rhs (B, n + m)
+        lu, pivots = torch.linalg.lu_factor(K)
+        return torch.linalg.lu_solve(lu, pivots, rhs[..., None])[..., 0]
+
+    return solve

@@ -14,6 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import run  # noqa: E402
+import scaling  # noqa: E402
 from memory import PeakMemory  # noqa: E402
 from peers import Foldgen  # noqa: E402
 from problems import box_qp, tv_denoise  # noqa: E402
@@ -88,10 +90,10 @@ def test_quick_benchmark_table(quick_run):
     table = (out / "table.md").read_text()
     assert table.count("\n| ") >= len(rows) + 2  # header, rule, one line per row
     assert "## Targets" in table
-    for name in ("backward.png", "convergence.png"):
+    for name in ("times.png", "convergence.png"):
         assert (out / name).stat().st_size > 10_000
     cases = {r["case"] for r in rows}
-    assert len(cases) == 7
+    assert len(cases) == 8
     for case in cases:
         mine = {r["method"]: r for r in rows if r["case"] == case}
         assert {"foldgen", "unrolled", "autograd-fold"} <= set(mine)
@@ -101,9 +103,123 @@ def test_quick_benchmark_table(quick_run):
         assert float(mine["autograd-fold"]["grad_err"]) <= 1e-8, case
         for r in mine.values():
             assert float(r["fwd_ms"]) > 0 and float(r["bwd_ms"]) > 0 and float(r["peak_mb"]) > 0
-    # The convex peers ran where they apply.
-    assert sum(r["method"] == "cvxpylayers" for r in rows) == 6
-    assert sum(r["method"] == "qpth" for r in rows) == 1
+    # The convex peers ran where they apply, cvxpylayers also at eps 1e-8.
+    assert sum(r["method"] == "cvxpylayers" for r in rows) == 7
+    assert sum(r["method"] == run.CVX_TIGHT for r in rows) == 7
+    assert sum(r["method"] == "qpth" for r in rows) == 2
+    # Floors on the box QP, the quadratic, the SQP portfolio, TV and the ADMM QP; where a
+    # floor computes the whole gradient it is the exact one. Hand-written loops on three.
+    floors = {r["case"].split()[0]: r for r in rows if r["method"] == "floor"}
+    assert set(floors) == {"box_qp", "quadratic", "portfolio", "tv_denoise", "inequality_qp"}
+    for name, r in floors.items():
+        assert float(r["fwd_ms"]) > 0 and float(r["bwd_floor_x"]) == 1.0
+        if name != "tv_denoise":
+            assert float(r["grad_err"]) <= 1e-12, name
+    loops = {r["case"].split()[0] for r in rows if r["method"] == "loop"}
+    assert loops == {"box_qp", "quadratic", "tv_denoise"}
+    assert "## Targets (issue 12)" in table and "ADMM forward within 2× of qpth" in table
+
+
+def _synthetic_rows():
+    """Two cases with round numbers: the box QP's backward is 2× its floor (a missed
+    ≤ 1.5× target), its forward half the loop's, cvxpylayers exactly 30× slower in total."""
+    box, port = "box_qp n=100 b=64", "portfolio n=50 b=64"
+    return [
+        {"case": box, "method": "foldgen", "solver": "gmres", "fwd_ms": 10.0, "bwd_ms": 4.0,
+         "grad_err": 1e-10, "converged": "64/64"},
+        {"case": box, "method": "floor", "solver": "chol", "fwd_ms": 2.0, "bwd_ms": 2.0},
+        {"case": box, "method": "loop", "solver": "pgd", "fwd_ms": 20.0, "bwd_ms": 8.0},
+        {"case": box, "method": "unrolled", "solver": "not run: needs 9 GB"},
+        {"case": box, "method": "autograd-fold", "solver": "gmres", "fwd_ms": 10.0,
+         "bwd_ms": 50.0},
+        {"case": box, "method": "cvxpylayers", "solver": "default", "fwd_ms": 300.0,
+         "bwd_ms": 120.0, "grad_err": 1e-3},
+        {"case": box, "method": run.CVX_TIGHT, "solver": "eps", "fwd_ms": 100.0,
+         "bwd_ms": 40.0, "grad_err": 1e-7},
+        {"case": port, "method": "foldgen", "solver": "direct", "fwd_ms": 100.0,
+         "bwd_ms": 10.0, "grad_err": 2e-8},
+        {"case": port, "method": "floor", "solver": "lu", "fwd_ms": 50.0, "bwd_ms": 10.0},
+        {"case": port, "method": run.CVX_TIGHT, "solver": "eps", "fwd_ms": 50.0,
+         "bwd_ms": 5.0},
+    ]  # fmt: skip
+
+
+def test_ratios_and_targets_on_synthetic_rows():
+    rows = run.add_ratios(_synthetic_rows())
+    by = {(r["case"].split()[0], r["method"]): r for r in rows}
+    fold = by["box_qp", "foldgen"]
+    assert fold["fwd_floor_x"] == 5.0 and fold["bwd_floor_x"] == 2.0 and fold["total_x"] == 1.0
+    assert by["box_qp", "cvxpylayers"]["total_x"] == 30.0
+    assert by["box_qp", "loop"]["fwd_x"] == 2.0 and by["box_qp", "floor"]["bwd_floor_x"] == 1.0
+    assert "fwd_x" not in by["box_qp", "unrolled"]  # not run: no ratios
+    verdicts = {(case.split()[0], target): (figure, v) for case, target, figure, v in
+                run.target_lines(rows)}  # fmt: skip
+    assert verdicts["box_qp", "forward ≤ hand-written loop"] == ("10 ms vs 20 ms: 0.5×", "met")
+    assert verdicts["box_qp", "backward ≤ 1.5× floor"] == ("4 ms vs 2 ms: 2×", "missed")
+    assert verdicts["box_qp", "backward ≥ 10× faster than autograd-fold"][1] == "met"
+    assert verdicts["box_qp", "backward ≥ 10× faster than unrolling"] == (
+        "unrolled not run",
+        "n/a",
+    )
+    assert verdicts["box_qp", "fwd + bwd ≥ 30× faster than cvxpylayers"][1] == "met"
+    tight = verdicts["box_qp", "fwd + bwd ≥ 30× faster than " + run.CVX_TIGHT]
+    assert tight == ("140 ms vs 14 ms: 10×", "missed")
+    assert verdicts["portfolio", "forward ≤ 3× floor"][1] == "met"
+    assert verdicts["portfolio", "backward ≤ 2× floor"][1] == "met"
+    assert verdicts["portfolio", "forward faster than " + run.CVX_TIGHT][1] == "missed"
+    assert verdicts["portfolio", "gradient ≤ 1e-8 relative"] == ("2.0e-08", "missed")
+    assert verdicts["box_qp", "gradient ≤ 1e-8 relative"] == ("1.0e-10", "met")
+    # The n = 500 case is named by the targets but absent.
+    assert verdicts["box_qp", "its targets"] == ("not in this run", "n/a")
+    assert "Met 6 of 10" in run.issue_targets(rows)
+
+
+def test_render_from_csv(tmp_path):
+    """--render rebuilds the tables (ratios included) and the plot from results.csv alone."""
+    rows = run.add_ratios(_synthetic_rows())
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=run.FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in run.FIELDS})
+    (tmp_path / "header.txt").write_text("synthetic\n")
+    again, header = run.read_results(tmp_path)
+    assert header == "synthetic" and again[0]["bwd_floor_x"] == 2.0
+    run.write_outputs(again, header, tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    line = "| box_qp n=100 b=64 | foldgen | gmres | 10 | 4 | | 1.0e-10 | 5× | 2× | 1× | 1× | 1× |"
+    assert line.replace("| |", "|  |") in table
+    assert "| box_qp n=100 b=64 | backward ≤ 1.5× floor | 4 ms vs 2 ms: 2× | missed |" in table
+    assert (tmp_path / "times.png").stat().st_size > 10_000
+
+
+def test_scaling_slopes_and_table(tmp_path):
+    """The exponent fit recovers a power law; skipped points are counted, not fitted."""
+    assert abs(scaling.slope([10, 20, 40], [3.0, 24.0, 192.0]) - 3.0) < 1e-12
+    rows = [
+        {"sweep": "n", "method": "qpth", "n": n, "batch": 64, "fwd_ms": 2.0 * n**2,
+         "bwd_ms": 0.5 * n}
+        for n in (20, 50, 100)
+    ] + [{"sweep": "n", "method": "qpth", "n": 1000, "batch": 64, "note": "skipped"}]  # fmt: skip
+    (e,) = scaling.exponents(rows)
+    assert abs(e["fwd"] - 2) < 1e-12 and abs(e["bwd"] - 1) < 1e-12 and e["skipped"] == 1
+    assert "| time vs n | qpth | 2.00 | 1.00 | n 20–100 | 1 |" in scaling.table(rows)
+    scaling.write_csv(rows, tmp_path)
+    scaling.plot(scaling.read(tmp_path), tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+
+
+def test_quick_scaling_study(tmp_path):
+    cmd = [sys.executable, "benchmarks/run.py", "--quick", "--scaling", "--threads", "1",
+           "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = _rows(tmp_path / "scaling.csv")
+    assert {r["method"] for r in rows} == {"foldgen", "qpth", "floor"}
+    assert {r["sweep"] for r in rows} == {"n", "batch"}
+    assert all(float(r["fwd_ms"]) > 0 for r in rows if not r["note"])
+    assert "| time vs batch | foldgen |" in (tmp_path / "scaling.md").read_text()
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
 
 
 def test_quick_convergence_study(quick_run):
