@@ -258,7 +258,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, _bar3, _bar4, P, q, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 af5bc9c2054d3955): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 e1ae71e365251d5d): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -268,10 +268,15 @@ def _mv(A, x):
 
     A matrix shared by the batch (no batch axes) multiplies the whole batch in one GEMM,
     x @ Aᵀ: as (A @ x[..., None]) torch runs B separate matrix–vector products on a
-    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product.
+    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product,
+    except a lifted one, which multiplies all of its vectors at once.
     """
     if A.dim() == 2:
         return x @ A.mT
+    if A.shape[-3] == 1 and x.dim() >= 2 and x.shape[-2] > 1:
+        # A lifted for a dense Jacobian, (..., 1, m, n), against k vectors (..., k, n): one
+        # (k, n) @ (n, m) product per element instead of k products on a broadcast copy of A
+        return x @ A.squeeze(-3).mT
     return (A @ x[..., None])[..., 0]
 
 
@@ -539,7 +544,7 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
 
 def _proj_box(y, lo, hi):
     """Projection onto the box lo <= x <= hi (clamp); lo, hi are tensors broadcastable to y."""
-    return torch.minimum(torch.maximum(y, lo), hi)  # (..., n)
+    return torch.clamp(y, lo, hi)  # = min(max(y, lo), hi), also where lo > hi  # (..., n)
 
 
 def _proj_box_vjp(v, y, lo, hi):

@@ -252,7 +252,7 @@ def _set_data_vjp(w, _lo_bar, _hi_bar, X, y, lo, hi, mu):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 cdade744c1264a9c): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 2d4517de967cc6a0): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -262,10 +262,15 @@ def _mv(A, x):
 
     A matrix shared by the batch (no batch axes) multiplies the whole batch in one GEMM,
     x @ Aᵀ: as (A @ x[..., None]) torch runs B separate matrix–vector products on a
-    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product.
+    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product,
+    except a lifted one, which multiplies all of its vectors at once.
     """
     if A.dim() == 2:
         return x @ A.mT
+    if A.shape[-3] == 1 and x.dim() >= 2 and x.shape[-2] > 1:
+        # A lifted for a dense Jacobian, (..., 1, m, n), against k vectors (..., k, n): one
+        # (k, n) @ (n, m) product per element instead of k products on a broadcast copy of A
+        return x @ A.squeeze(-3).mT
     return (A @ x[..., None])[..., 0]
 
 
@@ -533,7 +538,7 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
 
 def _proj_box(y, lo, hi):
     """Projection onto the box lo <= x <= hi (clamp); lo, hi are tensors broadcastable to y."""
-    return torch.minimum(torch.maximum(y, lo), hi)  # (..., n)
+    return torch.clamp(y, lo, hi)  # = min(max(y, lo), hi), also where lo > hi  # (..., n)
 
 
 def _proj_box_vjp(v, y, lo, hi):
@@ -1295,7 +1300,10 @@ class _Track:
         self.limit = _runaway(layer.forward_tol) * torch.maximum(reference, start.abs().amax(-1))
         self.started = feasible
         self.active = feasible.clone()
-        self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
+        # every element active: the loops skip their masking (most iterations at small sizes)
+        self.everyone = bool(feasible.all())
+        self.common = 0  # iterations counted while everyone was active
+        self.counted = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
         self.residual = torch.full_like(reference, math.inf)
         self.bound = torch.zeros_like(reference)
         self.runaway = torch.zeros_like(feasible)
@@ -1309,24 +1317,38 @@ class _Track:
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
         bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
-        self.residual = torch.where(self.active, step, self.residual)
-        self.bound = torch.where(self.active, bound, self.bound)
+        if self.everyone:
+            self.residual, self.bound = step, bound
+        else:
+            self.residual = torch.where(self.active, step, self.residual)
+            self.bound = torch.where(self.active, bound, self.bound)
         self.steps += 1
         if self.steps == self.half:
             self.halfway = self.residual.detach().clone()
         self.active = self.active & (step > bound)
         if found is not None:
             self.active = self.active & found
-        return bool(self.active.any())
+        remaining = int(self.active.sum())  # one host sync for both answers
+        self.everyone = remaining == self.active.numel()
+        return remaining > 0
 
     def count(self):
-        self.iterations = self.iterations + self.active.to(torch.int64)
+        if self.everyone:
+            self.common += 1
+        else:
+            self.counted = self.counted + self.active.to(torch.int64)
+
+    @property
+    def iterations(self):
+        """Per element, the iterations it took part in."""
+        return torch.where(self.started, self.counted + self.common, 0)
 
     def check(self, x):
         """Retire the active elements beyond the runaway limit; keep a copy of the others."""
         within = x.abs().amax(-1) <= self.limit  # False for NaN
         self.runaway = self.runaway | (self.active & ~within)
         self.active = self.active & within
+        self.everyone = self.everyone and bool(within.all())
         self.safe = torch.where(within[..., None], x, self.safe)
 
     def finish(self, x):

@@ -258,7 +258,7 @@ def _pack(W, A, B):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 0c28d0b436442fe4): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 f30ca1c2af3ce475): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -268,10 +268,15 @@ def _mv(A, x):
 
     A matrix shared by the batch (no batch axes) multiplies the whole batch in one GEMM,
     x @ Aᵀ: as (A @ x[..., None]) torch runs B separate matrix–vector products on a
-    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product.
+    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product,
+    except a lifted one, which multiplies all of its vectors at once.
     """
     if A.dim() == 2:
         return x @ A.mT
+    if A.shape[-3] == 1 and x.dim() >= 2 and x.shape[-2] > 1:
+        # A lifted for a dense Jacobian, (..., 1, m, n), against k vectors (..., k, n): one
+        # (k, n) @ (n, m) product per element instead of k products on a broadcast copy of A
+        return x @ A.squeeze(-3).mT
     return (A @ x[..., None])[..., 0]
 
 
@@ -539,7 +544,7 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
 
 def _proj_box(y, lo, hi):
     """Projection onto the box lo <= x <= hi (clamp); lo, hi are tensors broadcastable to y."""
-    return torch.minimum(torch.maximum(y, lo), hi)  # (..., n)
+    return torch.clamp(y, lo, hi)  # = min(max(y, lo), hi), also where lo > hi  # (..., n)
 
 
 def _proj_box_vjp(v, y, lo, hi):
@@ -1325,7 +1330,10 @@ class _Track:
         self.limit = _runaway(layer.forward_tol) * torch.maximum(reference, start.abs().amax(-1))
         self.started = feasible
         self.active = feasible.clone()
-        self.iterations = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
+        # every element active: the loops skip their masking (most iterations at small sizes)
+        self.everyone = bool(feasible.all())
+        self.common = 0  # iterations counted while everyone was active
+        self.counted = torch.zeros(feasible.shape, dtype=torch.int64, device=start.device)
         self.residual = torch.full_like(reference, math.inf)
         self.bound = torch.zeros_like(reference)
         self.runaway = torch.zeros_like(feasible)
@@ -1339,24 +1347,38 @@ class _Track:
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
         bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
-        self.residual = torch.where(self.active, step, self.residual)
-        self.bound = torch.where(self.active, bound, self.bound)
+        if self.everyone:
+            self.residual, self.bound = step, bound
+        else:
+            self.residual = torch.where(self.active, step, self.residual)
+            self.bound = torch.where(self.active, bound, self.bound)
         self.steps += 1
         if self.steps == self.half:
             self.halfway = self.residual.detach().clone()
         self.active = self.active & (step > bound)
         if found is not None:
             self.active = self.active & found
-        return bool(self.active.any())
+        remaining = int(self.active.sum())  # one host sync for both answers
+        self.everyone = remaining == self.active.numel()
+        return remaining > 0
 
     def count(self):
-        self.iterations = self.iterations + self.active.to(torch.int64)
+        if self.everyone:
+            self.common += 1
+        else:
+            self.counted = self.counted + self.active.to(torch.int64)
+
+    @property
+    def iterations(self):
+        """Per element, the iterations it took part in."""
+        return torch.where(self.started, self.counted + self.common, 0)
 
     def check(self, x):
         """Retire the active elements beyond the runaway limit; keep a copy of the others."""
         within = x.abs().amax(-1) <= self.limit  # False for NaN
         self.runaway = self.runaway | (self.active & ~within)
         self.active = self.active & within
+        self.everyone = self.everyone and bool(within.all())
         self.safe = torch.where(within[..., None], x, self.safe)
 
     def finish(self, x):
@@ -1455,17 +1477,30 @@ def _pgd_finish(p, layer, x, start, track, d):
     return x, (d, S)
 
 
+def _shared_hvp(p, x, values):
+    """Whether ∇²f u is the same for the whole batch (no batched input reaches it), probed
+    on the meta device: then one vector's power iteration serves every element."""
+    try:
+        u = torch.empty(x.shape[-1], dtype=x.dtype, device="meta")
+        meta = [v.to("meta") for v in values]
+        return p.hvp(x.to("meta"), u, *meta).dim() == 1
+    except (RuntimeError, NotImplementedError):  # an op without a meta kernel
+        return False
+
+
 def _lipschitz(p, x, values, iterations=50):
-    """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element."""
+    """λmax of the (constant) Hessian by power iteration on ∇²f u, per batch element (once,
+    on one vector, where the Hessian is shared by the batch)."""
     generator = torch.Generator(device=x.device).manual_seed(0)
-    u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)  # (..., n)
+    shape = x.shape[-1:] if _shared_hvp(p, x, values) else x.shape
+    u = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)  # (..., n)
     u = u / _norm(u)[..., None]
-    estimate = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    estimate = torch.zeros(shape[:-1], dtype=x.dtype, device=x.device)  # (...)
     for _ in range(iterations):
         h = p.hvp(x, u, *values)
         estimate = _norm(h)
         u = h / estimate.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
-    return estimate
+    return estimate.expand(x.shape[:-1])
 
 
 def _accelerated(p, layer, x, d, S, values, track):
@@ -1473,31 +1508,37 @@ def _accelerated(p, layer, x, d, S, values, track):
     plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
 
     Each iteration tests the plain map's residual ‖P(x − α∇f(x)) − x‖ at the current x (the
-    stopping rule of every rule), then takes the momentum step. f is quadratic, so ∇f is
-    affine and ∇f at the extrapolated point is the same extrapolation of the gradients: one
-    gradient evaluation per iteration. ``track`` records residuals and divergence.
+    stopping rule of every rule), then takes the momentum step with β = j/(j + 3), j the
+    iterations since the element's last restart (Chambolle–Dossal's choice, which also makes
+    the iterates converge). f is quadratic, so ∇f is affine and ∇f at the extrapolated point
+    is the same extrapolation of the gradients: one gradient evaluation per iteration. At
+    small sizes an iteration costs its number of operations, so each is fused where torch
+    allows (addcmul, vecdot). ``track`` records residuals and divergence.
     """
     ones = torch.ones_like(x)
     g = p.gradient(x, *values)
     x_prev, g_prev = x, g
-    t = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)  # (...)
+    j = torch.zeros(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)  # (..., 1)
     for k in range(layer.max_iter):
-        plain, _ = p.set.project(x - d * g, ones, S)
+        plain, _ = p.set.project(torch.addcmul(x, d, g, value=-1), ones, S)
         if not track.step(x, plain):
             break
         track.count()
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        beta = ((t - 1) / t_next)[..., None]
-        y = x + beta * (x - x_prev)
-        gy = g + beta * (g - g_prev)
-        fast, _ = p.set.project(y - d * gy, ones, S)
-        restart = ((y - fast) * (fast - x)).sum(-1) > 0  # momentum points uphill
-        x_new = torch.where(restart[..., None], plain, fast)
-        t = torch.where(restart, 1.0, t_next)
-        move = track.active[..., None]
-        x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
-        x = torch.where(move, x_new, x)
-        g = torch.where(move, p.gradient(x, *values), g)
+        beta = j / (j + 3)
+        y = torch.addcmul(x, beta, x - x_prev)
+        gy = torch.addcmul(g, beta, g - g_prev)
+        fast, _ = p.set.project(torch.addcmul(y, d, gy, value=-1), ones, S)
+        restart = (torch.linalg.vecdot(y - fast, fast - x) > 0)[..., None]  # momentum uphill
+        x_new = torch.where(restart, plain, fast)
+        j = (j + 1).masked_fill(restart, 0)
+        if track.everyone:
+            x_prev, g_prev, x = x, g, x_new
+            g = p.gradient(x, *values)
+        else:
+            move = track.active[..., None]
+            x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
+            x = torch.where(move, x_new, x)
+            g = torch.where(move, p.gradient(x, *values), g)
         if (k + 1) % _CHECK_EVERY == 0:
             track.check(x)
     return track.finish(x)

@@ -259,7 +259,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, mu, Sigma, gamma):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 d0d96e78d2ec492d): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 d5e637d1c4a7c248): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -269,10 +269,15 @@ def _mv(A, x):
 
     A matrix shared by the batch (no batch axes) multiplies the whole batch in one GEMM,
     x @ Aᵀ: as (A @ x[..., None]) torch runs B separate matrix–vector products on a
-    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product.
+    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product,
+    except a lifted one, which multiplies all of its vectors at once.
     """
     if A.dim() == 2:
         return x @ A.mT
+    if A.shape[-3] == 1 and x.dim() >= 2 and x.shape[-2] > 1:
+        # A lifted for a dense Jacobian, (..., 1, m, n), against k vectors (..., k, n): one
+        # (k, n) @ (n, m) product per element instead of k products on a broadcast copy of A
+        return x @ A.squeeze(-3).mT
     return (A @ x[..., None])[..., 0]
 
 
@@ -680,8 +685,55 @@ def _qp_polish(H, c, G, b, A, e, active, tol):
     return d, lam, nu, ok
 
 
-def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
+def _qp_rows(t, batch, rank, index):
+    """The batch elements ``index`` (of the flattened batch) of t, core rank ``rank``."""
+    core = tuple(t.shape[t.dim() - rank :])
+    return t.expand(*batch, *core).reshape((math.prod(batch), *core))[index]
+
+
+def _qp_scatter(t, batch, index, size):
+    """Rows t of the flattened batch elements ``index`` back into a zero (*batch, ...)."""
+    out = t.new_zeros((size, *t.shape[1:])).index_copy(0, index, t)
+    return out.reshape((*batch, *t.shape[1:]))
+
+
+def _qp_solve(H, c, G, b, A, e, todo, max_iter=100, warm=None):
     """min ½dᵀHd + cᵀd s.t. G d ≤ b, A d = e, per batch element where ``todo``.
+
+    ``warm`` (..., p), a guess of the active set (the previous SQP step's): where the
+    equality QP on it satisfies the KKT conditions (`_qp_polish`'s checks), that is the
+    solution and the interior point below runs only on the other elements, gathered into a
+    smaller batch. Near an SQP solution the active set settles, so most QPs skip it.
+    """
+    if warm is not None and G.shape[-2]:
+        batch = todo.shape
+        tol = 100 * torch.finfo(H.dtype).eps ** 0.5
+        d, lam, nu, ok = _qp_polish(H, c, G, b, A, e, warm & todo[..., None], tol)
+        ok = ok & todo
+        rest = todo & ~ok
+        if bool(rest.any()):
+            index = rest.reshape(-1).nonzero()[:, 0]
+            parts = [
+                _qp_rows(t, batch, r, index)
+                for t, r in zip((H, c, G, b, A, e), (2, 1, 2, 1, 2, 1))
+            ]
+            ones = torch.ones(index.shape, dtype=torch.bool, device=index.device)
+            found = _qp_solve(*parts, ones, max_iter)
+            size = math.prod(batch)
+            d_r, lam_r, nu_r = (_qp_scatter(t, batch, index, size) for t in found[:3])
+            solved_r = _qp_scatter(found[3], batch, index, size)
+            d, lam, nu = (
+                torch.where(rest[..., None], r, w)
+                for r, w in zip((d_r, lam_r, nu_r), (d, lam, nu))
+            )
+            ok = ok | solved_r
+        keep = ok[..., None]
+        return torch.where(keep, d, 0), torch.where(keep, lam, 0), torch.where(keep, nu, 0), ok
+    return _qp_interior(H, c, G, b, A, e, todo, max_iter)
+
+
+def _qp_interior(H, c, G, b, A, e, todo, max_iter=100):
+    """`_qp_solve` without a warm active set: the interior point, then its polish.
 
     Mehrotra predictor-corrector from d = 0, s = max(b, 1), λ = 1, with one step length for
     primal and dual (0.99 of the way to the boundary), stopped per element when the scaled
@@ -713,7 +765,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     if q:
         inconsistent = ~((P_eq @ e[..., None])[..., 0].abs().amax(-1) <= tol * scale_p)
         done = done | inconsistent
-    corner = -P_eq.expand(*batch, q, q)
+    # K = [M, Aᵀ; A, −P_eq] is preallocated: only its M block changes between iterations.
+    K = torch.zeros(*batch, n + q, n + q, dtype=dtype, device=device)
+    K[..., :n, n:] = A.mT
+    K[..., n:, :n] = A
+    K[..., n:, n:] = -P_eq
+    eye = torch.eye(n + q, dtype=dtype, device=device)
     for _ in range(max_iter):
         Gd = (G @ d[..., None])[..., 0]
         r_d = (H @ d[..., None])[..., 0] + c + (G.mT @ lam[..., None])[..., 0]
@@ -729,18 +786,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         if bool(done.all()):
             break
         W = lam / s  # (..., p)
-        M = H + G.mT @ (W[..., :, None] * G)  # (..., n, n)
-        K = torch.cat(
-            [
-                torch.cat([M, A.mT.expand(*batch, n, q)], -1),
-                torch.cat([A.expand(*batch, q, n), corner], -1),
-            ],
-            -2,
-        )
+        K[..., :n, :n] = H + G.mT @ (W[..., :, None] * G)  # M, (..., n, n)
         K_lu, pivots, info = torch.linalg.lu_factor_ex(K)
-        ok = (info == 0) & torch.isfinite(K_lu).all(-1).all(-1)
+        # A non-finite K (not flagged by info) gives a non-finite step, caught below.
+        ok = info == 0
         done = done | ~ok
-        K_lu = torch.where(ok[..., None, None], K_lu, torch.eye(n + q, dtype=dtype, device=device))
+        K_lu = torch.where(ok[..., None, None], K_lu, eye)
         # Predictor (affine scaling), then the centred corrector with σ = (μ_aff / μ)³.
         dd, ds, dl, dn = _qp_newton(K_lu, pivots, ok, r_d, r_e, r_i, s * lam, s, lam, G)
         t = torch.minimum(_qp_max_step(s, ds), _qp_max_step(lam, dl)).clamp(max=1.0)[..., None]
@@ -751,7 +802,9 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         t = torch.minimum(_qp_max_step(s, ds), _qp_max_step(lam, dl))
         t = torch.where(done, 0, torch.clamp(0.99 * t, max=1.0))[..., None]
         step = [z + t * dz for z, dz in ((d, dd), (s, ds), (lam, dl), (nu, dn))]
-        finite = torch.isfinite(torch.cat(step, -1)).all(-1)
+        # z and t are finite, so a step is finite iff its direction is: one sum per part
+        # (a sum is non-finite iff an entry is, or it overflows, which is a runaway anyway)
+        finite = torch.isfinite(dd.sum(-1) + ds.sum(-1) + dl.sum(-1) + dn.sum(-1))
         done = done | ~finite  # diverging (an infeasible QP): stop, reported as not solved
         keep = done[..., None]
         d, s, lam, nu = (torch.where(keep, z, z_new) for z, z_new in zip((d, s, lam, nu), step))
@@ -1526,6 +1579,27 @@ def _sqp_regularization(H, J_g, J_h, active):
     H = torch.where(ok[..., None, None], H, eye)
     M = torch.where(ok[..., None, None], M, 0)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
+    margin = torch.finfo(H.dtype).eps ** 0.5 * scale
+    # H − margin·I positive definite (one Cholesky) already gives δ = 0: H exceeds the margin
+    # on every subspace, N included, and scale > margin off it. Only the other elements need
+    # the projector and the eigenvalues, gathered into a smaller batch.
+    _, info = torch.linalg.cholesky_ex(H - margin[..., None, None] * eye)
+    definite = (info == 0) & ok
+    if bool(definite.all()):
+        return torch.zeros_like(scale), ok
+    if bool(definite.any()):
+        batch = definite.shape
+        index = (~definite).reshape(-1).nonzero()[:, 0]
+        size = definite.numel()
+        rows = [
+            t.expand(*batch, *t.shape[-2:]).reshape((size, *t.shape[-2:]))[index]
+            for t in (H, J_g, J_h)
+        ]
+        chosen = active.expand(*batch, active.shape[-1]).reshape((size, active.shape[-1]))[index]
+        delta_r, ok_r = _sqp_regularization(*rows, chosen)
+        delta = scale.new_zeros(size).index_copy(0, index, delta_r).reshape(batch)
+        ok_all = ok.reshape(-1).index_copy(0, index, ok_r & ok.reshape(-1)[index]).reshape(batch)
+        return delta, ok_all
     # Rank-revealing as the QP's null projector: dependent rows (a degenerate vertex, a
     # redundant equality) count once.
     rtol = 10 * max(M.shape[-2:]) * torch.finfo(H.dtype).eps
@@ -1539,7 +1613,6 @@ def _sqp_regularization(H, J_g, J_h, active):
     R = torch.where(ok[..., None, None], R, eye)
     lowest = _sqp_each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
     ok = ok & torch.isfinite(lowest)
-    margin = torch.finfo(H.dtype).eps ** 0.5 * scale
     return torch.where(ok, (margin - lowest).clamp_min(0), 0), ok
 
 
@@ -1646,12 +1719,14 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     reference = 1 + x.abs().amax(-1)
     huge_steps = torch.zeros_like(iterations)
     active = started.clone()
+    warm = None  # the last QP's active set: the next QP's first guess
     for _ in range(layer.max_iter):
         if not bool(active.any()):
             break
         d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
-            p, x, lam, nu, values, block_sizes, active
+            p, x, lam, nu, values, block_sizes, active, warm
         )
+        warm = lam_qp > 0
         broken = broken | (active & ~sane)
         feasible = feasible & (solved | ~active | ~sane)
         active = active & solved
@@ -1795,9 +1870,10 @@ def _sqp_infeasible_why(p, x, values, no_point, unbounded):
     return "; ".join(reasons)
 
 
-def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
+def _sqp_subproblem(p, x, lam, nu, values, sizes, todo, warm=None):
     """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ, sane), ``sane``
-    False (and no step) where a derivative is not finite or δ could not be computed."""
+    False (and no step) where a derivative is not finite or δ could not be computed.
+    ``warm``: the previous QP's active set, tried first (`_qp_solve`)."""
     grad, g, h, J_g, J_h, H, sane = _sqp_linearization(p, x, lam, nu, values, sizes)
     n = x.shape[-1]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
@@ -1805,7 +1881,7 @@ def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
     sane = sane & regular
     todo = todo & sane
     H_qp = H + delta[..., None, None] * eye
-    d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo)
+    d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo, warm=warm)
     # The QP may be nonconvex off the estimated active set: there the interior point can fail,
     # or return a point of negative curvature dᵀ(H + δI)d (no descent for the merit). Then
     # convexify on the equality constraints' null space alone and solve again.

@@ -243,7 +243,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, y, D, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 9e0995a2829fdde9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 319276800da73a45): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -253,10 +253,15 @@ def _mv(A, x):
 
     A matrix shared by the batch (no batch axes) multiplies the whole batch in one GEMM,
     x @ Aᵀ: as (A @ x[..., None]) torch runs B separate matrix–vector products on a
-    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product.
+    broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product,
+    except a lifted one, which multiplies all of its vectors at once.
     """
     if A.dim() == 2:
         return x @ A.mT
+    if A.shape[-3] == 1 and x.dim() >= 2 and x.shape[-2] > 1:
+        # A lifted for a dense Jacobian, (..., 1, m, n), against k vectors (..., k, n): one
+        # (k, n) @ (n, m) product per element instead of k products on a broadcast copy of A
+        return x @ A.squeeze(-3).mT
     return (A @ x[..., None])[..., 0]
 
 

@@ -64,3 +64,16 @@ def test_a_batched_matrix_keeps_the_batched_product():
     with _Shapes() as record:
         _mv(A, x)
     assert [op for op, _ in record.ops if op in ("bmm", "mm")] == ["bmm"], record.ops
+
+
+def test_a_lifted_matrix_multiplies_all_its_vectors_without_a_broadcast_copy():
+    """The dense-Jacobian path: A lifted to (B, 1, m, n) against (B, k, n) unit vectors is
+    one (k, n) @ (n, m) product per element; no (B, k, m, n) copy of A appears."""
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(16, 1, 5, 7, generator=g, dtype=F64)
+    x = torch.randn(16, 9, 7, generator=g, dtype=F64)
+    expected = torch.einsum("bmn,bkn->bkm", A[:, 0], x)
+    with _Shapes() as record:
+        out = _mv(A, x)
+    torch.testing.assert_close(out, expected, rtol=1e-14, atol=1e-14)
+    assert all(len(s) < 4 for _, shapes in record.ops for s in shapes), record.ops

@@ -451,6 +451,7 @@ def test_failed_eigendecomposition_flags_only_its_element(monkeypatch):
     v = nonconvex_qp_data((3,), F64, torch.Generator().manual_seed(24))
     Q = v["Q"].clone()
     Q[1] = Q[1] * 1000  # element 1's matrices are recognisable by their size
+    Q[1, 0, 0] = -1000  # and indefinite: a positive definite ∇²L needs no eigenvalues
     v = {**v, "Q": Q}
     _, alone = layer_for("nonconvex_qp", on_nonconvergence="raise")
     expected = {i: alone(**{k: t[i] for k, t in v.items()}) for i in (0, 2)}
@@ -478,7 +479,7 @@ def test_converged_requires_the_constraints_to_hold(monkeypatch):
     is still not converged, because x violates Σ exp(x) ≤ B (a feasible start converges)."""
     module, layer = layer_for("exp_budget", on_nonconvergence="warn")
 
-    def zero_step(H, c, G, b, A, e, todo, max_iter=100):
+    def zero_step(H, c, G, b, A, e, todo, max_iter=100, warm=None):
         batch = todo.shape
         zeros = [c.new_zeros(*batch, k) for k in (H.shape[-1], G.shape[-2], A.shape[-2])]
         return (*zeros, todo.clone())

@@ -18,7 +18,7 @@ import torch
 
 def _proj_box(y, lo, hi):
     """Projection onto the box lo <= x <= hi (clamp); lo, hi are tensors broadcastable to y."""
-    return torch.minimum(torch.maximum(y, lo), hi)  # (..., n)
+    return torch.clamp(y, lo, hi)  # = min(max(y, lo), hi), also where lo > hi  # (..., n)
 
 
 def _proj_box_vjp(v, y, lo, hi):

@@ -164,8 +164,55 @@ def _qp_polish(H, c, G, b, A, e, active, tol):
     return d, lam, nu, ok
 
 
-def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
+def _qp_rows(t, batch, rank, index):
+    """The batch elements ``index`` (of the flattened batch) of t, core rank ``rank``."""
+    core = tuple(t.shape[t.dim() - rank :])
+    return t.expand(*batch, *core).reshape((math.prod(batch), *core))[index]
+
+
+def _qp_scatter(t, batch, index, size):
+    """Rows t of the flattened batch elements ``index`` back into a zero (*batch, ...)."""
+    out = t.new_zeros((size, *t.shape[1:])).index_copy(0, index, t)
+    return out.reshape((*batch, *t.shape[1:]))
+
+
+def _qp_solve(H, c, G, b, A, e, todo, max_iter=100, warm=None):
     """min ½dᵀHd + cᵀd s.t. G d ≤ b, A d = e, per batch element where ``todo``.
+
+    ``warm`` (..., p), a guess of the active set (the previous SQP step's): where the
+    equality QP on it satisfies the KKT conditions (`_qp_polish`'s checks), that is the
+    solution and the interior point below runs only on the other elements, gathered into a
+    smaller batch. Near an SQP solution the active set settles, so most QPs skip it.
+    """
+    if warm is not None and G.shape[-2]:
+        batch = todo.shape
+        tol = 100 * torch.finfo(H.dtype).eps ** 0.5
+        d, lam, nu, ok = _qp_polish(H, c, G, b, A, e, warm & todo[..., None], tol)
+        ok = ok & todo
+        rest = todo & ~ok
+        if bool(rest.any()):
+            index = rest.reshape(-1).nonzero()[:, 0]
+            parts = [
+                _qp_rows(t, batch, r, index)
+                for t, r in zip((H, c, G, b, A, e), (2, 1, 2, 1, 2, 1))
+            ]
+            ones = torch.ones(index.shape, dtype=torch.bool, device=index.device)
+            found = _qp_solve(*parts, ones, max_iter)
+            size = math.prod(batch)
+            d_r, lam_r, nu_r = (_qp_scatter(t, batch, index, size) for t in found[:3])
+            solved_r = _qp_scatter(found[3], batch, index, size)
+            d, lam, nu = (
+                torch.where(rest[..., None], r, w)
+                for r, w in zip((d_r, lam_r, nu_r), (d, lam, nu))
+            )
+            ok = ok | solved_r
+        keep = ok[..., None]
+        return torch.where(keep, d, 0), torch.where(keep, lam, 0), torch.where(keep, nu, 0), ok
+    return _qp_interior(H, c, G, b, A, e, todo, max_iter)
+
+
+def _qp_interior(H, c, G, b, A, e, todo, max_iter=100):
+    """`_qp_solve` without a warm active set: the interior point, then its polish.
 
     Mehrotra predictor-corrector from d = 0, s = max(b, 1), λ = 1, with one step length for
     primal and dual (0.99 of the way to the boundary), stopped per element when the scaled
@@ -197,7 +244,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
     if q:
         inconsistent = ~((P_eq @ e[..., None])[..., 0].abs().amax(-1) <= tol * scale_p)
         done = done | inconsistent
-    corner = -P_eq.expand(*batch, q, q)
+    # K = [M, Aᵀ; A, −P_eq] is preallocated: only its M block changes between iterations.
+    K = torch.zeros(*batch, n + q, n + q, dtype=dtype, device=device)
+    K[..., :n, n:] = A.mT
+    K[..., n:, :n] = A
+    K[..., n:, n:] = -P_eq
+    eye = torch.eye(n + q, dtype=dtype, device=device)
     for _ in range(max_iter):
         Gd = (G @ d[..., None])[..., 0]
         r_d = (H @ d[..., None])[..., 0] + c + (G.mT @ lam[..., None])[..., 0]
@@ -213,18 +265,12 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         if bool(done.all()):
             break
         W = lam / s  # (..., p)
-        M = H + G.mT @ (W[..., :, None] * G)  # (..., n, n)
-        K = torch.cat(
-            [
-                torch.cat([M, A.mT.expand(*batch, n, q)], -1),
-                torch.cat([A.expand(*batch, q, n), corner], -1),
-            ],
-            -2,
-        )
+        K[..., :n, :n] = H + G.mT @ (W[..., :, None] * G)  # M, (..., n, n)
         K_lu, pivots, info = torch.linalg.lu_factor_ex(K)
-        ok = (info == 0) & torch.isfinite(K_lu).all(-1).all(-1)
+        # A non-finite K (not flagged by info) gives a non-finite step, caught below.
+        ok = info == 0
         done = done | ~ok
-        K_lu = torch.where(ok[..., None, None], K_lu, torch.eye(n + q, dtype=dtype, device=device))
+        K_lu = torch.where(ok[..., None, None], K_lu, eye)
         # Predictor (affine scaling), then the centred corrector with σ = (μ_aff / μ)³.
         dd, ds, dl, dn = _qp_newton(K_lu, pivots, ok, r_d, r_e, r_i, s * lam, s, lam, G)
         t = torch.minimum(_qp_max_step(s, ds), _qp_max_step(lam, dl)).clamp(max=1.0)[..., None]
@@ -235,7 +281,9 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100):
         t = torch.minimum(_qp_max_step(s, ds), _qp_max_step(lam, dl))
         t = torch.where(done, 0, torch.clamp(0.99 * t, max=1.0))[..., None]
         step = [z + t * dz for z, dz in ((d, dd), (s, ds), (lam, dl), (nu, dn))]
-        finite = torch.isfinite(torch.cat(step, -1)).all(-1)
+        # z and t are finite, so a step is finite iff its direction is: one sum per part
+        # (a sum is non-finite iff an entry is, or it overflows, which is a runaway anyway)
+        finite = torch.isfinite(dd.sum(-1) + ds.sum(-1) + dl.sum(-1) + dn.sum(-1))
         done = done | ~finite  # diverging (an infeasible QP): stop, reported as not solved
         keep = done[..., None]
         d, s, lam, nu = (torch.where(keep, z, z_new) for z, z_new in zip((d, s, lam, nu), step))

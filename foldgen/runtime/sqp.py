@@ -181,6 +181,27 @@ def _sqp_regularization(H, J_g, J_h, active):
     H = torch.where(ok[..., None, None], H, eye)
     M = torch.where(ok[..., None, None], M, 0)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
+    margin = torch.finfo(H.dtype).eps ** 0.5 * scale
+    # H − margin·I positive definite (one Cholesky) already gives δ = 0: H exceeds the margin
+    # on every subspace, N included, and scale > margin off it. Only the other elements need
+    # the projector and the eigenvalues, gathered into a smaller batch.
+    _, info = torch.linalg.cholesky_ex(H - margin[..., None, None] * eye)
+    definite = (info == 0) & ok
+    if bool(definite.all()):
+        return torch.zeros_like(scale), ok
+    if bool(definite.any()):
+        batch = definite.shape
+        index = (~definite).reshape(-1).nonzero()[:, 0]
+        size = definite.numel()
+        rows = [
+            t.expand(*batch, *t.shape[-2:]).reshape((size, *t.shape[-2:]))[index]
+            for t in (H, J_g, J_h)
+        ]
+        chosen = active.expand(*batch, active.shape[-1]).reshape((size, active.shape[-1]))[index]
+        delta_r, ok_r = _sqp_regularization(*rows, chosen)
+        delta = scale.new_zeros(size).index_copy(0, index, delta_r).reshape(batch)
+        ok_all = ok.reshape(-1).index_copy(0, index, ok_r & ok.reshape(-1)[index]).reshape(batch)
+        return delta, ok_all
     # Rank-revealing as the QP's null projector: dependent rows (a degenerate vertex, a
     # redundant equality) count once.
     rtol = 10 * max(M.shape[-2:]) * torch.finfo(H.dtype).eps
@@ -194,7 +215,6 @@ def _sqp_regularization(H, J_g, J_h, active):
     R = torch.where(ok[..., None, None], R, eye)
     lowest = _sqp_each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
     ok = ok & torch.isfinite(lowest)
-    margin = torch.finfo(H.dtype).eps ** 0.5 * scale
     return torch.where(ok, (margin - lowest).clamp_min(0), 0), ok
 
 
@@ -301,12 +321,14 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
     reference = 1 + x.abs().amax(-1)
     huge_steps = torch.zeros_like(iterations)
     active = started.clone()
+    warm = None  # the last QP's active set: the next QP's first guess
     for _ in range(layer.max_iter):
         if not bool(active.any()):
             break
         d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
-            p, x, lam, nu, values, block_sizes, active
+            p, x, lam, nu, values, block_sizes, active, warm
         )
+        warm = lam_qp > 0
         broken = broken | (active & ~sane)
         feasible = feasible & (solved | ~active | ~sane)
         active = active & solved
@@ -450,9 +472,10 @@ def _sqp_infeasible_why(p, x, values, no_point, unbounded):
     return "; ".join(reasons)
 
 
-def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
+def _sqp_subproblem(p, x, lam, nu, values, sizes, todo, warm=None):
     """The QP of one SQP step at s = (x, λ, ν): (d, λ_QP, ν_QP, solved, δ, sane), ``sane``
-    False (and no step) where a derivative is not finite or δ could not be computed."""
+    False (and no step) where a derivative is not finite or δ could not be computed.
+    ``warm``: the previous QP's active set, tried first (`_qp_solve`)."""
     grad, g, h, J_g, J_h, H, sane = _sqp_linearization(p, x, lam, nu, values, sizes)
     n = x.shape[-1]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
@@ -460,7 +483,7 @@ def _sqp_subproblem(p, x, lam, nu, values, sizes, todo):
     sane = sane & regular
     todo = todo & sane
     H_qp = H + delta[..., None, None] * eye
-    d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo)
+    d, lam_qp, nu_qp, solved = _qp_solve(H_qp, grad, J_g, -g, J_h, -h, todo, warm=warm)
     # The QP may be nonconvex off the estimated active set: there the interior point can fail,
     # or return a point of negative curvature dᵀ(H + δI)d (no descent for the merit). Then
     # convexify on the equality constraints' null space alone and solve again.

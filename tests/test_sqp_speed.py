@@ -1,0 +1,116 @@
+"""The SQP forward's shortcuts (issue 12) change its cost, never its answer: a warm active
+set that passes the equality QP's KKT checks replaces the interior point, the interior point
+runs on the other elements only, and a Hessian that is positive definite beyond the margin
+gets δ = 0 from one Cholesky, without the projector and the eigenvalues."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from foldgen.runtime import qp, sqp
+
+F64 = torch.float64
+
+
+def _random_qps(batch, n, p, q, gen):
+    M = torch.randn(batch, n, n, generator=gen, dtype=F64)
+    H = M @ M.mT / n + 0.1 * torch.eye(n, dtype=F64)
+    c = torch.randn(batch, n, generator=gen, dtype=F64)
+    G = torch.randn(batch, p, n, generator=gen, dtype=F64)
+    b = torch.rand(batch, p, generator=gen, dtype=F64) * 0.5
+    A = torch.randn(batch, q, n, generator=gen, dtype=F64)
+    e = torch.zeros(batch, q, dtype=F64)
+    return H, c, G, b, A, e
+
+
+class _Spy:
+    """Counts the elements `_qp_interior` is asked to solve."""
+
+    def __init__(self, monkeypatch):
+        self.sizes: list[int] = []
+        original = qp._qp_interior
+
+        def spy(H, c, G, b, A, e, todo, max_iter=100):
+            self.sizes.append(int(todo.sum()))
+            return original(H, c, G, b, A, e, todo, max_iter)
+
+        monkeypatch.setattr(qp, "_qp_interior", spy)
+
+
+def test_a_right_warm_active_set_skips_the_interior_point(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    data = _random_qps(16, 8, 12, 2, gen)
+    todo = torch.ones(16, dtype=torch.bool)
+    d, lam, nu, solved = qp._qp_solve(*data, todo)
+    assert bool(solved.all())
+    active = lam > 0
+    assert 0 < int(active.sum()) < active.numel()  # a mixed active set
+    spy = _Spy(monkeypatch)
+    d_w, lam_w, nu_w, solved_w = qp._qp_solve(*data, todo, warm=active)
+    assert spy.sizes == []  # no interior point at all
+    assert bool(solved_w.all())
+    for warm, cold in ((d_w, d), (lam_w, lam), (nu_w, nu)):
+        torch.testing.assert_close(warm, cold, rtol=1e-10, atol=1e-12)
+
+
+def test_a_wrong_warm_set_runs_the_interior_point_on_those_elements_only(monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    data = _random_qps(10, 6, 9, 1, gen)
+    todo = torch.ones(10, dtype=torch.bool)
+    todo[7] = False  # not asked for: zero, not solved
+    d, lam, nu, solved = qp._qp_solve(*data, todo)
+    warm = lam > 0
+    wrong = torch.zeros(10, dtype=torch.bool)
+    wrong[[2, 5]] = True
+    warm[wrong] = ~warm[wrong]  # every row flipped: those guesses fail the KKT checks
+    spy = _Spy(monkeypatch)
+    d_w, lam_w, nu_w, solved_w = qp._qp_solve(*data, todo, warm=warm)
+    assert spy.sizes == [2]
+    assert torch.equal(solved_w, solved)
+    assert torch.equal(d_w[7], torch.zeros_like(d_w[7]))
+    torch.testing.assert_close(d_w, d, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lam_w, lam, rtol=1e-10, atol=1e-12)
+
+
+def _delta_reference(H, J_g, J_h, active):
+    """δ of `_sqp_regularization`'s definition, element by element, with no shortcut."""
+    out = []
+    for i in range(H.shape[0]):
+        n = H.shape[-1]
+        M = torch.cat([J_h[i], J_g[i][active[i]]], 0)
+        P = torch.eye(n, dtype=F64) - torch.linalg.pinv(M) @ M if M.shape[0] else torch.eye(n)
+        scale = 1 + H[i].abs().max()
+        R = P @ H[i] @ P + scale * (torch.eye(n, dtype=F64) - P)
+        lowest = torch.linalg.eigvalsh((R + R.T) / 2)[0]
+        out.append((torch.finfo(F64).eps ** 0.5 * scale - lowest).clamp_min(0))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_regularization_shortcut_gives_the_same_delta(monkeypatch, mixed):
+    gen = torch.Generator().manual_seed(2)
+    batch, n = 8, 6
+    A = torch.randn(batch, n, n, generator=gen, dtype=F64)
+    H = A @ A.mT / n + 0.05 * torch.eye(n, dtype=F64)  # positive definite
+    if mixed:
+        H[[1, 4]] = A[[1, 4]] + A[[1, 4]].mT  # indefinite
+    J_g = torch.randn(batch, 4, n, generator=gen, dtype=F64)
+    J_h = torch.randn(batch, 1, n, generator=gen, dtype=F64)
+    active = torch.rand(batch, 4, generator=gen) < 0.5
+    calls = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def counted(M):
+        calls.append(M.shape[0])
+        return eigvalsh(M)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", counted)
+    delta, ok = sqp._sqp_regularization(H, J_g, J_h, active)
+    assert bool(ok.all())
+    assert calls == ([2] if mixed else [])  # only the indefinite elements, gathered
+    monkeypatch.setattr(torch.linalg, "eigvalsh", eigvalsh)
+    expected = _delta_reference(H, J_g, J_h, active)
+    torch.testing.assert_close(delta, expected, rtol=1e-10, atol=1e-14)
+    if mixed:
+        assert bool((delta[[1, 4]] >= 0).all()) and bool((delta[[0, 2, 3, 5, 6, 7]] == 0).all())
