@@ -334,7 +334,7 @@ def _pack(x, y, z, a, b, c, ymin):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 95433c2bb2bccfd3): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 0eac1def14ac127e): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -785,7 +785,13 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100, warm=None):
         batch = todo.shape
         tol = 100 * torch.finfo(H.dtype).eps ** 0.5
         d, lam, nu, ok = _qp_polish(H, c, G, b, A, e, warm & todo[..., None], tol)
-        ok = ok & todo
+        # A row outside the guess must hold to rounding, not to tol: a row violated by less
+        # than tol is a wrong set whose multipliers are wrong (a bound the guess dropped),
+        # which the interior point below identifies instead.
+        eps = torch.finfo(H.dtype).eps
+        slack = b - (G @ d[..., None])[..., 0]
+        rounding = 1000 * eps * (1 + b.abs() + (G.abs() @ d.abs()[..., None])[..., 0])
+        ok = ok & todo & (warm | (slack >= -rounding)).all(-1)
         rest = todo & ~ok
         if bool(rest.any()):
             index = rest.reshape(-1).nonzero()[:, 0]
@@ -1827,7 +1833,6 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
             p, x, lam, nu, values, block_sizes, active, warm
         )
-        warm = lam_qp > 0
         broken = broken | (active & ~sane)
         feasible = feasible & (solved | ~active | ~sane)
         active = active & solved
@@ -1843,6 +1848,7 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         lam = torch.where(active[..., None], lam + t[..., None] * (lam_qp - lam), lam)
         nu = torch.where(active[..., None], nu + t[..., None] * (nu_qp - nu), nu)
         step = torch.where(active & found, t, step)
+        warm = lam_qp > 0
         iterations = iterations + active.to(torch.int64)
         huge = d.abs().amax(-1) > 1e6 * reference
         huge_steps = torch.where(active & huge, huge_steps + 1, 0)

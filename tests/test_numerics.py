@@ -128,7 +128,7 @@ def test_verbose_prints_one_line_per_solve(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("BoxQp forward: 3/3 converged, ≤ ")
-    assert lines[1].startswith("BoxQp backward (gmres): 3/3 converged")
+    assert lines[1].startswith("BoxQp backward (active_set): 3/3 converged")
     assert all(line.endswith(" s") for line in lines)
     box_qp("numerics_quiet").BoxQp()(Q, c)
     assert capsys.readouterr().err == ""

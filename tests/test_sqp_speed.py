@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import load_module
 
 from foldgen.runtime import qp, sqp
 
@@ -71,6 +72,36 @@ def test_a_wrong_warm_set_runs_the_interior_point_on_those_elements_only(monkeyp
     assert torch.equal(d_w[7], torch.zeros_like(d_w[7]))
     torch.testing.assert_close(d_w, d, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(lam_w, lam, rtol=1e-10, atol=1e-12)
+
+
+def test_a_warm_set_missing_a_barely_violated_row_is_not_accepted(monkeypatch):
+    """Stiff curvature (H₀₀ = 10¹², an entropy's 1/x near x = 0) makes the equality QP
+    without the row d₀ ≤ 0 violate it by only 10⁻⁹, below the polish's tolerance, while
+    the row's true multiplier is 10³: the guess must fail and the interior point find it."""
+    H = torch.diag(torch.tensor([1e12, 1.0], dtype=F64))[None]
+    c = torch.tensor([[-1e3, 1.0]], dtype=F64)
+    G, b = torch.tensor([[[1.0, 0.0]]], dtype=F64), torch.zeros(1, 1, dtype=F64)
+    A, e = torch.zeros(1, 0, 2, dtype=F64), torch.zeros(1, 0, dtype=F64)
+    todo = torch.ones(1, dtype=torch.bool)
+    spy = _Spy(monkeypatch)
+    d, lam, nu, solved = qp._qp_solve(H, c, G, b, A, e, todo, warm=torch.zeros(1, 1).bool())
+    assert spy.sizes == [1] and bool(solved.all())
+    torch.testing.assert_close(lam, torch.tensor([[1e3]], dtype=F64), rtol=1e-8, atol=0)
+    torch.testing.assert_close(d, torch.tensor([[0.0, -1.0]], dtype=F64), rtol=0, atol=1e-9)
+
+
+def test_entropic_knapsack_sqp_converges_with_warm_active_sets():
+    """The benchmark's quick knapsack (c ~ 5 N(0, 1), so some x* ≈ 10⁻²⁰ sit near their
+    lower bound) once stalled on one element for max_iter: every element converges and
+    matches the PGD layer's point."""
+    gen = torch.Generator().manual_seed(1)
+    c = 5 * torch.randn(16, 30, generator=gen, dtype=F64)
+    bound = {"k": torch.tensor(5.0, dtype=F64), "eps": torch.tensor(1.0, dtype=F64)}
+    sqp_layer = load_module("entropic_knapsack_sqp").EntropicKnapsackSqp(**bound)
+    x = sqp_layer(c)
+    assert bool(sqp_layer.info.converged.all()), sqp_layer.info.iterations
+    pgd = load_module("entropic_knapsack").EntropicKnapsack(**bound, tol=1e-12)
+    torch.testing.assert_close(x, pgd(c), rtol=0, atol=1e-7)
 
 
 def _delta_reference(H, J_g, J_h, active):

@@ -188,7 +188,13 @@ def _qp_solve(H, c, G, b, A, e, todo, max_iter=100, warm=None):
         batch = todo.shape
         tol = 100 * torch.finfo(H.dtype).eps ** 0.5
         d, lam, nu, ok = _qp_polish(H, c, G, b, A, e, warm & todo[..., None], tol)
-        ok = ok & todo
+        # A row outside the guess must hold to rounding, not to tol: a row violated by less
+        # than tol is a wrong set whose multipliers are wrong (a bound the guess dropped),
+        # which the interior point below identifies instead.
+        eps = torch.finfo(H.dtype).eps
+        slack = b - (G @ d[..., None])[..., 0]
+        rounding = 1000 * eps * (1 + b.abs() + (G.abs() @ d.abs()[..., None])[..., 0])
+        ok = ok & todo & (warm | (slack >= -rounding)).all(-1)
         rest = todo & ~ok
         if bool(rest.any()):
             index = rest.reshape(-1).nonzero()[:, 0]

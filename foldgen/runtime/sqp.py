@@ -328,7 +328,6 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         d, lam_qp, nu_qp, solved, _, sane = _sqp_subproblem(
             p, x, lam, nu, values, block_sizes, active, warm
         )
-        warm = lam_qp > 0
         broken = broken | (active & ~sane)
         feasible = feasible & (solved | ~active | ~sane)
         active = active & solved
@@ -344,6 +343,7 @@ def _sqp_solve(p, layer, values, x_init, sizes, batch):
         lam = torch.where(active[..., None], lam + t[..., None] * (lam_qp - lam), lam)
         nu = torch.where(active[..., None], nu + t[..., None] * (nu_qp - nu), nu)
         step = torch.where(active & found, t, step)
+        warm = lam_qp > 0
         iterations = iterations + active.to(torch.int64)
         huge = d.abs().amax(-1) > 1e6 * reference
         huge_steps = torch.where(active & huge, huge_steps + 1, 0)
