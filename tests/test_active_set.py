@@ -91,7 +91,8 @@ def test_weakly_active_bound_agrees_with_the_other_methods():
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_chunked_free_blocks_agree(monkeypatch, shared):
-    """A batch split into chunks (forced by a small limit) gives the same solution."""
+    """A batch split into chunks (forced by a small limit) gives the same solution, to
+    rounding: each chunk pads to its own largest free set, which changes LAPACK's blocking."""
     gen = torch.Generator().manual_seed(3)
     n, batch = 16, 6
     H = _spd(n, gen) if shared else torch.stack([_spd(n, gen) for _ in range(batch)])
@@ -101,7 +102,7 @@ def test_chunked_free_blocks_agree(monkeypatch, shared):
     whole = pgd._free_block_solve(H, free, b)
     monkeypatch.setattr(pgd, "_DENSE_LIMIT", 2 * n * n)  # two elements per chunk
     chunked = pgd._free_block_solve(H, free, b)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=1e-14)
     for i in range(batch):
         Hi = H if shared else H[i]
         F = free[i]

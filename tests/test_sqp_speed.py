@@ -145,3 +145,43 @@ def test_regularization_shortcut_gives_the_same_delta(monkeypatch, mixed):
     torch.testing.assert_close(delta, expected, rtol=1e-10, atol=1e-14)
     if mixed:
         assert bool((delta[[1, 4]] >= 0).all()) and bool((delta[[0, 2, 3, 5, 6, 7]] == 0).all())
+
+
+@pytest.mark.parametrize("shared_G", [True, False])
+def test_bound_rows_split_gives_the_dense_normal_matrix(shared_G):
+    """Gᵀ diag(W) G with the bound rows (one nonzero) on the diagonal and only the other
+    rows in the product equals the dense product; the product's rows are the batch's
+    largest count of non-bound rows, and a mostly dense G keeps the dense product."""
+    gen = torch.Generator().manual_seed(5)
+    batch, n = 4, 7
+    eye = torch.eye(n, dtype=F64)
+    dense = torch.randn(batch, 2, n, generator=gen, dtype=F64)
+    G = torch.cat([-eye.expand(batch, n, n), 3 * eye[:2].expand(batch, 2, n), dense], -2)
+    G[1, -1] = 0
+    G[1, -1, 3] = 2.5  # element 1: its last row is a bound too
+    if shared_G:
+        G = G[0]
+    W = torch.rand(batch, G.shape[-2], generator=gen, dtype=F64)
+    H = torch.randn(n, n, generator=gen, dtype=F64)
+    rows = qp._qp_bound_rows(G, (batch,))
+    assert rows is not None and rows[3].shape == (batch, 2, n)
+    expected = H + G.mT @ (W[..., :, None] * G)
+    torch.testing.assert_close(
+        qp._qp_normal_matrix(H, G, W, rows), expected, rtol=1e-13, atol=1e-13
+    )
+    assert qp._qp_bound_rows(torch.randn(batch, 5, n, generator=gen, dtype=F64), (batch,)) is None
+
+
+def test_mv_row_and_column_forms_agree():
+    from foldgen.runtime.core import _mv
+
+    gen = torch.Generator().manual_seed(6)
+    for shape_A, shape_x in [
+        ((64, 50, 40), (64, 40)),
+        ((3, 4, 5), (3, 5)),
+        ((1, 60, 60), (8, 60)),
+    ]:
+        A = torch.randn(shape_A, generator=gen, dtype=F64)
+        x = torch.randn(shape_x, generator=gen, dtype=F64)
+        expected = torch.einsum("...mn,...n->...m", A, x)
+        torch.testing.assert_close(_mv(A, x), expected, rtol=1e-13, atol=1e-13)

@@ -131,9 +131,10 @@ class PgdPlan:
         ]
         record += [(name, Ref(f"_{name}")) for name in DERIVED_FIELDS if f"_{name}" in has]
         default: Value = self.step_value if self.step_mode == "fixed" else "auto"
-        return Emission(
-            tuple(record), (Setting("step_size", default, Ref(PGD["check_step_size"])),)
-        )
+        settings = [Setting("step_size", default, Ref(PGD["check_step_size"]))]
+        if self.step_mode == "lipschitz":  # the accelerated loop, whose body can be compiled
+            settings.append(Setting("compile", False, Ref(PGD["check_compile"])))
+        return Emission(tuple(record), tuple(settings))
 
     def describe(self, problem: Problem) -> list[str]:
         x = self.var.name

@@ -9,7 +9,9 @@ def _mv(A, x):
     A matrix shared by the batch (no batch axes) multiplies the whole batch in one GEMM,
     x @ Aᵀ: as (A @ x[..., None]) torch runs B separate matrix–vector products on a
     broadcast A (8× slower at n = 100, 19× at n = 1000). A batched A keeps the batched product,
-    except a lifted one, which multiplies all of its vectors at once.
+    except a lifted one, which multiplies all of its vectors at once. The batched product is
+    taken with x as a row, xᵀAᵀ, which torch runs 1.6–3.5× faster than A x as a column from
+    m·n ≈ 2,500 up (batch 64, float64); below 200 entries the column form is a few µs faster.
     """
     if A.dim() == 2:
         return x @ A.mT
@@ -17,6 +19,8 @@ def _mv(A, x):
         # A lifted for a dense Jacobian, (..., 1, m, n), against k vectors (..., k, n): one
         # (k, n) @ (n, m) product per element instead of k products on a broadcast copy of A
         return x @ A.squeeze(-3).mT
+    if A.shape[-2] * A.shape[-1] > 200:
+        return (x[..., None, :] @ A.mT)[..., 0, :]
     return (A @ x[..., None])[..., 0]
 
 

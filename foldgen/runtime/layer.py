@@ -568,6 +568,10 @@ class _Fold(torch.autograd.Function):
         return (None, None, None, None, None, *out)
 
 
+#: Settings stored under another attribute name: ``compile`` would hide nn.Module.compile.
+_SETTING_ATTRIBUTES = {"compile": "compile_body"}
+
+
 def _init_layer(layer, p, inputs, settings):
     """The constructor's body: check and store the settings, bind the given inputs.
 
@@ -587,7 +591,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.max_iter = int(settings["max_iter"])
     layer.tol = float(settings["tol"])
     for name, check in p.setting_checks.items():
-        setattr(layer, name, check(settings[name]))
+        setattr(layer, _SETTING_ATTRIBUTES.get(name, name), check(settings[name]))
     layer.backward_method = method
     layer.backward_max_iter = int(settings["backward_max_iter"])
     layer.backward_tol = float(settings["backward_tol"])

@@ -48,6 +48,7 @@ PGD = {
     "update_map": "_pgd_update_map",
     "no_set_data": "_no_set_data",
     "check_step_size": "_check_step_size",
+    "check_compile": "_check_compile",
 }
 
 #: ADMM's entry points, and its functions for a quadratic f₀ (one factor) or not (Newton).

@@ -345,6 +345,40 @@ def _lipschitz(p, x, values, iterations=50):
     return estimate.expand(x.shape[:-1])
 
 
+def _accelerated_step(project, gradient, x, x_prev, g, g_prev, j, d, ones, S, values):
+    """One iteration of `_accelerated`, apart from its bookkeeping: the plain map's point
+    P(x − α∇f(x)) (for the stopping test), the next iterate, its restart counter and
+    gradient. A function of tensors alone, so compile=True can hand it to torch.compile."""
+    plain, _ = project(torch.addcmul(x, d, g, value=-1), ones, S)
+    beta = j / (j + 3)
+    y = torch.addcmul(x, beta, x - x_prev)
+    gy = torch.addcmul(g, beta, g - g_prev)
+    fast, _ = project(torch.addcmul(y, d, gy, value=-1), ones, S)
+    restart = (torch.linalg.vecdot(y - fast, fast - x) > 0)[..., None]  # momentum uphill
+    x_new = torch.where(restart, plain, fast)
+    return plain, x_new, (j + 1).masked_fill(restart, 0), gradient(x_new, *values)
+
+
+#: compile=True: `_accelerated_step` compiled once per module, its batch size dynamic (one
+#: graph for every batch size; a new dtype, device or set kind compiles again).
+_COMPILED_STEP: dict = {}
+
+
+def _accelerated_body(layer):
+    """The iteration body `_accelerated` runs: compiled where the layer asks for it."""
+    if not getattr(layer, "compile_body", False):
+        return _accelerated_step
+    if "step" not in _COMPILED_STEP:
+        _COMPILED_STEP["step"] = torch.compile(_accelerated_step, dynamic=True)
+    return _COMPILED_STEP["step"]
+
+
+def _check_compile(compile):
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile: expected True or False, got {compile!r}")
+    return compile
+
+
 def _accelerated(p, layer, x, d, S, values, track):
     """Accelerated projected gradient (FISTA with gradient-mapping restarts), in place of
     plain PGD: same fixed point, far fewer iterations on ill-conditioned quadratics.
@@ -355,32 +389,29 @@ def _accelerated(p, layer, x, d, S, values, track):
     the iterates converge). f is quadratic, so ∇f is affine and ∇f at the extrapolated point
     is the same extrapolation of the gradients: one gradient evaluation per iteration. At
     small sizes an iteration costs its number of operations, so each is fused where torch
-    allows (addcmul, vecdot). ``track`` records residuals and divergence.
+    allows (addcmul, vecdot); the data-dependent loop and its stopping test stay in Python.
+    ``track`` records residuals and divergence.
     """
+    body = _accelerated_body(layer)
     ones = torch.ones_like(x)
     g = p.gradient(x, *values)
-    x_prev, g_prev = x, g
+    # copies, not aliases: a compiled body guards on aliasing and would compile twice
+    x_prev, g_prev = (x.clone(), g.clone()) if body is not _accelerated_step else (x, g)
     j = torch.zeros(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)  # (..., 1)
     for k in range(layer.max_iter):
-        plain, _ = p.set.project(torch.addcmul(x, d, g, value=-1), ones, S)
+        plain, x_new, j_new, g_new = body(
+            p.set.project, p.gradient, x, x_prev, g, g_prev, j, d, ones, S, values
+        )
         if not track.step(x, plain):
             break
         track.count()
-        beta = j / (j + 3)
-        y = torch.addcmul(x, beta, x - x_prev)
-        gy = torch.addcmul(g, beta, g - g_prev)
-        fast, _ = p.set.project(torch.addcmul(y, d, gy, value=-1), ones, S)
-        restart = (torch.linalg.vecdot(y - fast, fast - x) > 0)[..., None]  # momentum uphill
-        x_new = torch.where(restart, plain, fast)
-        j = (j + 1).masked_fill(restart, 0)
+        j = j_new
         if track.everyone:
-            x_prev, g_prev, x = x, g, x_new
-            g = p.gradient(x, *values)
+            x_prev, g_prev, x, g = x, g, x_new, g_new
         else:
             move = track.active[..., None]
             x_prev, g_prev = torch.where(move, x, x_prev), torch.where(move, g, g_prev)
-            x = torch.where(move, x_new, x)
-            g = torch.where(move, p.gradient(x, *values), g)
+            x, g = torch.where(move, x_new, x), torch.where(move, g_new, g)
         if (k + 1) % _CHECK_EVERY == 0:
             track.check(x)
     return track.finish(x)
