@@ -230,7 +230,7 @@ def _set_data(x, c, k, eps):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 734308327ac33973): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 631642d3b752c18c): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1271,6 +1271,9 @@ class _FeasibleSet:
     #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
     #: i.e. for a scalar step) or "general" (no structure claimed).
     jacobian: str = "general"
+    #: The projection alone, (y, d, S) -> x, where that is cheaper than ``project``'s
+    #: (x, nonempty) pair: the loops test nonemptiness once, not at every iteration.
+    point: object = None
 
 
 def _same(data):
@@ -1391,7 +1394,8 @@ class _Track:
         step = _norm(x_new - x)
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
-        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        largest = torch.linalg.vector_norm(x_new, math.inf, -1)  # ‖U(x)‖∞ (NaN stays NaN)
+        bound = self.tol * torch.maximum(self.reference, largest)
         if self.everyone:
             self.residual, self.bound = step, bound
         else:

@@ -230,7 +230,7 @@ def _set_data_vjp(x, _a_bar, _b_bar, y, a, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 9f2c181ac459eee5): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 3d0e3f3d8ce1a449): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1194,6 +1194,9 @@ class _FeasibleSet:
     #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
     #: i.e. for a scalar step) or "general" (no structure claimed).
     jacobian: str = "general"
+    #: The projection alone, (y, d, S) -> x, where that is cheaper than ``project``'s
+    #: (x, nonempty) pair: the loops test nonemptiness once, not at every iteration.
+    point: object = None
 
 
 def _same(data):
@@ -1303,7 +1306,8 @@ class _Track:
         step = _norm(x_new - x)
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
-        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        largest = torch.linalg.vector_norm(x_new, math.inf, -1)  # ‖U(x)‖∞ (NaN stays NaN)
+        bound = self.tol * torch.maximum(self.reference, largest)
         if self.everyone:
             self.residual, self.bound = step, bound
         else:

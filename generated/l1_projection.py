@@ -225,7 +225,7 @@ def _set_data_vjp(x, _c_bar, _r_bar, y, r):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 f442af0a2c7f0870): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 f07dbcf793661f08): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1216,6 +1216,17 @@ class _FeasibleSet:
     #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
     #: i.e. for a scalar step) or "general" (no structure claimed).
     jacobian: str = "general"
+    #: The projection alone, (y, d, S) -> x, where that is cheaper than ``project``'s
+    #: (x, nonempty) pair: the loops test nonemptiness once, not at every iteration.
+    point: object = None
+
+
+def _project_point(feasible_set):
+    """(y, d, S) -> x: ``point`` where the set has one, else ``project``'s first part."""
+    if feasible_set.point is not None:
+        return feasible_set.point
+    project = feasible_set.project
+    return lambda y, d, S: project(y, d, S)[0]
 
 
 def _same(data):
@@ -1326,7 +1337,8 @@ class _Track:
         step = _norm(x_new - x)
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
-        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        largest = torch.linalg.vector_norm(x_new, math.inf, -1)  # ‖U(x)‖∞ (NaN stays NaN)
+        bound = self.tol * torch.maximum(self.reference, largest)
         if self.everyone:
             self.residual, self.bound = step, bound
         else:
@@ -1487,11 +1499,11 @@ def _accelerated_step(project, gradient, x, x_prev, g, g_prev, j, d, ones, S, va
     """One iteration of `_accelerated`, apart from its bookkeeping: the plain map's point
     P(x − α∇f(x)) (for the stopping test), the next iterate, its restart counter and
     gradient. A function of tensors alone, so compile=True can hand it to torch.compile."""
-    plain, _ = project(torch.addcmul(x, d, g, value=-1), ones, S)
+    plain = project(torch.addcmul(x, d, g, value=-1), ones, S)
     beta = j / (j + 3)
     y = torch.addcmul(x, beta, x - x_prev)
     gy = torch.addcmul(g, beta, g - g_prev)
-    fast, _ = project(torch.addcmul(y, d, gy, value=-1), ones, S)
+    fast = project(torch.addcmul(y, d, gy, value=-1), ones, S)
     restart = (torch.linalg.vecdot(y - fast, fast - x) > 0)[..., None]  # momentum uphill
     x_new = torch.where(restart, plain, fast)
     return plain, x_new, (j + 1).masked_fill(restart, 0), gradient(x_new, *values)
@@ -1530,7 +1542,7 @@ def _accelerated(p, layer, x, d, S, values, track):
     allows (addcmul, vecdot); the data-dependent loop and its stopping test stay in Python.
     ``track`` records residuals and divergence.
     """
-    body = _accelerated_body(layer)
+    body, project = _accelerated_body(layer), _project_point(p.set)
     ones = torch.ones_like(x)
     g = p.gradient(x, *values)
     # copies, not aliases: a compiled body guards on aliasing and would compile twice
@@ -1538,7 +1550,7 @@ def _accelerated(p, layer, x, d, S, values, track):
     j = torch.zeros(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)  # (..., 1)
     for k in range(layer.max_iter):
         plain, x_new, j_new, g_new = body(
-            p.set.project, p.gradient, x, x_prev, g, g_prev, j, d, ones, S, values
+            project, p.gradient, x, x_prev, g, g_prev, j, d, ones, S, values
         )
         if not track.step(x, plain):
             break

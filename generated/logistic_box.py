@@ -252,7 +252,7 @@ def _set_data_vjp(w, _lo_bar, _hi_bar, X, y, lo, hi, mu):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 85590203b60e1c25): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 268b2ee91ddb01e9): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1206,6 +1206,9 @@ class _FeasibleSet:
     #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
     #: i.e. for a scalar step) or "general" (no structure claimed).
     jacobian: str = "general"
+    #: The projection alone, (y, d, S) -> x, where that is cheaper than ``project``'s
+    #: (x, nonempty) pair: the loops test nonemptiness once, not at every iteration.
+    point: object = None
 
 
 def _same(data):
@@ -1224,6 +1227,10 @@ def _magnitude(*parts):
 def _box_project(y, d, S):
     lo, hi = S
     return _proj_box(y, lo, hi), (lo <= hi).all(-1)
+
+
+def _box_point(y, d, S):
+    return _proj_box(y, *S)
 
 
 def _box_project_vjp(v, x, y, d, S):
@@ -1248,6 +1255,7 @@ _BOX = _FeasibleSet(
     _box_violation,
     "the bounds conflict: a lower bound exceeds its upper bound",
     jacobian="diagonal",
+    point=_box_point,
 )
 
 
@@ -1324,7 +1332,8 @@ class _Track:
         step = _norm(x_new - x)
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
-        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        largest = torch.linalg.vector_norm(x_new, math.inf, -1)  # ‖U(x)‖∞ (NaN stays NaN)
+        bound = self.tol * torch.maximum(self.reference, largest)
         if self.everyone:
             self.residual, self.bound = step, bound
         else:

@@ -287,7 +287,7 @@ def _pack(W, X, Y, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 d6a2e10d8ffab967): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 7fdc5a8a1e500cc0): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1245,6 +1245,9 @@ class _FeasibleSet:
     #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
     #: i.e. for a scalar step) or "general" (no structure claimed).
     jacobian: str = "general"
+    #: The projection alone, (y, d, S) -> x, where that is cheaper than ``project``'s
+    #: (x, nonempty) pair: the loops test nonemptiness once, not at every iteration.
+    point: object = None
 
 
 def _same(data):
@@ -1351,7 +1354,8 @@ class _Track:
         step = _norm(x_new - x)
         if found is not None:  # no step was found: the element is stuck, not converged
             step = torch.where(found, step, math.inf)
-        bound = self.tol * torch.maximum(self.reference, x_new.abs().amax(-1))
+        largest = torch.linalg.vector_norm(x_new, math.inf, -1)  # ‖U(x)‖∞ (NaN stays NaN)
+        bound = self.tol * torch.maximum(self.reference, largest)
         if self.everyone:
             self.residual, self.bound = step, bound
         else:

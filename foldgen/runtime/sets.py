@@ -53,6 +53,17 @@ class _FeasibleSet:
     #: orthogonal projector onto the active face's tangent space, in the Euclidean metric,
     #: i.e. for a scalar step) or "general" (no structure claimed).
     jacobian: str = "general"
+    #: The projection alone, (y, d, S) -> x, where that is cheaper than ``project``'s
+    #: (x, nonempty) pair: the loops test nonemptiness once, not at every iteration.
+    point: object = None
+
+
+def _project_point(feasible_set):
+    """(y, d, S) -> x: ``point`` where the set has one, else ``project``'s first part."""
+    if feasible_set.point is not None:
+        return feasible_set.point
+    project = feasible_set.project
+    return lambda y, d, S: project(y, d, S)[0]
 
 
 def _same(data):
@@ -106,6 +117,10 @@ def _box_project(y, d, S):
     return _proj_box(y, lo, hi), (lo <= hi).all(-1)
 
 
+def _box_point(y, d, S):
+    return _proj_box(y, *S)
+
+
 def _box_project_vjp(v, x, y, d, S):
     lo, hi = S
     y_bar, lo_bar, hi_bar = _proj_box_vjp(v, y, lo, hi)
@@ -128,6 +143,7 @@ _BOX = _FeasibleSet(
     _box_violation,
     "the bounds conflict: a lower bound exceeds its upper bound",
     jacobian="diagonal",
+    point=_box_point,
 )
 
 
