@@ -243,7 +243,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, y, D, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 0cb08bdb731f9b59): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 d53ea45d8a3f095e): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1190,6 +1190,11 @@ _ADMM_ADAPT_LIMIT = 20
 _ADMM_ADAPT_STEP = 100.0  # the most one adaptation moves ρ
 
 
+# The forward's over-relaxation α (OSQP's 1.6); the backward folds the plain map (α = 1),
+# whose fixed points are the same.
+_ADMM_RELAX = 1.6
+
+
 # The infeasibility certificate is evaluated every _ADMM_CHECK_EVERY iterations (a divisor of
 # _ADMM_ADAPT_EVERY: adaptation reuses its residuals).
 _ADMM_CHECK_EVERY = 10
@@ -1407,13 +1412,15 @@ def _admm_update(p, x, s, values, blocks, rho, fixed, tol):
     return x, s_new
 
 
-def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
-    """_admm_update, plus where the x-update succeeded."""
+def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol, alpha=1.0):
+    """_admm_update, plus where the x-update succeeded; ``alpha`` ≠ 1 over-relaxes, Aᵢx →
+    α Aᵢx + (1 − α) zᵢ (the forward's: the same fixed points, Aᵢx = zᵢ there)."""
     z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
     x, ok = p.x_update(p, x, z, u, values, blocks, rho, fixed, tol)
     z_new, u_new = [], []
-    for term, (A, data), ui in zip(p.terms, blocks, u):
-        w = _admm_apply(A, x) + ui  # (..., mᵢ)
+    for term, (A, data), zi, ui in zip(p.terms, blocks, z, u):
+        w = _admm_apply(A, x)  # (..., mᵢ)
+        w = (w if alpha == 1.0 else alpha * w + (1 - alpha) * zi) + ui
         zi = term.prox(w, data, rho)
         z_new.append(zi)
         u_new.append(w - zi)
@@ -1691,8 +1698,8 @@ def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
     for k in range(layer.max_iter):
         if not bool(run.active.any()):
             break
-        x_new, s_new = _admm_update(
-            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol
+        x_new, s_new, _ = _admm_sweep(
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol, _ADMM_RELAX
         )
         run.advance(k, x_new, s_new, unbounded)
     x, _ = run.output()
