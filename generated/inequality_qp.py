@@ -258,7 +258,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, _bar3, _bar4, P, q, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 cb8ff2056473289c): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 79ccaa6355cc683e): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1716,7 +1716,7 @@ class _AdmmRun:
 
 
 def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
-    """ADMM with the quadratic f₀'s x-update (one factor of K per ρ, reused by the backward)
+    """ADMM with the quadratic f₀'s x-update (one factor of K, reused by the backward)
     and OSQP's certificates of an empty set and of an unbounded problem."""
     run = _AdmmRun(p, layer, values, x_init, sizes, batch)
     curvature = _admm_curvature(p, run.x, values)

@@ -243,7 +243,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, y, D, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 d53ea45d8a3f095e): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 c46c74d958842f45): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1687,7 +1687,7 @@ class _AdmmRun:
 
 
 def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
-    """ADMM with the quadratic f₀'s x-update (one factor of K per ρ, reused by the backward)
+    """ADMM with the quadratic f₀'s x-update (one factor of K, reused by the backward)
     and OSQP's certificates of an empty set and of an unbounded problem."""
     run = _AdmmRun(p, layer, values, x_init, sizes, batch)
     curvature = _admm_curvature(p, run.x, values)

@@ -5,8 +5,9 @@ What the problem contributes arrives in ``p``, the problem record: per block, ``
 has the `_AdmmProx` record of its term gᵢ (the prox, its VJP and its parts of the
 certificates) and ``p.matrices`` whether it has a matrix Aᵢ (False: zᵢ = x itself);
 ``p.data_ranks`` are the core ranks of ``p.block_data``'s outputs, and ``p.prepare`` /
-``p.x_update`` the x-update of the plan's choice: one Cholesky factor of
-K = ∇²f₀ + ρ Σᵢ AᵢᵀAᵢ per ρ when f₀ is quadratic (`_admm_prepare_quadratic`,
+``p.x_update`` the x-update of the plan's choice: one factor of K = ∇²f₀ + ρ Σᵢ AᵢᵀAᵢ when
+f₀ is quadratic (`_admm_factor`: shared by the batch and every ρ where no batched data reach
+K, a Cholesky factor per element and ρ otherwise; `_admm_prepare_quadratic`,
 `_admm_x_update_quadratic`, solved by `_admm_solve_quadratic`), damped Newton steps
 otherwise (`_admm_prepare_newton`, `_admm_x_update_newton`, solved by `_admm_solve_newton`).
 `_admm_backward` serves both. The runtime's `_admm_update` is one sweep in plain torch
@@ -903,7 +904,7 @@ class _AdmmRun:
 
 
 def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
-    """ADMM with the quadratic f₀'s x-update (one factor of K per ρ, reused by the backward)
+    """ADMM with the quadratic f₀'s x-update (one factor of K, reused by the backward)
     and OSQP's certificates of an empty set and of an unbounded problem."""
     run = _AdmmRun(p, layer, values, x_init, sizes, batch)
     curvature = _admm_curvature(p, run.x, values)
