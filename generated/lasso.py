@@ -248,7 +248,7 @@ def _block_data_vjp(x, _bar0, _bar1, A, b, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 911425a34b823c86): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 30474d01d687b287): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1186,20 +1186,26 @@ def _extra_repr(layer):
     return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
 
 
-# adapt_rho=True: residual balancing every _ADMM_ADAPT_EVERY iterations; ρ is multiplied
-# (divided) by _ADMM_ADAPT_FACTOR where the primal residual exceeds _ADMM_ADAPT_RATIO times the
-# dual one (or the reverse), at most _ADMM_ADAPT_LIMIT times per element so that the iteration
-# settles.
+# adapt_rho=True (the default): OSQP's residual balancing (Stellato et al. 2020, §5.2) every
+# _ADMM_ADAPT_EVERY iterations, ρ ← ρ·sqrt((‖r_prim‖/max(‖Ax‖, ‖z‖)) / (‖r_dual‖/max(‖Aᵀy‖,
+# ‖Px‖, ‖q‖))), applied only where it moves ρ by more than _ADMM_ADAPT_FACTOR either way
+# (OSQP uses 5; at 5 tv_denoise's slowest elements, which need ρ ≈ 3 from 1, never adapt), at
+# most _ADMM_ADAPT_LIMIT times per element so that the iteration settles.
 _ADMM_ADAPT_EVERY = 20
-
-
-_ADMM_ADAPT_RATIO = 10.0
 
 
 _ADMM_ADAPT_FACTOR = 2.0
 
 
 _ADMM_ADAPT_LIMIT = 20
+
+
+_ADMM_ADAPT_STEP = 100.0  # the most one adaptation moves ρ
+
+
+# The forward's over-relaxation α (OSQP's 1.6); the backward folds the plain map (α = 1),
+# whose fixed points are the same.
+_ADMM_RELAX = 1.6
 
 
 # The infeasibility certificate is evaluated every _ADMM_CHECK_EVERY iterations (a divisor of
@@ -1310,7 +1316,7 @@ def _admm_split(s, sizes):
     return list(parts[: len(sizes)]), list(parts[len(sizes) :])
 
 
-def _admm_factor(p, x, values, blocks, rho):
+def _admm_cholesky(p, x, values, blocks, rho):
     """Cholesky factor L of K = ∇²f₀(x) + ρ Σᵢ AᵢᵀAᵢ, (..., n, n), and where K is PD.
 
     ∇²f₀ is materialised as ∇²f₀ applied to the identity over one extra batch axis. Where K is
@@ -1327,10 +1333,72 @@ def _admm_factor(p, x, values, blocks, rho):
     return torch.where(ok[..., None, None], L, eye), ok
 
 
+def _admm_pencil(H, M, rho):
+    """K(ρ) = H + ρM for every ρ from one factorisation of shared (n, n) matrices, or None.
+
+    With C = H + ρ₀M = LLᵀ (ρ₀ = tr H / tr M balances the two, so no ρ is favoured) and
+    L⁻¹ M L⁻ᵀ = Q diag(·) Qᵀ, W = L⁻ᵀQ makes WᵀHW and WᵀMW diagonal (η, μ), so
+    K(ρ)⁻¹ = W diag(1/(η + ρμ)) Wᵀ: a per-element ρ, and a new ρ, cost no factorisation.
+    None where C is not positive definite (the caller factors K itself).
+    """
+    trace_h, trace_m = H.diagonal().sum(), M.diagonal().sum()
+    balance = torch.where((trace_h > 0) & (trace_m > 0), trace_h / trace_m, 1.0)
+    L, info = torch.linalg.cholesky_ex(H + balance * M)
+    if int(info) != 0:
+        return None
+    half = torch.linalg.solve_triangular(L, M, upper=False)  # L⁻¹M
+    S = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ M L⁻ᵀ
+    _, Q = torch.linalg.eigh(0.5 * (S + S.mT))
+    W = torch.linalg.solve_triangular(L.mT, Q, upper=True)
+    eta = (W * (H @ W)).sum(-2)  # diag(WᵀHW)
+    mu = (W * (M @ W)).sum(-2)
+    return W, eta, mu
+
+
+def _admm_factor(p, x, values, blocks, rho):
+    """The factor of K = ∇²f₀ + ρ Σᵢ AᵢᵀAᵢ (f₀ quadratic), and where K is PD.
+
+    Where no batched data reach ∇²f₀ or the Aᵢ, the shared (W, η, μ) of `_admm_pencil`: one
+    (n, n) factorisation for the whole batch and every ρ, instead of a Cholesky factor per
+    element of a broadcast K. Otherwise (or under autograd, which eigh's derivative at
+    repeated eigenvalues would break) the batched Cholesky factor L of `_admm_cholesky`.
+    """
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    H = p.hvp(x.new_zeros(n), eye, *lifted)  # constant: f₀ is quadratic
+    shared = H.dim() == 2 and all(A is None or A.dim() == 2 for A, _ in blocks)
+    tracked = torch.is_grad_enabled() and any(
+        t.requires_grad for t in [H, *(A for A, _ in blocks if A is not None)]
+    )
+    if shared and not tracked:
+        M = sum((eye if A is None else A.mT @ A for A, _ in blocks), torch.zeros_like(eye))
+        factor = _admm_pencil(0.5 * (H + H.mT), M, rho)
+        if factor is not None:
+            return factor, _admm_factor_ok(factor, rho)
+    return _admm_cholesky(p, x, values, blocks, rho)
+
+
+def _admm_factor_ok(factor, rho):
+    """Where K(ρ) is positive definite, for a shared factor (η + ρμ > 0)."""
+    W, eta, mu = factor
+    d = eta + rho[..., None] * mu
+    return (d > 0).all(-1) & torch.isfinite(d).all(-1)
+
+
+def _admm_solve_k(factor, rho, rhs):
+    """K⁻¹ rhs for the factor of `_admm_factor`: a batched Cholesky solve, or, for a shared
+    factor, two products of the whole batch with W (one GEMM each, no per-element solve)."""
+    if isinstance(factor, torch.Tensor):
+        return torch.cholesky_solve(rhs[..., None], factor)[..., 0]
+    W, eta, mu = factor
+    return ((rhs @ W) / (eta + rho[..., None] * mu)) @ W.mT
+
+
 def _admm_prepare_quadratic(p, x, values, blocks, rho):
     """What every x-update reuses (f₀ quadratic): the factor of K and ∇f₀(0); and where K is PD."""
-    L, ok = _admm_factor(p, x, values, blocks, rho)
-    return (L, p.gradient(torch.zeros_like(x), *values)), ok
+    factor, ok = _admm_factor(p, x, values, blocks, rho)
+    return (factor, p.gradient(torch.zeros_like(x), *values)), ok
 
 
 def _admm_x_update_quadratic(p, x, z, u, values, blocks, rho, fixed, tol):
@@ -1338,11 +1406,11 @@ def _admm_x_update_quadratic(p, x, z, u, values, blocks, rho, fixed, tol):
     factor of K computed once per call (f₀ is quadratic: ∇f₀(x) = ∇²f₀ x + ∇f₀(0)).
 
     Returns x and where the update succeeded (always: the prepare step has checked K)."""
-    L, q = fixed
+    factor, q = fixed
     rhs = -q
     for (A, _), zi, ui in zip(blocks, z, u):
         rhs = rhs + rho[..., None] * _admm_apply_t(A, zi - ui)
-    x = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    x = _admm_solve_k(factor, rho, rhs)
     return x, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
 
 
@@ -1357,13 +1425,15 @@ def _admm_update(p, x, s, values, blocks, rho, fixed, tol):
     return x, s_new
 
 
-def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol):
-    """_admm_update, plus where the x-update succeeded."""
+def _admm_sweep(p, x, s, values, blocks, rho, fixed, tol, alpha=1.0):
+    """_admm_update, plus where the x-update succeeded; ``alpha`` ≠ 1 over-relaxes, Aᵢx →
+    α Aᵢx + (1 − α) zᵢ (the forward's: the same fixed points, Aᵢx = zᵢ there)."""
     z, u = _admm_split(s, _admm_sizes(blocks, x.shape[-1]))
     x, ok = p.x_update(p, x, z, u, values, blocks, rho, fixed, tol)
     z_new, u_new = [], []
-    for term, (A, data), ui in zip(p.terms, blocks, u):
-        w = _admm_apply(A, x) + ui  # (..., mᵢ)
+    for term, (A, data), zi, ui in zip(p.terms, blocks, z, u):
+        w = _admm_apply(A, x)  # (..., mᵢ)
+        w = (w if alpha == 1.0 else alpha * w + (1 - alpha) * zi) + ui
         zi = term.prox(w, data, rho)
         z_new.append(zi)
         u_new.append(w - zi)
@@ -1524,28 +1594,51 @@ class _AdmmRun:
         self.x = torch.where(self.active[..., None], x_new, self.x)
         self.s = torch.where(self.active[..., None], s_new, s)
         if check and layer.adapt_rho and (k + 1) % _ADMM_ADAPT_EVERY == 0:
-            self.adapt(z, z_new, du)
+            self.adapt(z, z_new, u_new, du)
 
-    def adapt(self, z, z_new, du):
-        """Residual balancing: primal ‖Ax − z⁺‖ = ‖δu‖ against dual ρ‖Σᵢ Aᵢᵀ(zᵢ⁺ − zᵢ)‖."""
+    def adapt(self, z, z_new, u_new, du):
+        """OSQP's residual balancing on the scaled state (y = ρu): the primal residual
+        r_prim = Ax − z⁺ = δu against max(‖Ax‖, ‖z⁺‖) (Ax = z⁺ + δu), the dual residual
+        r_dual = ρ Σᵢ Aᵢᵀ(zᵢ⁺ − zᵢ) against max(‖Aᵀy‖, ‖Px‖, ‖q‖), with Aᵀy = ρ Σᵢ Aᵢᵀuᵢ⁺,
+        q = ∇f₀(0), Px = ∇f₀(x) − q (also ‖∇f₀(x)‖, for a non-quadratic f₀, where ∇f₀(0) may
+        not be finite). Without ‖Px‖ and ‖q‖ the small early y drives ρ down. Where ρ moves, u
+        is rescaled (y unchanged) and K re-factored, except a shared factor (every ρ)."""
         p, batch, blocks = self.p, self.batch, self.blocks
-        primal = _norm(torch.cat([d.expand(*batch, d.shape[-1]) for d in du], -1))
-        pulled = sum(_admm_apply_t(A, b - a) for (A, _), a, b in zip(blocks, z, z_new))
-        dual = self.rho * _norm(pulled)
+
+        def size(parts):
+            return _norm(torch.cat([t.expand(*batch, t.shape[-1]) for t in parts], -1))
+
+        primal = size(du) / torch.maximum(size([a + d for a, d in zip(z_new, du)]), size(z_new))
+        dual = self.rho * _norm(
+            sum(_admm_apply_t(A, b - a) for (A, _), a, b in zip(blocks, z, z_new))
+        )
+        pulled = self.rho * _norm(sum(_admm_apply_t(A, ui) for (A, _), ui in zip(blocks, u_new)))
+        at_x = p.gradient(self.x, *self.values)  # Px + q for a quadratic f₀
+        at_0 = p.gradient(torch.zeros_like(self.x), *self.values)  # q
+        smooth = torch.maximum(_norm(at_x - at_0), _norm(at_0))
+        scale = torch.maximum(pulled, _norm(at_x))
+        dual = dual / torch.where(torch.isfinite(smooth), torch.maximum(scale, smooth), scale)
+        # Residuals at the stopping level are rounding, not a balance to correct; one step
+        # moves ρ at most _ADMM_ADAPT_STEP either way (the stop test scales with u = y/ρ).
+        ratio = torch.sqrt(primal / dual).clamp(1 / _ADMM_ADAPT_STEP, _ADMM_ADAPT_STEP)
+        settled = (primal <= self.layer.forward_tol) | (dual <= self.layer.forward_tol)
+        ratio = torch.where(torch.isfinite(ratio) & ~settled, ratio, 1.0)
         free = self.active & (self.changes < _ADMM_ADAPT_LIMIT)
-        up = free & (primal > _ADMM_ADAPT_RATIO * dual)
-        down = free & (dual > _ADMM_ADAPT_RATIO * primal)
-        if bool((up | down).any()):
-            factor = torch.where(
-                up, _ADMM_ADAPT_FACTOR, torch.where(down, 1 / _ADMM_ADAPT_FACTOR, 1.0)
-            )
-            self.rho = self.rho * factor
-            z, u = _admm_split(self.s, self.dims)
-            self.s = _admm_pack(z, [ui / factor[..., None] for ui in u])  # y = ρu is unchanged
-            self.changes = self.changes + (up | down).to(torch.int64)
+        moved = free & ((ratio > _ADMM_ADAPT_FACTOR) | (ratio * _ADMM_ADAPT_FACTOR < 1))
+        if not bool(moved.any()):
+            return
+        factor = torch.where(moved, ratio, 1.0)
+        self.rho = self.rho * factor
+        z, u = _admm_split(self.s, self.dims)
+        self.s = _admm_pack(z, [ui / factor[..., None] for ui in u])  # y = ρu is unchanged
+        self.changes = self.changes + moved.to(torch.int64)
+        shared = self.fixed is not None and not isinstance(self.fixed[0], torch.Tensor)
+        if shared:
+            refactored = _admm_factor_ok(self.fixed[0], self.rho)
+        else:
             self.fixed, refactored = p.prepare(p, self.x, self.values, blocks, self.rho)
-            self.factored = self.factored & refactored
-            self.active = self.active & self.factored
+        self.factored = self.factored & refactored
+        self.active = self.active & self.factored
 
     def output(self):
         """x(s*), the output the backward differentiates, and where its x-update succeeded
@@ -1607,7 +1700,7 @@ class _AdmmRun:
 
 
 def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
-    """ADMM with the quadratic f₀'s x-update (one factor of K per ρ, reused by the backward)
+    """ADMM with the quadratic f₀'s x-update (one factor of K, reused by the backward)
     and OSQP's certificates of an empty set and of an unbounded problem."""
     run = _AdmmRun(p, layer, values, x_init, sizes, batch)
     curvature = _admm_curvature(p, run.x, values)
@@ -1618,8 +1711,8 @@ def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
     for k in range(layer.max_iter):
         if not bool(run.active.any()):
             break
-        x_new, s_new = _admm_update(
-            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol
+        x_new, s_new, _ = _admm_sweep(
+            p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol, _ADMM_RELAX
         )
         run.advance(k, x_new, s_new, unbounded)
     x, _ = run.output()
@@ -1658,7 +1751,7 @@ def _admm_pullback(p, v, x, s, blocks, rho, L, x_bar):
         w_bars.append(w_bar)
         data_bars.append(data_bar)
         x_bar = x_bar + _admm_apply_t(A, w_bar)
-    r = torch.cholesky_solve(x_bar[..., None], L)[..., 0]  # (..., n)
+    r = _admm_solve_k(L, rho, x_bar)  # (..., n)
     s_z = [rho[..., None] * _admm_apply(A, r) for A, _ in blocks]
     s_u = [w_bar - sz for w_bar, sz in zip(w_bars, s_z)]
     return _admm_pack(s_z, s_u), r, w_bars, data_bars
@@ -1679,7 +1772,8 @@ def _admm_backward(p, layer, x, values, state, grad_x):
     def dense_phi_t():
         flat = [_lift(t, r) for t, r in zip(_admm_flat(blocks), p.data_ranks)]
         lifted = _admm_unpack(p, flat)
-        x1, s1, rho1, L1 = _lift(x, 1), _lift(s, 1), _lift(rho, 0), _lift(L, 2)
+        x1, s1, rho1 = _lift(x, 1), _lift(s, 1), _lift(rho, 0)
+        L1 = _lift(L, 2) if isinstance(L, torch.Tensor) else L  # a shared factor: as it is
         return lambda v: _admm_pullback(p, v, x1, s1, lifted, rho1, L1, 0)[0]
 
     link = _admm_pullback(p, torch.zeros_like(s), x, s, blocks, rho, L, grad_x)[0]
