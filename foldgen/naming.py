@@ -57,6 +57,7 @@ LAYER_SETTINGS = frozenset(
     {
         "max_iter", "tol", "step_size", "rho", "adapt_rho", "step", "backward_method",
         "backward_max_iter", "backward_tol", "on_nonconvergence", "fold_unconverged", "backward_fallback", "verbose",
+        "compile",
     }
 )  # fmt: skip
 
@@ -66,7 +67,7 @@ LAYER_SETTINGS = frozenset(
 LAYER_ATTRIBUTES = frozenset(
     {
         "bound", "info", "backward_info", "multipliers", "unrolled", "update_map", "forward_tol",
-        "adjoint_tol",
+        "adjoint_tol", "compile_body",
         "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init",
         "children", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr",
         "float", "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule",
