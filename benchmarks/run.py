@@ -136,7 +136,10 @@ def run_case(case, repeats, budget, log):
         gradients.append(None)
     else:
         add("unrolled", Unrolled(case, weight), f"{iterations} iterations")
-    add("autograd-fold", AutogradFold(case, weight, solver), solver)
+    # The peer has LFPI, GMRES and the dense solve; GMRES stands in for foldgen's own
+    # structured solves (active_set), which a hand-written fold would not have.
+    peer_solver = solver if solver in ("direct", "lfpi", "gmres") else "gmres"
+    add("autograd-fold", AutogradFold(case, weight, peer_solver), peer_solver)
     if case.cvxpylayer is not None:
         add("cvxpylayers", Cvxpylayers(case, weight), "default")
         add(CVX_TIGHT, Cvxpylayers(case, weight, TIGHT_ARGS), "SCS eps 1e-8")
@@ -462,6 +465,8 @@ def write_scaling(rows, out, render=False):
         scaling.write_csv(rows, out)
     stamp = time.strftime("%Y-%m-%d")
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {stamp}"
+    if render and (out / "scaling.md").exists():  # the run's own header, not this process's
+        header = (out / "scaling.md").read_text().splitlines()[0]
     text = f"{header}\n\n{scaling.table(rows)}\n"
     print(f"\n{text}")
     (out / "scaling.md").write_text(text)
