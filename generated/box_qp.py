@@ -216,7 +216,7 @@ def _set_data(x, Q, c):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 7b5256b1d47db657): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 ef00ad0d9f08732b): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1196,13 +1196,13 @@ def _magnitude(*parts):
     return out.clamp_min(torch.finfo(out.dtype).tiny)
 
 
-def _box_project(y, d, S):
-    lo, hi = S
-    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
-
-
 def _box_point(y, d, S):
     return _proj_box(y, *S)
+
+
+def _box_project(y, d, S):
+    lo, hi = S
+    return _box_point(y, d, S), (lo <= hi).all(-1)
 
 
 def _box_project_vjp(v, x, y, d, S):

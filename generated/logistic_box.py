@@ -252,7 +252,7 @@ def _set_data_vjp(w, _lo_bar, _hi_bar, X, y, lo, hi, mu):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 268b2ee91ddb01e9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 6179f5f3ba5fb3a0): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1224,13 +1224,13 @@ def _magnitude(*parts):
     return out.clamp_min(torch.finfo(out.dtype).tiny)
 
 
-def _box_project(y, d, S):
-    lo, hi = S
-    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
-
-
 def _box_point(y, d, S):
     return _proj_box(y, *S)
+
+
+def _box_project(y, d, S):
+    lo, hi = S
+    return _box_point(y, d, S), (lo <= hi).all(-1)
 
 
 def _box_project_vjp(v, x, y, d, S):

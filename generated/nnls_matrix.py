@@ -260,7 +260,7 @@ def _pack(W, A, B):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 6be76722a426005d): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 70a3ce4659b2d6e7): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1264,13 +1264,13 @@ def _magnitude(*parts):
     return out.clamp_min(torch.finfo(out.dtype).tiny)
 
 
-def _box_project(y, d, S):
-    lo, hi = S
-    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
-
-
 def _box_point(y, d, S):
     return _proj_box(y, *S)
+
+
+def _box_project(y, d, S):
+    lo, hi = S
+    return _box_point(y, d, S), (lo <= hi).all(-1)
 
 
 def _box_project_vjp(v, x, y, d, S):

@@ -112,13 +112,13 @@ _SPACE = _FeasibleSet(
 # The box lo ≤ x ≤ hi (clamp; any metric gives the same projection).
 
 
-def _box_project(y, d, S):
-    lo, hi = S
-    return _proj_box(y, lo, hi), (lo <= hi).all(-1)
-
-
 def _box_point(y, d, S):
     return _proj_box(y, *S)
+
+
+def _box_project(y, d, S):
+    lo, hi = S
+    return _box_point(y, d, S), (lo <= hi).all(-1)
 
 
 def _box_project_vjp(v, x, y, d, S):
