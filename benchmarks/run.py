@@ -459,6 +459,23 @@ def read_results(out):
     return add_ratios(rows), (out / "header.txt").read_text().strip()
 
 
+def merge_rows(rows, names, out, note):
+    """The earlier run's rows with the cases ``names`` replaced by ``rows`` (in the earlier
+    order, new cases last), and its header with ``note`` added: a rerun of a few cases
+    keeps the table whole."""
+    old, header = read_results(out)
+    fresh = {name: [r for r in rows if r["case"] == name] for name in names}
+    merged, done = [], set()
+    for row in old:
+        if row["case"] not in fresh:
+            merged.append(row)
+        elif row["case"] not in done:
+            merged.extend(fresh[row["case"]])
+            done.add(row["case"])
+    merged.extend(r for name in names if name not in done for r in fresh[name])
+    return merged, f"{header}; {note}"
+
+
 def write_scaling(rows, out, render=False):
     """scaling.csv (unless re-rendering), scaling.md (the exponents) and scaling.png."""
     if not render:
@@ -481,6 +498,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per median at most")
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--no-study", action="store_true", help="skip the convergence study")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace those cases' rows in results.csv, keep the other cases'",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--render",
@@ -516,14 +538,17 @@ def main() -> None:
         write_scaling(found, args.out)
         print(f"total {time.perf_counter() - started:.0f} s; wrote {args.out}")
         return
-    rows = []
+    rows, names = [], []
     for case in make_cases(args.quick):
         if args.only not in case.name:
             continue
         print(f"{case.name}", flush=True)
+        names.append(case.name)
         rows.extend(run_case(case, args.repeats, args.budget, lambda s: print(s, flush=True)))
     stamp = time.strftime("%Y-%m-%d")
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {stamp}"
+    if args.merge and (args.out / "results.csv").exists():
+        rows, header = merge_rows(rows, names, args.out, f"{args.only!r} rerun {stamp}")
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()

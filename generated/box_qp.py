@@ -216,7 +216,7 @@ def _set_data(x, Q, c):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 ef00ad0d9f08732b): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 2775a5131b2d3366): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -573,7 +573,9 @@ class SolveInfo:
     The first five fields are every rule's; then each rule fills its own and leaves the
     others None: PGD ``alpha`` (the step D, (..., 1) or (..., n) for a diagonal D), ADMM
     ``rho`` (the penalty ρ at the end), SQP ``alpha`` (the last line-search step) and
-    ``multipliers`` ((λ, ν) of the inequality and equality constraints).
+    ``multipliers`` ((λ, ν) of the inequality and equality constraints). ADMM on a QP also
+    fills ``polished``: True where the answer is the solve of the guessed active set's KKT
+    system, accepted because one ADMM sweep from it passed the stopping test.
     """
 
     iterations: torch.Tensor  # int64
@@ -585,6 +587,7 @@ class SolveInfo:
     rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
     multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
     tol: float | None = None  # the tolerance this call used (the setting, fitted to the dtype)
+    polished: torch.Tensor | None = None  # ADMM (QPs): bool, the answer came from a polish
 
 
 @dataclasses.dataclass(frozen=True)

@@ -260,7 +260,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, c, k, eps):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 69215e6bfdb47b6a): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 19334073932f8696): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -927,7 +927,9 @@ class SolveInfo:
     The first five fields are every rule's; then each rule fills its own and leaves the
     others None: PGD ``alpha`` (the step D, (..., 1) or (..., n) for a diagonal D), ADMM
     ``rho`` (the penalty ρ at the end), SQP ``alpha`` (the last line-search step) and
-    ``multipliers`` ((λ, ν) of the inequality and equality constraints).
+    ``multipliers`` ((λ, ν) of the inequality and equality constraints). ADMM on a QP also
+    fills ``polished``: True where the answer is the solve of the guessed active set's KKT
+    system, accepted because one ADMM sweep from it passed the stopping test.
     """
 
     iterations: torch.Tensor  # int64
@@ -939,6 +941,7 @@ class SolveInfo:
     rho: torch.Tensor | None = None  # ADMM: the penalty the backward folds with
     multipliers: tuple | None = None  # SQP: (λ, ν), each (..., m)
     tol: float | None = None  # the tolerance this call used (the setting, fitted to the dtype)
+    polished: torch.Tensor | None = None  # ADMM (QPs): bool, the answer came from a polish
 
 
 @dataclasses.dataclass(frozen=True)

@@ -727,6 +727,89 @@ def _admm_curvature(p, x, values):
     return hessian.diagonal(0, -2, -1).abs().amax(-1)
 
 
+# ---------------------------------------------------------------------------- polishing
+
+
+def _admm_polishable(p):
+    """Whether the final active set can be polished: f₀ quadratic and every block the
+    indicator of a box (a QP: lo ≤ Aᵢx ≤ hi, equalities where lo = hi)."""
+    return p.prepare is _admm_prepare_quadratic and all(term is _ADMM_BOX for term in p.terms)
+
+
+def _admm_bounds(blocks, dims, batch):
+    """The blocks' bounds stacked, (..., m) each: lo and hi of lo ≤ Ax ≤ hi."""
+    lo = [data[0].expand(*batch, m) for (_, data), m in zip(blocks, dims)]
+    hi = [data[1].expand(*batch, m) for (_, data), m in zip(blocks, dims)]
+    return torch.cat(lo, -1), torch.cat(hi, -1)
+
+
+def _admm_guess(s, rho, lo, hi, dims):
+    """The active set the state suggests, OSQP's rule with y = ρu: a row is held at lo where
+    zᵢ − loᵢ < −yᵢ, at hi where hiᵢ − zᵢ < yᵢ, and always where lo = hi (an equality, whose
+    multiplier may be 0). Returns (at_lo, at_hi), (..., m) each."""
+    z, u = _admm_split(s, dims)
+    z, y = torch.cat(z, -1), rho[..., None] * torch.cat(u, -1)
+    fixed = lo == hi
+    return (z - lo < -y) & ~fixed, (hi - z < y) | fixed
+
+
+def _admm_pick(t, core, batch, flat):
+    """The elements ``flat`` (a mask over the flattened batch) of t, (k, *core shape): an
+    unbatched t is expanded, a batched one indexed (no copy of the whole batch's matrices)."""
+    k = int(flat.sum())
+    if t.dim() == core:
+        return t.expand(k, *t.shape)
+    shape = t.shape[t.dim() - core :]
+    return t.expand(*batch, *shape).reshape(-1, *shape)[flat]
+
+
+def _admm_polish(p, x, s, values, blocks, rho, batch, todo):
+    """OSQP's polish (Stellato et al. 2020, §4): the equality QP of the state's active set,
+    solved exactly for the elements ``todo`` (a (...) mask). Returns the candidate state
+    (z = Π(Ax), u = y/ρ), the others' state unchanged, and where the candidate is finite.
+
+    With D the active rows and b their bounds, (x, y) solves the KKT system
+    [[H, AᵀD], [DA, D − I]] (x, y) = (−∇f₀(0), Db) (a free row's y is 0), factored once with δ
+    on the diagonal (+δ on x, −δ on y: quasi-definite, so redundant active rows do not make
+    it singular) and refined by four steps against the exact matrix. The caller accepts a
+    candidate only where one plain sweep from it passes the forward's own stopping test, so a
+    wrong guess costs one factorisation and changes nothing.
+    """
+    n = x.shape[-1]
+    dims = _admm_sizes(blocks, n)
+    flat = todo.reshape(-1)
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    H = _admm_pick(p.hvp(x.new_zeros(n), eye, *lifted), 2, batch, flat)  # (k, n, n)
+    q = _admm_pick(p.gradient(torch.zeros_like(x), *values), 1, batch, flat)
+    A = torch.cat([eye.expand(len(H), n, n) if Ai is None else _admm_pick(Ai, 2, batch, flat)
+                   for Ai, _ in blocks], -2)  # (k, m, n)  # fmt: skip
+    lo, hi = (_admm_pick(t, 1, batch, flat) for t in _admm_bounds(blocks, dims, batch))
+    rho_k = _admm_pick(rho, 0, batch, flat)
+    at_lo, at_hi = _admm_guess(_admm_pick(s, 1, batch, flat), rho_k, lo, hi, dims)
+    d = (at_lo | at_hi).to(x.dtype)  # (k, m)
+    b = torch.where(at_hi, hi, torch.where(at_lo, lo, 0))
+    DA = d[..., None] * A
+    M = torch.cat([torch.cat([H, DA.mT], -1), torch.cat([DA, torch.diag_embed(d - 1)], -1)], -2)
+    rhs = torch.cat([-q, b], -1)
+    delta = math.sqrt(torch.finfo(x.dtype).eps) * (1 + H.abs().amax((-2, -1)))  # (k,)
+    shift = torch.cat([delta[:, None].expand(-1, n), -delta[:, None] * d], -1)
+    LU, pivots, _ = torch.linalg.lu_factor_ex(M + torch.diag_embed(shift))
+    sol = torch.zeros_like(rhs)
+    for _ in range(4):
+        residual = rhs - (M @ sol[..., None])[..., 0]
+        sol = sol + torch.linalg.lu_solve(LU, pivots, residual[..., None])[..., 0]
+    x_hat, y_hat = sol[..., :n], sol[..., n:]
+    z_hat = torch.minimum(torch.maximum((A @ x_hat[..., None])[..., 0], lo), hi)
+    candidate = torch.cat([z_hat, y_hat / rho_k[:, None]], -1)  # the state's (z, u) layout
+    finite = torch.isfinite(candidate).all(-1)
+    out = s.expand(*batch, s.shape[-1]).reshape(-1, s.shape[-1]).clone()
+    out[flat] = torch.where(finite[:, None], candidate, out[flat])
+    ok = torch.zeros_like(flat)
+    ok[flat] = finite
+    return out.reshape(*batch, s.shape[-1]), ok.reshape(batch)
+
+
 # ---------------------------------------------------------------------------- the forward
 
 
@@ -768,6 +851,36 @@ class _AdmmRun:
         self.halfway = None
         self.started = feasible & self.factored
         self.active = self.started.clone()
+        self.polished = torch.zeros_like(feasible)  # the final state came from a polish
+        self.tried = None  # (the guess of each element's last polish, whether it had one)
+
+    def polish(self):
+        """Polish the active elements whose active-set guess is new to them (`_admm_polish`); a
+        guess that failed is not tried again. Retires the elements whose polished state
+        passes the stopping test after one plain sweep (their residual is that sweep's)."""
+        p, layer, batch, blocks = self.p, self.layer, self.batch, self.blocks
+        lo, hi = _admm_bounds(blocks, self.dims, batch)
+        guess = torch.cat(_admm_guess(self.s, self.rho, lo, hi, self.dims), -1)
+        if self.tried is None:
+            self.tried = torch.zeros_like(guess), torch.zeros_like(self.active)
+        tried, attempted = self.tried
+        todo = self.active & ~(attempted & (guess == tried).all(-1))
+        if not bool(todo.any()):
+            return
+        self.tried = torch.where(todo[..., None], guess, tried), attempted | todo
+        s_hat, ok = _admm_polish(p, self.x, self.s, self.values, blocks, self.rho, batch, todo)
+        x_new, s_new, _ = _admm_sweep(
+            p, self.x, s_hat, self.values, blocks, self.rho, self.fixed, layer.forward_tol
+        )
+        step = _norm(s_new - s_hat)
+        bound = layer.forward_tol * s_new.abs().amax(-1)
+        accept = todo & ok & (step <= bound)
+        self.residual = torch.where(accept, step, self.residual)
+        self.bound = torch.where(accept, bound, self.bound)
+        self.x = torch.where(accept[..., None], x_new, self.x)
+        self.s = torch.where(accept[..., None], s_new, self.s)
+        self.polished = self.polished | accept
+        self.active = self.active & ~accept
 
     def advance(self, k, x_new, s_new, unbounded=None):
         """Record the sweep k: (x, s) → (x_new, s_new); ``unbounded(x_new, δx)``, where given,
@@ -872,6 +985,7 @@ class _AdmmRun:
             self.rho,
             rho=self.rho,
             tol=layer.forward_tol,
+            polished=self.polished,
         )
         if residual.numel():
             worst = float(torch.where(feasible & solvable, residual, 0).max())
@@ -908,6 +1022,7 @@ def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
     and OSQP's certificates of an empty set and of an unbounded problem."""
     run = _AdmmRun(p, layer, values, x_init, sizes, batch)
     curvature = _admm_curvature(p, run.x, values)
+    polish = _admm_polishable(p)
 
     def unbounded(x_new, dx):
         return _admm_unbounded(p, x_new, dx, values, run.blocks, run.fixed, curvature, run.eps)
@@ -919,6 +1034,8 @@ def _admm_solve_quadratic(p, layer, values, x_init, sizes, batch):
             p, run.x, run.s, values, run.blocks, run.rho, run.fixed, layer.forward_tol, _ADMM_RELAX
         )
         run.advance(k, x_new, s_new, unbounded)
+        if polish and (k + 1) % _ADMM_CHECK_EVERY == 0:
+            run.polish()
     x, _ = run.output()
     return run.finish(x, run.fixed[0], run.factored, run.factored)
 
