@@ -31,6 +31,7 @@ RUNTIME_MODULES = (
     "prox",
     "qp",
     "layer",
+    "fold",
     "sets",
     "pgd",
     "admm",

@@ -49,7 +49,7 @@ def test_runtime_modules_import_only_torch_the_stdlib_and_each_other(name):
             assert (node.module or "").startswith("foldgen.runtime."), node.module
 
 
-@pytest.mark.parametrize("name", [m for m in RUNTIME_MODULES if m != "layer"])
+@pytest.mark.parametrize("name", [m for m in RUNTIME_MODULES if m not in ("layer", "fold")])
 def test_no_autograd_inside_the_solvers(name):
     """They run inside a custom backward: only the layer's folded Function touches autograd."""
     for n in ast.walk(ast.parse((RUNTIME / f"{name}.py").read_text())):

@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-from foldgen.runtime.layer import _Fold
+from foldgen.runtime.fold import _Fold, _Tape
 from foldgen.runtime.pgd import (
     _check_step_size,
     _pgd_pullback,
@@ -100,7 +100,7 @@ def test_the_folded_function_runs_on_the_record_too():
     p = box_qp_record(_pgd_solve_lipschitz)
     layer = fake_layer()
     c = C.clone().requires_grad_()
-    x = _Fold.apply(layer, p, None, {"n": 3}, torch.Size([2]), Q, c)
+    x = _Fold.apply(layer, p, None, {"n": 3}, torch.Size([2]), _Tape(), Q, c)
     x.sum().backward()
     free = ((-C / 2 > 0) & (-C / 2 < 1)).to(F64)
     torch.testing.assert_close(c.grad, -free / 2, atol=1e-12, rtol=0)

@@ -780,7 +780,8 @@ def _admm_polish(p, x, s, values, blocks, rho, batch, todo):
     flat = todo.reshape(-1)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
-    H = _admm_pick(p.hvp(x.new_zeros(n), eye, *lifted), 2, batch, flat)  # (k, n, n)
+    H = p.hvp(x.new_zeros(n), eye, *lifted) + x.new_zeros(n, n)  # a linear f₀'s is (n,) zeros
+    H = _admm_pick(H, 2, batch, flat)  # (k, n, n)
     q = _admm_pick(p.gradient(torch.zeros_like(x), *values), 1, batch, flat)
     A = torch.cat([eye.expand(len(H), n, n) if Ai is None else _admm_pick(Ai, 2, batch, flat)
                    for Ai, _ in blocks], -2)  # (k, m, n)  # fmt: skip

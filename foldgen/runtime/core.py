@@ -120,3 +120,11 @@ def _kron_right(g, a):
     p, q = g.shape[-2] // m, g.shape[-1] // n
     g4 = g.reshape(g.shape[:-2] + (m, p, n, q))
     return (g4 * a[..., :, None, :, None]).sum((-4, -2))
+
+
+def _wrapped(t):
+    """Whether t is wrapped by a ``torch.func`` transform (vmap, grad, ...): under vmap a
+    call cannot branch on its values, so checks of them move into the solver, which sees
+    the plain tensors."""
+    probe = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return isinstance(t, torch.Tensor) and probe is not None and bool(probe(t))

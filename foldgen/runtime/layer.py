@@ -10,13 +10,12 @@ every module, copied into it or imported from a shared runtime file.
 import dataclasses
 import math
 import sys
-import time
 import types
 import warnings
 
 import torch
 
-from foldgen.runtime.core import _per_element
+from foldgen.runtime.core import _wrapped
 from foldgen.runtime.linsolve import (
     _dense_from_matvec,
     _solve_cg,
@@ -175,7 +174,7 @@ def _validate(p, values, x_init):
             raise ValueError(
                 f"{name}: expected shape {_shape_text(core)}, got {tuple(value.shape)}"
             )
-        if not bool(torch.isfinite(value).all()):
+        if not _wrapped(value) and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
         if value.requires_grad and name not in p.grad_parameters:
             raise ValueError(
@@ -191,7 +190,7 @@ def _validate(p, values, x_init):
             raise ValueError(f"{name}: device {t.device} differs from the inputs' {device}")
         if t.dim() < len(core):
             raise ValueError(f"{name}: expected shape {_shape_text(core)}, got {tuple(t.shape)}")
-        if not bool(torch.isfinite(t).all()):
+        if not _wrapped(t) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
         # A packed problem's warm starts are checked against the variables' shapes when
         # packed (their sizes may be dim arithmetic); here they give only the batch shape.
@@ -501,76 +500,6 @@ def _iterative(layer, name, phi_t, g, tol):
     return _solve_gmres(phi_t, g, max_iter, tol, restart)
 
 
-class _Fold(torch.autograd.Function):
-    """Forward: the solver, outside autograd. Backward: the folded adjoint solve.
-
-    The backward never lets a wrong gradient out: an element whose forward did not converge
-    or was infeasible, whose adjoint solve missed its tolerance, or whose gradient is not
-    finite contributes zero (to a parameter shared across the batch: the sum over the other
-    elements) and is reported in ``backward_info.converged``.
-    """
-
-    @staticmethod
-    def forward(ctx, layer, p, x_init, sizes, batch, *values):
-        start = time.perf_counter()
-        x, state = p.solve(p, layer, values, x_init, sizes, batch)
-        if layer.verbose:
-            _progress(layer, "forward", layer.info, time.perf_counter() - start)
-        ctx.layer = layer
-        ctx.problem = p
-        ctx.state = state
-        ctx.batch = batch
-        vouched = layer.info.converged
-        if layer.fold_unconverged:  # a truncated forward: fold at x_T wherever x_T is finite
-            vouched = torch.isfinite(x).all(-1)
-        ctx.solved = (vouched & layer.info.feasible).expand(batch)
-        ctx.save_for_backward(x, *values)
-        return x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_x):
-        x, *values = ctx.saved_tensors
-        layer, solved, batch = ctx.layer, ctx.solved, ctx.batch
-        grad_x = torch.where(solved[..., None], grad_x, 0)
-        p = ctx.problem
-        start = time.perf_counter()
-        grads = p.pullback(p, layer, x, values, ctx.state, grad_x)
-        seconds = time.perf_counter() - start
-        info = layer.backward_info
-        ok = solved & info.converged
-        needs = ctx.needs_input_grad[5:]
-        full = []
-        for grad, need, value, core in zip(grads, needs, values, p.parameters.values()):
-            if grad is None or not need:
-                full.append(None)
-                continue
-            grad = grad.expand((*batch, *value.shape[value.dim() - len(core) :]))
-            finite = torch.isfinite(grad)
-            ok = ok & (finite.all(tuple(range(-len(core), 0))) if core else finite)
-            full.append(grad)
-        out = [
-            None
-            if grad is None
-            else torch.where(_per_element(ok, core), grad, 0).sum_to_size(value.shape)
-            for grad, value, core in zip(full, values, p.parameters.values())
-        ]
-        residual = torch.where(solved, info.residual, math.inf)
-        layer.backward_info = BackwardInfo(
-            info.method, info.iterations, residual, ok, solved, info.tol, info.fallback & ok
-        )
-        failed = solved & ~ok
-        worst = float(torch.where(failed, info.residual, 0).max()) if failed.any() else 0.0
-        detail = (
-            f"relative residual up to {worst:.3g} > tol {layer.adjoint_tol:g}, a singular "
-            "system or a non-finite gradient; those elements get a zero gradient"
-        )
-        if layer.verbose:
-            _progress(layer, f"backward ({info.method})", layer.backward_info, seconds)
-        _report(layer, f"the backward solve ({info.method})", ok | ~solved, detail)
-        return (None, None, None, None, None, *out)
-
-
 #: Settings stored under another attribute name: ``compile`` would hide nn.Module.compile.
 _SETTING_ATTRIBUTES = {"compile": "compile_body"}
 
@@ -629,48 +558,6 @@ def _fit_tolerance(tol, dtype):
     if dtype == torch.float64 or tol == 0:
         return tol
     return max(tol, _EPS_FACTOR * torch.finfo(dtype).eps)
-
-
-def _prepare_call(layer, p, args, named, x_init):
-    """The validated inputs, the call's tolerances fitted to their dtype, and the warm start
-    (packed, for a problem whose variables are packed into one state)."""
-    kwargs = {name: value for name, value in named.items() if value is not None}
-    values, sizes, batch = _validate(p, _gather(p, layer, args, kwargs), x_init)
-    dtype = values[0].dtype if values else torch.get_default_dtype()
-    layer.forward_tol = _fit_tolerance(layer.tol, dtype)
-    layer.adjoint_tol = _fit_tolerance(layer.backward_tol, dtype)
-    if p.variables is not None:
-        with torch.no_grad():
-            x_init = p.pack_warm_start(p, [v.detach() for v in values], x_init)
-        if x_init is not None:
-            batch = torch.broadcast_shapes(batch, x_init.shape[:-1])
-    return values, sizes, batch, x_init
-
-
-def _outputs(p, x, values):
-    """The layer's result: the variable, or the spec's variables unpacked from the state."""
-    return x if p.variables is None else p.unpack(x, *values)
-
-
-def _forward(layer, p, args, named, x_init):
-    """The layer's call: gather and validate the inputs, then the folded solve."""
-    values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
-    return _outputs(p, _Fold.apply(layer, p, x_init, sizes, batch, *values), values)
-
-
-def _unrolled(layer, p, args, named, x_init):
-    """The forward solve under autograd (no folding): its backward unrolls the iterations."""
-    values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
-    x, _ = p.solve(p, layer, values, x_init, sizes, batch)
-    return _outputs(p, x, values)
-
-
-def _update_map(layer, p, args, named, x_init):
-    """(s*, U, read): the rule's state at the solution and its update map (``update_map``)."""
-    values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
-    with torch.no_grad():
-        x, state = p.solve(p, layer, [v.detach() for v in values], x_init, sizes, batch)
-    return p.update_map(p, layer, x, state, values)
 
 
 def _extra_repr(layer):
