@@ -196,6 +196,7 @@ def render(problem: Problem, plan: Plan, spec_file: str, runtime: RuntimeMode = 
         "docstring": docstring(module_docstring(problem, plan)),
         "class_name": identifier(problem.class_name),
         "class_doc": docstring(class_docstring(problem, plan)),
+        "problem_line": string_literal(problem_line(problem, plan)),
         "parameters": problem.parameters,
         "call_order": ", ".join(p.name for p in problem.parameters),
         "settings": settings,
@@ -323,6 +324,26 @@ def module_docstring(problem: Problem, plan: Plan) -> str:
             "joined in this order, the one state the rule iterates on.",
         ]
     return "\n".join(fill(line) if len(line) > 92 else line for line in lines)
+
+
+#: The longest problem line ``repr(layer)`` shows; a longer one ends in an ellipsis.
+PROBLEM_LINE_CHARS = 160
+
+
+def problem_line(problem: Problem, plan: Plan) -> str:
+    """The problem in one line for ``repr(layer)``: the docstring's minimize / subject to
+    lines joined, and the rule."""
+    lines = plan.describe(problem)
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("minimize"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    parts = [" ".join(line.split()) for line in lines[start:end]]
+    text = "".join(
+        ("" if i == 0 else " " if part.startswith("subject to") else ", ") + part
+        for i, part in enumerate(parts)
+    )
+    if len(text) > PROBLEM_LINE_CHARS:
+        text = text[: PROBLEM_LINE_CHARS - 1].rstrip() + "…"
+    return f"{text} [{problem.solver.rule}]"
 
 
 def class_docstring(problem: Problem, plan: Plan) -> str:

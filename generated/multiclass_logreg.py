@@ -64,6 +64,8 @@ class MulticlassLogreg(torch.nn.Module):
     ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
     """
 
+    _problem_line = "minimize f(W) = (\u03a3(log(exp(X W) 1)) \u2212 \u03a3(Y \u2299 X W)) / N + 0.5 lam \u03a3(W\xb2) subject to x unconstrained [pgd]"  # repr(layer) shows it
+
     def __init__(
         self,
         *,
@@ -287,7 +289,7 @@ def _pack(W, X, Y, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 1cbd1cb161c87d06): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 ef03053b4e3108a2): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1086,6 +1088,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.tol = float(settings["tol"])
     for name, check in p.setting_checks.items():
         setattr(layer, _SETTING_ATTRIBUTES.get(name, name), check(settings[name]))
+    layer._rule_settings = tuple(_SETTING_ATTRIBUTES.get(name, name) for name in p.setting_checks)
     layer.backward_method = method
     layer.backward_max_iter = int(settings["backward_max_iter"])
     layer.backward_tol = float(settings["backward_tol"])
@@ -1123,9 +1126,13 @@ def _fit_tolerance(tol, dtype):
 
 
 def _extra_repr(layer):
+    """``repr(layer)``: the problem in one line, the settings (the rule's own included) and
+    the bound inputs."""
+    names = ("max_iter", "tol", *layer._rule_settings, "backward_method", "backward_tol",
+             "backward_max_iter", "on_nonconvergence")  # fmt: skip
+    settings = ", ".join(f"{name}={getattr(layer, name)!r}" for name in names)
     bound = f", bound={layer.bound}" if layer.bound else ""
-    method = f"backward_method={layer.backward_method!r}"
-    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
+    return f"{layer._problem_line}; {settings}{bound}"
 
 
 _ONCE = (
@@ -1375,8 +1382,13 @@ def _outputs(p, x, values):
     return x if p.variables is None else p.unpack(x, *values)
 
 
+@torch.compiler.disable
 def _forward(layer, p, args, named, x_init):
-    """The layer's call: gather and validate the inputs, then the folded solve."""
+    """The layer's call: gather and validate the inputs, then the folded solve.
+
+    Opaque to ``torch.compile``: the solver's loops stop on data (a graph break at every
+    stopping test, a recompilation per batch size), so a compiled model runs the layer
+    eagerly between its compiled parts (``compile=True`` compiles the loop body itself)."""
     values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
     tape = _Tape(check=any(_wrapped(t) for t in (*values, x_init)))
     return _outputs(p, _Fold.apply(layer, p, x_init, sizes, batch, tape, *values), values)

@@ -61,6 +61,8 @@ class SocProjection(torch.nn.Module):
     ``info`` (SolveInfo) and, after backward, ``backward_info`` describe each element.
     """
 
+    _problem_line = "minimize f(x, t) = \u03a3((x \u2212 y)\xb2) + (t \u2212 s)\xb2 subject to \u2016x\u2016 \u2264 t [pgd]"  # repr(layer) shows it
+
     def __init__(
         self,
         *,
@@ -248,7 +250,7 @@ def _pack(x, t, y, s):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 30f5f188bad28628): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 7e77d16f2f8fbd2f): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1096,6 +1098,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.tol = float(settings["tol"])
     for name, check in p.setting_checks.items():
         setattr(layer, _SETTING_ATTRIBUTES.get(name, name), check(settings[name]))
+    layer._rule_settings = tuple(_SETTING_ATTRIBUTES.get(name, name) for name in p.setting_checks)
     layer.backward_method = method
     layer.backward_max_iter = int(settings["backward_max_iter"])
     layer.backward_tol = float(settings["backward_tol"])
@@ -1133,9 +1136,13 @@ def _fit_tolerance(tol, dtype):
 
 
 def _extra_repr(layer):
+    """``repr(layer)``: the problem in one line, the settings (the rule's own included) and
+    the bound inputs."""
+    names = ("max_iter", "tol", *layer._rule_settings, "backward_method", "backward_tol",
+             "backward_max_iter", "on_nonconvergence")  # fmt: skip
+    settings = ", ".join(f"{name}={getattr(layer, name)!r}" for name in names)
     bound = f", bound={layer.bound}" if layer.bound else ""
-    method = f"backward_method={layer.backward_method!r}"
-    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
+    return f"{layer._problem_line}; {settings}{bound}"
 
 
 _ONCE = (
@@ -1385,8 +1392,13 @@ def _outputs(p, x, values):
     return x if p.variables is None else p.unpack(x, *values)
 
 
+@torch.compiler.disable
 def _forward(layer, p, args, named, x_init):
-    """The layer's call: gather and validate the inputs, then the folded solve."""
+    """The layer's call: gather and validate the inputs, then the folded solve.
+
+    Opaque to ``torch.compile``: the solver's loops stop on data (a graph break at every
+    stopping test, a recompilation per batch size), so a compiled model runs the layer
+    eagerly between its compiled parts (``compile=True`` compiles the loop body itself)."""
     values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
     tape = _Tape(check=any(_wrapped(t) for t in (*values, x_init)))
     return _outputs(p, _Fold.apply(layer, p, x_init, sizes, batch, tape, *values), values)

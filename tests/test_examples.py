@@ -96,3 +96,22 @@ def test_portfolio_dfl(tmp_path):
     # The same model, loss and batches through two independent layers: same training.
     fold, cvx = found["foldgen_dfl"]["regret"], found["cvxpylayers_dfl"]["regret"]
     assert abs(fold - cvx) <= 0.02 * cvx
+
+
+def test_train_ddp_averages_to_the_single_process_gradient():
+    """Two gloo processes under DistributedDataParallel, each on its half of the global
+    batch: the averaged gradient equals one process's on the whole batch, and training
+    through the layer lowers the loss."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import train_ddp
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    first, losses, _ = train_ddp.train(world=2, n=12, features=5, samples=32, epochs=3)
+    reference = train_ddp.single_process_gradient(n=12, features=5, samples=32)
+    for a, b in zip(first, reference):
+        assert float(b.abs().max()) > 1e-3  # a gradient that reaches the encoder
+        assert float((a - b).abs().max()) <= 1e-12 * max(1.0, float(b.abs().max()))
+    assert losses[-1] < losses[0]
+    out = run("train_ddp.py", "--quick")
+    assert "max difference" in out

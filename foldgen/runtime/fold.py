@@ -276,8 +276,13 @@ def _outputs(p, x, values):
     return x if p.variables is None else p.unpack(x, *values)
 
 
+@torch.compiler.disable
 def _forward(layer, p, args, named, x_init):
-    """The layer's call: gather and validate the inputs, then the folded solve."""
+    """The layer's call: gather and validate the inputs, then the folded solve.
+
+    Opaque to ``torch.compile``: the solver's loops stop on data (a graph break at every
+    stopping test, a recompilation per batch size), so a compiled model runs the layer
+    eagerly between its compiled parts (``compile=True`` compiles the loop body itself)."""
     values, sizes, batch, x_init = _prepare_call(layer, p, args, named, x_init)
     tape = _Tape(check=any(_wrapped(t) for t in (*values, x_init)))
     return _outputs(p, _Fold.apply(layer, p, x_init, sizes, batch, tape, *values), values)

@@ -524,6 +524,7 @@ def _init_layer(layer, p, inputs, settings):
     layer.tol = float(settings["tol"])
     for name, check in p.setting_checks.items():
         setattr(layer, _SETTING_ATTRIBUTES.get(name, name), check(settings[name]))
+    layer._rule_settings = tuple(_SETTING_ATTRIBUTES.get(name, name) for name in p.setting_checks)
     layer.backward_method = method
     layer.backward_max_iter = int(settings["backward_max_iter"])
     layer.backward_tol = float(settings["backward_tol"])
@@ -561,6 +562,10 @@ def _fit_tolerance(tol, dtype):
 
 
 def _extra_repr(layer):
+    """``repr(layer)``: the problem in one line, the settings (the rule's own included) and
+    the bound inputs."""
+    names = ("max_iter", "tol", *layer._rule_settings, "backward_method", "backward_tol",
+             "backward_max_iter", "on_nonconvergence")  # fmt: skip
+    settings = ", ".join(f"{name}={getattr(layer, name)!r}" for name in names)
     bound = f", bound={layer.bound}" if layer.bound else ""
-    method = f"backward_method={layer.backward_method!r}"
-    return f"max_iter={layer.max_iter}, tol={layer.tol}, {method}{bound}"
+    return f"{layer._problem_line}; {settings}{bound}"
