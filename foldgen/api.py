@@ -24,7 +24,7 @@ import yaml
 from foldgen.build import Built, build, build_text
 from foldgen.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["compile", "compile_module", "load_generated"]
+__all__ = ["compile", "compile_module", "load_generated", "module_from_source"]
 
 _SUFFIXES = (".yaml", ".yml")
 
@@ -38,7 +38,12 @@ def compile_module(
     the YAML text itself (any other string), or the spec as a mapping (as ``yaml.safe_load``
     would return it; its messages locate keys in the mapping's YAML dump, named ``<dict>``).
     """
-    built = _built(spec, limits)
+    return module_from_source(_built(spec, limits))
+
+
+def module_from_source(built: Built) -> types.ModuleType:
+    """The module of a `Built` (what ``foldgen build`` would write), executed from its source
+    and registered in ``sys.modules`` under its name."""
     filename = f"<foldgen {built.name}>"
     code = builtins.compile(built.source, filename, "exec", dont_inherit=True)
     linecache.cache[filename] = (len(built.source), None, built.source.splitlines(True), filename)

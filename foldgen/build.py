@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from foldgen.emit import RuntimeMode, render
+from foldgen.emit import RuntimeMode, module_docstring, render
 from foldgen.errors import RuleError, SpecError
 from foldgen.ir import Problem, lower
 from foldgen.limits import DEFAULT_LIMITS, Limits
@@ -76,6 +76,26 @@ def build_loaded(loaded: LoadedSpec, recorded: str, runtime: RuntimeMode = "inli
     """Compile a spec already read and validated; ``recorded`` is the path the header names."""
     problem = lower(loaded)
     return Built(problem.name, render(problem, plan(loaded, problem), recorded, runtime))
+
+
+#: What ``auto`` dispatches to, for `describe` (the layer records its choice per call).
+AUTO_TEXT = (
+    "auto: chosen per call, recorded in backward_info.method: active_set where PGD's "
+    "structure is proven, else direct when n <= 128 and batch·n² <= 2²⁴, else gmres"
+)
+
+
+def describe(spec_path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> str:
+    """The spec's derived math as its module's docstring states it (the problem, the update
+    map U, Φᵀv and Ψᵀv, the projection, prox blocks or QP), then the backward method; for
+    ``foldgen show``, which writes nothing."""
+    with _deadline(limits, os.fspath(spec_path)):
+        loaded = load_spec(spec_path, limits)
+        problem = lower(loaded)
+        text = module_docstring(problem, plan(loaded, problem))
+    b = problem.backward
+    method = AUTO_TEXT if b.method == "auto" else b.method
+    return f"{text}\n\nBackward method: {method}; at most {b.max_iter} iterations, tol {b.tol:g}."
 
 
 def plan(loaded: LoadedSpec, problem: Problem) -> Plan:

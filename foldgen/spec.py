@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -42,6 +43,7 @@ from foldgen.limits import DEFAULT_LIMITS, Limits
 from foldgen.yamlread import Path, read_yaml
 
 __all__ = [
+    "SCHEMA_ID",
     "BackwardSpec",
     "LoadedSpec",
     "ParameterSpec",
@@ -52,6 +54,7 @@ __all__ = [
     "VariableSpec",
     "load_spec",
     "load_spec_text",
+    "spec_schema",
 ]
 
 Position = tuple[int | None, int | None]
@@ -132,10 +135,17 @@ class _Frozen(BaseModel):
 class ParameterSpec(_Frozen):
     """An input of the layer; `properties` are facts the compiler may rely on."""
 
-    shape: _Shape = ()
-    grad: bool = True
-    default: _Float | None = None
-    properties: tuple[Literal["symmetric", "psd", "pd", "diagonal", "nonneg"], ...] = ()
+    shape: _Shape = Field(
+        default=(), description="Core shape: dim names or sizes, [] a scalar, e.g. [n, n]"
+    )
+    grad: bool = Field(default=True, description="Whether gradients flow to this input")
+    default: _Float | None = Field(
+        default=None, description="A default value (scalar parameters only)"
+    )
+    properties: tuple[Literal["symmetric", "psd", "pd", "diagonal", "nonneg"], ...] = Field(
+        default=(),
+        description="Facts the compiler may rely on (matrix properties need a square shape)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpec:
@@ -158,8 +168,16 @@ class ParameterSpec(_Frozen):
 class VariableSpec(_Frozen):
     """A decision variable; `init` is the forward's starting point (zeros, ones or an expression)."""
 
-    shape: _Shape = ()
-    init: str = "zeros"
+    shape: _Shape = Field(
+        default=(), description="Shape: [] a scalar, [n] a vector, [m, n] a matrix"
+    )
+    init: Annotated[str, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]})] = (
+        Field(
+            default="zeros",
+            description="The forward's starting point: zeros, ones, a number or an expression "
+            "of the parameters",
+        )
+    )
 
     @field_validator("shape")
     @classmethod
@@ -183,14 +201,29 @@ class VariableSpec(_Frozen):
 class SolverSpec(_Frozen):
     """The update rule `U` and the forward's stopping; each rule has its own setting."""
 
-    rule: Literal["pgd", "admm", "sqp"]
-    max_iter: _PositiveInt = 1000
-    tol: _PositiveFloat = 1e-8
-    step_size: _PositiveFloat | Literal["auto"] | None = Field(default=None, validate_default=True)
-    rho: _PositiveFloat | None = Field(default=None, validate_default=True)
-    step: Annotated[_Float, Field(gt=0, le=1)] | None = Field(default=None, validate_default=True)
+    rule: Literal["pgd", "admm", "sqp"] = Field(
+        description="The update rule: pgd (projected gradient), admm (splitting into prox "
+        "blocks) or sqp (sequential quadratic programming)"
+    )
+    max_iter: _PositiveInt = Field(default=1000, description="Forward iterations at most")
+    tol: _PositiveFloat = Field(
+        default=1e-8, description="Forward tolerance on ‖U(x) − x‖, relative to the data's scale"
+    )
+    step_size: _PositiveFloat | Literal["auto"] | None = Field(
+        default=None,
+        validate_default=True,
+        description="pgd only: a fixed step, or auto (1/L or a Hessian-scaled step; default)",
+    )
+    rho: _PositiveFloat | None = Field(
+        default=None, validate_default=True, description="admm only: the starting penalty ρ (1.0)"
+    )
+    step: Annotated[_Float, Field(gt=0, le=1)] | None = Field(
+        default=None, validate_default=True, description="sqp only: the step, in (0, 1] (1.0)"
+    )
     adapt_rho: Annotated[bool, Field(strict=True)] | None = Field(
-        default=None, validate_default=True
+        default=None,
+        validate_default=True,
+        description="admm only: OSQP's residual-balancing ρ (true by default)",
     )
 
     # The rule each rule-specific key belongs to, and its default under that rule.
@@ -237,26 +270,44 @@ class SolverSpec(_Frozen):
 class BackwardSpec(_Frozen):
     """How the backward pass solves its fixed-point linear system."""
 
-    method: Literal["lfpi", "gmres", "cg", "direct", "active_set", "auto"] = "auto"
-    max_iter: _PositiveInt = 500
-    tol: _PositiveFloat = 1e-10
+    method: Literal["lfpi", "gmres", "cg", "direct", "active_set", "auto"] = Field(
+        default="auto",
+        description="The adjoint solver of (I − Φᵀ) v = ∂L/∂x*; auto chooses per call",
+    )
+    max_iter: _PositiveInt = Field(default=500, description="Adjoint solver iterations at most")
+    tol: _PositiveFloat = Field(
+        default=1e-10, description="Relative residual the adjoint solve must meet"
+    )
 
 
 class Spec(_Frozen):
-    """A whole spec file (SPEC.md); expressions are kept as strings for the parser."""
+    """A foldgen spec: a parametric optimization problem and the rule that solves it."""
 
-    foldgen: Literal[1]
-    name: str
-    class_: str | None = Field(default=None, alias="class")
-    doc: str | None = None
-    dims: dict[str, _PositiveInt] = {}
-    parameters: dict[str, ParameterSpec]
-    variables: dict[str, VariableSpec]
-    minimize: str | None = None
-    maximize: str | None = None
-    constraints: tuple[str, ...] = ()
-    solver: SolverSpec
-    backward: BackwardSpec = BackwardSpec()
+    foldgen: Literal[1] = Field(description="The spec format's version: 1")
+    name: str = Field(description="snake_case module name: the build writes <name>.py")
+    class_: str | None = Field(
+        default=None, alias="class", description="The layer's class name (default: CamelCase name)"
+    )
+    doc: str | None = Field(default=None, description="One line for the module's docstring")
+    dims: dict[str, _PositiveInt] = Field(
+        default={}, description="Named sizes and their defaults, e.g. {n: 50}"
+    )
+    parameters: dict[str, ParameterSpec] = Field(description="The layer's inputs, by name")
+    variables: dict[str, VariableSpec] = Field(description="The decision variables, by name")
+    minimize: str | None = Field(
+        default=None, description="The objective to minimise (or give maximize)"
+    )
+    maximize: str | None = Field(
+        default=None, description="The objective to maximise (or give minimize)"
+    )
+    constraints: tuple[str, ...] = Field(
+        default=(),
+        description="Each an expression with ==, <=, >= or >> (PSD), or a set membership",
+    )
+    solver: SolverSpec = Field(description="The update rule and the forward's stopping")
+    backward: BackwardSpec = Field(
+        default=BackwardSpec(), description="How the backward solves its adjoint system"
+    )
 
     @property
     def objective(self) -> str:
@@ -738,3 +789,37 @@ def _allowed_keys(path: Path) -> list[str]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [field.alias or name for name, field in annotation.model_fields.items()]
     return []
+
+
+#: The schema's ``$id`` (a name, not a URL anything is fetched from).
+SCHEMA_ID = "https://foldgen.invalid/spec-1.schema.json"
+
+_JSON_BOUNDS = {
+    "gt": "exclusiveMinimum",
+    "ge": "minimum",
+    "lt": "exclusiveMaximum",
+    "le": "maximum",
+}
+
+
+def _standard_bounds(node: object) -> object:
+    """pydantic writes a bound inside a union member as ``gt``/``le``: JSON Schema's names."""
+    if isinstance(node, dict):
+        return {_JSON_BOUNDS.get(k, k): _standard_bounds(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_standard_bounds(v) for v in node]
+    return node
+
+
+def spec_schema() -> dict[str, object]:
+    """The JSON Schema (draft 2020-12) of a spec file, from the pydantic models: every key
+    with its description, type, bounds and enums (``foldgen schema``). What the schema cannot
+    say (expressions, names, shapes that agree) is checked by the build."""
+    schema = _standard_bounds(Spec.model_json_schema(by_alias=True))
+    assert isinstance(schema, dict)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **schema,
+        "title": "foldgen spec",
+    }

@@ -17,6 +17,7 @@ from types import ModuleType
 import torch
 
 from foldgen.spec import Spec
+from foldgen.verify import random_inputs as verify_inputs
 
 
 @dataclass(frozen=True)
@@ -43,26 +44,12 @@ def random_inputs(
     dtype: torch.dtype = torch.float64,
     cap: int = 64,
 ) -> dict[str, torch.Tensor | float]:
-    """Inputs for every parameter of the layer that has no default."""
-    gen = torch.Generator().manual_seed(seed)
-    dims = _dims(module, spec, cap)
+    """Inputs for every parameter of the layer that has no default (`foldgen.verify`'s
+    draw, every size capped), gradient parameters requiring grad."""
+    properties = {name: set[str](p.properties) for name, p in spec.parameters.items()}
+    drawn = verify_inputs(module, properties, _dims(module, spec, cap), batch, seed, cap)
     out: dict[str, torch.Tensor | float] = {}
-    for name, core in module.PARAMETERS.items():
-        props = set(spec.parameters[name].properties)
-        if name in module.DEFAULTS:
-            continue
-        shape = batch + tuple(dims[d] if isinstance(d, str) else min(d, cap) for d in core)
-        t = torch.randn(shape, generator=gen, dtype=torch.float64)
-        if len(core) == 2 and props & {"psd", "pd"} and "diagonal" not in props:
-            t = t @ t.mT / shape[-1] + 0.5 * torch.eye(shape[-1], dtype=torch.float64)
-        elif len(core) == 2 and "diagonal" in props:
-            d = t.diagonal(dim1=-2, dim2=-1)
-            d = d.abs() + 0.5 if props & {"psd", "pd", "nonneg"} else d
-            t = torch.diag_embed(d)
-        elif len(core) == 2 and "symmetric" in props:
-            t = 0.5 * (t + t.mT)
-        if "nonneg" in props:
-            t = t.abs()
+    for name, t in drawn.items():
         if name in module.GRAD_PARAMETERS:
             t.requires_grad_(True)
         out[name] = t.to(dtype) if dtype != torch.float64 else t

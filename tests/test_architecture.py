@@ -22,7 +22,7 @@ LAYERS = [
     {"printer", "mathprint"},
     {"rules"},
     {"emit", "link"},
-    {"build", "api", "cli", "__init__", "__main__"},
+    {"build", "api", "verify", "show", "cli", "__init__", "__main__"},
 ]
 
 
