@@ -393,10 +393,10 @@ class Spec(_Frozen):
             )
         if not self.variables:
             raise _fail("declare at least one variable", ("variables",))
-        if self.backward.method == "active_set" and self.solver.rule != "pgd":
+        if self.backward.method == "active_set" and self.solver.rule == "admm":
             raise _fail(
-                f"backward method 'active_set' is PGD's reduced solve; rule "
-                f"'{self.solver.rule}' takes 'auto', 'direct', 'gmres', 'lfpi' or 'cg'",
+                "backward method 'active_set' is PGD's reduced solve and SQP's KKT solve; "
+                "rule 'admm' takes 'auto', 'direct', 'gmres', 'lfpi' or 'cg'",
                 ("backward", "method"),
             )
         if not self.parameters:

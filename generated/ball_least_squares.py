@@ -255,7 +255,7 @@ def _set_data_vjp(x, _c_bar, _r_bar, A, b, center, radius, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 cf71b991cc48e83a): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 dadd0f936058ea45): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -958,8 +958,9 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
     """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
 
     ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
-    ``structure``, where the rule proves one (PGD's `_ActiveSet`), offers ``solve(phi_t,
-    g)``, the exact reduced solve, and ``dense()``, Φᵀ in closed form for ``direct``.
+    ``structure``, where the rule proves one (PGD's `_ActiveSet`, SQP's `_SqpKkt`), offers
+    ``solve(phi_t, g)``, the exact reduced solve, and ``dense()``, Φᵀ in closed form for
+    ``direct``; where ``structure.exact`` (Φᵀ = (1 − α)I) ``direct`` is that solve itself.
     An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
     finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
     reporting and the zeroing of its gradients are ``_Fold.backward``'s.
@@ -982,6 +983,8 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
     def solve(name, rhs):
         if name == "active_set":
             return structure.solve(phi_t, rhs)
+        if name == "direct" and structured and structure.exact:
+            return structure.solve(phi_t, rhs)  # Φᵀ's closed form solves it exactly
         if name in ("direct", "lstsq"):
             if not dense:
                 if structured:
@@ -1053,8 +1056,10 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule != "pgd":
-        raise ValueError(f"backward_method: 'active_set' is PGD's reduced solve, not {p.rule}'s")
+    if method == "active_set" and p.rule == "admm":
+        raise ValueError(
+            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
+        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
@@ -1841,6 +1846,8 @@ class _ActiveSet:
     gathered and padded to the batch's largest free set (an LU where Cholesky fails, e.g.
     for a nonconvex f). ``available`` is False where the structure is not proven.
     """
+
+    exact = False  # ``direct`` solves the closed-form dense Φᵀ
 
     def __init__(self, p, x, y, d, S, values):
         self.p, self.x, self.d, self.values = p, x, d, values

@@ -422,7 +422,7 @@ def _pack(X, U, A, B, x0, q, r, umax):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 fcadb08c9a88a102): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 9c2dbd40a37fb679): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1419,8 +1419,9 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
     """Solve (I − Φᵀ) v = g by the layer's backward method; records ``backward_info``.
 
     ``dense_phi_t()`` builds the Φᵀ map over one extra batch axis, for the dense solve.
-    ``structure``, where the rule proves one (PGD's `_ActiveSet`), offers ``solve(phi_t,
-    g)``, the exact reduced solve, and ``dense()``, Φᵀ in closed form for ``direct``.
+    ``structure``, where the rule proves one (PGD's `_ActiveSet`, SQP's `_SqpKkt`), offers
+    ``solve(phi_t, g)``, the exact reduced solve, and ``dense()``, Φᵀ in closed form for
+    ``direct``; where ``structure.exact`` (Φᵀ = (1 − α)I) ``direct`` is that solve itself.
     An element the rule cannot differentiate (``usable`` False), whose right-hand side is not
     finite, or whose solve misses the tolerance gets v = 0 and ``converged`` False; the
     reporting and the zeroing of its gradients are ``_Fold.backward``'s.
@@ -1443,6 +1444,8 @@ def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
     def solve(name, rhs):
         if name == "active_set":
             return structure.solve(phi_t, rhs)
+        if name == "direct" and structured and structure.exact:
+            return structure.solve(phi_t, rhs)  # Φᵀ's closed form solves it exactly
         if name in ("direct", "lstsq"):
             if not dense:
                 if structured:
@@ -1514,8 +1517,10 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule != "pgd":
-        raise ValueError(f"backward_method: 'active_set' is PGD's reduced solve, not {p.rule}'s")
+    if method == "active_set" and p.rule == "admm":
+        raise ValueError(
+            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
+        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
@@ -2385,6 +2390,39 @@ def _sqp_phi_t(pieces, step):
     return phi_t
 
 
+class _SqpKkt:
+    """The folded SQP system at a regular KKT point, in closed form.
+
+    With w = K⁻¹v, the x-row of K w is (∇²ₓₓL + δI) w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν = v_x,
+    so Φᵀv = v − α(v_x − δ w_x, v_λ, v_ν). Where δ = 0 (∇²ₓₓL is positive definite on the
+    null space of the active constraints, as at a point that satisfies second-order
+    sufficiency) that is Φᵀ = (1 − α) I: the solution is v = g/α, and the gradient
+    −kkt_vjp(K⁻¹g) is the implicit function theorem's one KKT solve, with the K the
+    backward factored anyway. ``available`` only where δ = 0 for every usable element.
+    """
+
+    exact = True  # ``direct`` needs no dense LU: v = g/α is exact
+
+    def __init__(self, step, delta, usable, size):
+        self.step, self.size = step, size
+        self.available = bool(((delta == 0) | ~usable).all())
+
+    def dense(self):
+        """Φᵀ = (1 − α) I as a matrix, (..., N, N)."""
+        eye = torch.eye(self.size, dtype=self.step.dtype, device=self.step.device)
+        return (1 - self.step)[..., None, None] * eye
+
+    def solve(self, phi_t, g):
+        """(v, iterations, residual) as the iterative solvers return them; the residual is
+        that of (I − Φᵀ) v = g through ``phi_t`` itself (one more solve with K's factors)."""
+        v = g / self.step[..., None]
+        tiny = torch.finfo(g.dtype).tiny
+        residual = _norm(v - phi_t(v) - g) / _norm(g).clamp_min(tiny)
+        residual = torch.where(torch.isfinite(residual), residual, math.inf)
+        iterations = torch.ones(g.shape[:-1], dtype=torch.int64, device=g.device)
+        return torch.where(torch.isfinite(v), v, 0), iterations, residual
+
+
 def _sqp_pullback(p, layer, x, values, state, grad_x):
     """∂L/∂θ = Ψᵀv with (I − Φᵀ) v = (∂L/∂x, 0, 0), Φ and Ψ at the fixed point s*."""
     lam, nu, step, sizes, usable = state
@@ -2411,7 +2449,8 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
 
     size = K.shape[-1]
     rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
-    v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable)  # v = 0 where not usable
+    structure = _SqpKkt(step.expand(batch), delta.expand(batch), usable.expand(batch), size)
+    v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable, structure)  # v = 0 where not usable
     grads = [None] * len(values)
     if p.kkt_grad_indices:
         # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.

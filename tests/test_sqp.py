@@ -514,3 +514,48 @@ def test_variable_of_size_zero_is_a_value_error_naming_the_input():
     v = {**v, "p": v["p"][:0], "Q": v["Q"][:0, :0], "A": v["A"][:, :0], "G": v["G"][:, :0]}
     with pytest.raises(ValueError, match=r"^p: axis -1 has size 0, but n, the size of y, must"):
         layer(**v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backward's closed form at a regular KKT point (δ = 0): Φᵀ = (1 − α) I
+
+
+@pytest.mark.parametrize("step", [1.0, 0.5])
+def test_kkt_closed_form_backward_equals_the_iterative_one(step):
+    """auto and direct take v = g/α (one KKT solve, checked through Φᵀ); gmres iterates on
+    the same system: the gradients agree, for a full and a damped step."""
+    values = draw("portfolio", (4,), seed=3)
+    grads, infos = {}, {}
+    for method in ("auto", "direct", "gmres"):
+        _, layer = layer_for("portfolio", backward_method=method, step=step,
+                             on_nonconvergence="raise")  # fmt: skip
+        mu = values["mu"].clone().requires_grad_()
+        x = layer(**{**values, "mu": mu})
+        weight = torch.linspace(-1, 1, x.numel(), dtype=F64).reshape(x.shape)
+        (grads[method],) = torch.autograd.grad((x * weight).sum(), mu)
+        infos[method] = layer.backward_info
+    assert infos["auto"].method == "active_set" and infos["direct"].method == "direct"
+    for method in ("auto", "direct"):
+        assert infos[method].iterations.tolist() == [1, 1, 1, 1]
+        assert float(infos[method].residual.max()) <= 1e-13
+        torch.testing.assert_close(grads[method], grads["gmres"], rtol=1e-9, atol=1e-11)
+    assert bool(infos["gmres"].converged.all())
+
+
+def test_kkt_closed_form_is_offered_only_where_delta_is_zero():
+    module = load_module("portfolio")
+    step = torch.tensor([1.0, 0.5], dtype=F64)
+    usable = torch.tensor([True, True])
+    regular = module._SqpKkt(step, torch.zeros(2, dtype=F64), usable, 3)
+    assert regular.available and regular.exact
+    torch.testing.assert_close(
+        regular.dense(), torch.stack([0 * torch.eye(3), 0.5 * torch.eye(3)]).to(F64)
+    )
+    assert not module._SqpKkt(step, torch.tensor([0.0, 1e-3], dtype=F64), usable, 3).available
+    unusable = torch.tensor([True, False])  # an element with no gradient does not count
+    assert module._SqpKkt(step, torch.tensor([0.0, 1e-3], dtype=F64), unusable, 3).available
+    # the residual is measured through the Φᵀ it is given: a Φᵀ that is not (1 − α)I fails
+    g = torch.ones(2, 3, dtype=F64)
+    _, _, good = regular.solve(lambda v: (1 - step[:, None]) * v, g)
+    _, _, bad = regular.solve(lambda v: 0.9 * v, g)
+    assert float(good.max()) <= 1e-15 and float(bad.min()) > 0.01

@@ -558,6 +558,8 @@ class _ActiveSet:
     for a nonconvex f). ``available`` is False where the structure is not proven.
     """
 
+    exact = False  # ``direct`` solves the closed-form dense Φᵀ
+
     def __init__(self, p, x, y, d, S, values):
         self.p, self.x, self.d, self.values = p, x, d, values
         kind = p.set.jacobian
