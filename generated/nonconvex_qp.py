@@ -293,7 +293,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 159c26a099cc049d): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 808ba87d01b1be40): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -2235,8 +2235,8 @@ class _SqpKkt:
     """The folded SQP system at a regular KKT point, in closed form.
 
     With w = K⁻¹v, the x-row of K w is (∇²ₓₓL + δI) w_x + J_gᵀ(1_A ⊙ w_λ) + J_hᵀ w_ν = v_x,
-    so Φᵀv = v − α(v_x − δ w_x, v_λ, v_ν). Where δ = 0 (∇²ₓₓL is positive definite on the
-    null space of the active constraints, as at a point that satisfies second-order
+    so Φᵀv = v − α(v_x − δ w_x, v_λ, v_ν). With δ = 0 (`_sqp_pullback` uses it wherever the
+    KKT matrix of ∇²ₓₓL itself factors, as at a point that satisfies second-order
     sufficiency) that is Φᵀ = (1 − α) I: the solution is v = g/α, and the gradient
     −kkt_vjp(K⁻¹g) is the implicit function theorem's one KKT solve, with the K the
     backward factored anyway. ``available`` only where δ = 0 for every usable element.
@@ -2271,12 +2271,23 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
     n = x.shape[-1]
     _, g, h, J_g, J_h, H, finite = _sqp_linearization(p, x, lam, nu, values, sizes)
     active = lam > -g  # the active set: multiplier larger than slack
-    delta, regular = _sqp_regularization(H, J_g, J_h, active)
-    usable = usable & finite & regular
-    H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
-    K = _kkt_matrix(H_qp, J_g, J_h, active)
+    usable = usable & finite
+    # The KKT matrix of ∇²ₓₓL itself first (δ = 0): wherever it is nonsingular it gives the
+    # implicit function theorem's derivative, whatever δ the forward's QPs needed, and the
+    # regularisation need not be decided again. Only where it is singular (a Hessian
+    # singular on the active constraints' null space) does δ come back.
+    K = _kkt_matrix(H, J_g, J_h, active)
     lu, pivots, info = torch.linalg.lu_factor_ex(K)
-    usable = usable & (info == 0) & torch.isfinite(lu).all(-1).all(-1)
+    factored = (info == 0) & torch.isfinite(lu).all(-1).all(-1)
+    delta = torch.zeros(factored.shape, dtype=x.dtype, device=x.device)
+    if not bool((factored | ~usable).all()):
+        delta, regular = _sqp_regularization(H, J_g, J_h, active)
+        usable = usable & regular
+        H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
+        K = _kkt_matrix(H_qp, J_g, J_h, active)
+        lu, pivots, info = torch.linalg.lu_factor_ex(K)
+        factored = (info == 0) & torch.isfinite(lu).all(-1).all(-1)
+    usable = usable & factored
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     lu = torch.where(usable[..., None, None], lu, eye)
     pivots = torch.where(usable[..., None], pivots, torch.arange(1, K.shape[-1] + 1).to(pivots))

@@ -559,3 +559,40 @@ def test_kkt_closed_form_is_offered_only_where_delta_is_zero():
     _, _, good = regular.solve(lambda v: (1 - step[:, None]) * v, g)
     _, _, bad = regular.solve(lambda v: 0.9 * v, g)
     assert float(good.max()) <= 1e-15 and float(bad.min()) > 0.01
+
+
+def test_a_singular_kkt_matrix_brings_the_regularisation_back(monkeypatch):
+    """Where the KKT matrix of ∇²ₓₓL does not factor, the backward decides δ as the forward
+    does and folds the dense Φᵀ: here (a K reported singular once) the same gradient."""
+    values = draw("portfolio", (3,), seed=4)
+    module, layer = layer_for("portfolio", on_nonconvergence="raise")
+
+    def gradient():
+        mu = values["mu"].clone().requires_grad_()
+        x = layer(**{**values, "mu": mu})
+        weight = torch.linspace(-1, 1, x.numel(), dtype=F64).reshape(x.shape)
+        return torch.autograd.grad((x * weight).sum(), mu)[0]
+
+    expected = gradient()
+    real, calls = torch.linalg.lu_factor_ex, []
+    regularised = []
+    real_regularization = module._sqp_regularization
+
+    def singular_once(A, **kwargs):
+        lu, pivots, info = real(A, **kwargs)
+        calls.append(A.shape)
+        return (lu, pivots, torch.ones_like(info)) if len(calls) == 1 else (lu, pivots, info)
+
+    def spy(*args):
+        regularised.append(True)
+        return real_regularization(*args)
+
+    mu = values["mu"].clone().requires_grad_()
+    x = layer(**{**values, "mu": mu})  # the forward runs unpatched
+    monkeypatch.setattr(module, "_sqp_regularization", spy)
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex", singular_once)
+    weight = torch.linspace(-1, 1, x.numel(), dtype=F64).reshape(x.shape)
+    (got,) = torch.autograd.grad((x * weight).sum(), mu)
+    assert regularised and len(calls) == 2
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    assert bool(layer.backward_info.converged.all())
