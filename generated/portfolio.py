@@ -261,7 +261,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, mu, Sigma, gamma):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 1c4a9a7f34bc1fac): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 f4b06fb4e972564f): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1800,40 +1800,57 @@ def _sqp_each(function, A, shape):
 
 def _sqp_regularization(H, J_g, J_h, active):
     """δ ≥ 0 so that H + δI is positive definite on the null space N of the equality and the
-    estimated active inequality constraints (margin √eps · scale): the eigenvalues of
-    P H P + scale (I − P), P the projector onto N, are those of H on N and scale elsewhere.
-    Also ``ok``: False where δ could not be computed (non-finite data, or an eigen or
-    singular value decomposition that failed); there δ = 0."""
+    estimated active inequality constraints (margin √eps · scale). Also ``ok``: False where
+    δ could not be computed (non-finite data, or an eigen or singular value decomposition
+    that failed); there δ = 0.
+
+    Decided by the cheapest test that settles it, per element: H − margin·I positive
+    definite (one Cholesky) gives δ = 0, H exceeding the margin on every subspace; else
+    H + margin·I positive definite (H ⪰ −margin·I, e.g. a PSD Hessian that is singular)
+    gives δ = 2·margin, which makes H + δI ⪰ margin·I everywhere, N included; only the
+    others (an indefinite H) get the projector onto N and the eigenvalues
+    (`_sqp_projected_delta`), gathered into a smaller batch.
+    """
     n = H.shape[-1]
     eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    M = torch.cat([J_h, J_g * active[..., None].to(H.dtype)], dim=-2)  # (..., q + p, n)
-    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(M).all((-2, -1))
+    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(J_g).all((-2, -1))
+    ok = ok & torch.isfinite(J_h).all((-2, -1))
     H = torch.where(ok[..., None, None], H, eye)
-    M = torch.where(ok[..., None, None], M, 0)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
     margin = torch.finfo(H.dtype).eps ** 0.5 * scale
-    # H − margin·I positive definite (one Cholesky) already gives δ = 0: H exceeds the margin
-    # on every subspace, N included, and scale > margin off it. Only the other elements need
-    # the projector and the eigenvalues, gathered into a smaller batch.
     _, info = torch.linalg.cholesky_ex(H - margin[..., None, None] * eye)
-    definite = (info == 0) & ok
+    definite = (info == 0) | ~ok
+    delta = torch.zeros_like(scale)
     if bool(definite.all()):
-        return torch.zeros_like(scale), ok
-    if bool(definite.any()):
-        batch = definite.shape
-        index = (~definite).reshape(-1).nonzero()[:, 0]
-        size = definite.numel()
-        rows = [
-            t.expand(*batch, *t.shape[-2:]).reshape((size, *t.shape[-2:]))[index]
-            for t in (H, J_g, J_h)
-        ]
-        chosen = active.expand(*batch, active.shape[-1]).reshape((size, active.shape[-1]))[index]
-        delta_r, ok_r = _sqp_regularization(*rows, chosen)
-        delta = scale.new_zeros(size).index_copy(0, index, delta_r).reshape(batch)
-        ok_all = ok.reshape(-1).index_copy(0, index, ok_r & ok.reshape(-1)[index]).reshape(batch)
-        return delta, ok_all
-    # Rank-revealing as the QP's null projector: dependent rows (a degenerate vertex, a
-    # redundant equality) count once.
+        return delta, ok
+    _, info = torch.linalg.cholesky_ex(H + margin[..., None, None] * eye)
+    semidefinite = (info == 0) & ~definite
+    delta = torch.where(semidefinite, 2 * margin, delta)
+    rest = ~definite & ~semidefinite
+    if not bool(rest.any()):
+        return delta, ok
+    batch, size = rest.shape, rest.numel()
+    index = rest.reshape(-1).nonzero()[:, 0]
+    rows = [
+        t.expand(*batch, *t.shape[-2:]).reshape((size, *t.shape[-2:]))[index]
+        for t in (H, J_g, J_h)
+    ]
+    chosen = active.expand(*batch, active.shape[-1]).reshape((size, active.shape[-1]))[index]
+    delta_r, ok_r = _sqp_projected_delta(*rows, chosen, margin.reshape(-1)[index])
+    delta = delta.reshape(-1).index_copy(0, index, delta_r).reshape(batch)
+    ok = ok.reshape(-1).index_copy(0, index, ok_r & ok.reshape(-1)[index]).reshape(batch)
+    return delta, ok
+
+
+def _sqp_projected_delta(H, J_g, J_h, active, margin):
+    """`_sqp_regularization`'s δ for an indefinite H: the eigenvalues of P H P + scale(I − P),
+    P the projector onto N, are those of H on N and scale elsewhere; δ lifts the lowest to
+    the margin. Rank-revealing as the QP's null projector: dependent rows (a degenerate
+    vertex, a redundant equality) count once."""
+    n = H.shape[-1]
+    eye = torch.eye(n, dtype=H.dtype, device=H.device)
+    M = torch.cat([J_h, J_g * active[..., None].to(H.dtype)], dim=-2)  # (k, q + p, n)
+    scale = 1 + H.abs().amax((-2, -1))
     rtol = 10 * max(M.shape[-2:]) * torch.finfo(H.dtype).eps
 
     def pinv(A):
@@ -1841,7 +1858,7 @@ def _sqp_regularization(H, J_g, J_h, active):
 
     P = eye - _sqp_each(pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
-    ok = ok & torch.isfinite(R).all((-2, -1))
+    ok = torch.isfinite(R).all((-2, -1))
     R = torch.where(ok[..., None, None], R, eye)
     lowest = _sqp_each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
     ok = ok & torch.isfinite(lowest)
