@@ -422,7 +422,7 @@ def _pack(X, U, A, B, x0, q, r, umax):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 ec3eaa8bcdceea2d): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 ba8e3c4915da0f92): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -724,22 +724,65 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     return phi_t(unit).mT  # (..., n, n)
 
 
-def _qp_newton(K_lu, pivots, H_ok, r_d, r_e, r_i, r_c, s, lam, G):
-    """One Newton direction of the interior point from the factorised reduced system.
+def _qp_newton(solve, ok, r_d, r_e, r_i, r_c, s, lam, G):
+    """One Newton direction of the interior point from the factorised reduced system
+    (``solve``, `_qp_factor`'s).
 
     With Δs = −r_i − GΔd and Δλ = (−r_c + λ(r_i + GΔd)) / s, the step solves
     [H + Gᵀ(λ/s)G, Aᵀ; A, 0] (Δd, Δν) = (−r_d − Gᵀ((λ r_i − r_c)/s), −r_e).
     """
-    n = r_d.shape[-1]
     w = (lam * r_i - r_c) / s  # (..., p)
-    top = -r_d - _mv(G.mT, w)  # (..., n)
-    rhs = torch.cat([top, -r_e], dim=-1)[..., None]
-    sol = torch.linalg.lu_solve(K_lu, pivots, rhs)[..., 0]
-    sol = torch.where(H_ok[..., None], sol, 0)
-    dd, dnu = sol[..., :n], sol[..., n:]
+    dd, dnu = solve(-r_d - _mv(G.mT, w), -r_e)
+    dd, dnu = torch.where(ok[..., None], dd, 0), torch.where(ok[..., None], dnu, 0)
     ds = -r_i - _mv(G, dd)
     dlam = (-r_c - lam * ds) / s
     return dd, ds, dlam, dnu
+
+
+def _qp_cholesky_solve(L, b):
+    """M⁻¹b from M's Cholesky factor L, b (..., n, k): two batched triangular solves (several
+    times faster than ``cholesky_solve`` on small batched systems)."""
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)
+
+
+def _qp_factor(K, M, A, P_eq, done):
+    """The reduced system [M, Aᵀ; A, −P_eq] factorised, as ``(solve, ok)``: ``solve(top,
+    bottom)`` returns (Δd, Δν); ``ok`` where the factorisation succeeded.
+
+    Where every element still running has M positive definite (a convex QP: H ⪰ 0 and the
+    barrier's Gᵀ(λ/s)G), by Cholesky of M and of the Schur complement S = A M⁻¹Aᵀ + P_eq
+    (q × q, positive definite: on A's left null space P_eq is the identity): about half an
+    LU's work, and symmetric. Otherwise one LU of K, whose M block is set here."""
+    n, q = M.shape[-1], A.shape[-2]
+    L, info = torch.linalg.cholesky_ex(M)
+    if bool(((info == 0) | done).all()):
+        ok = info == 0
+        if q:
+            Y = _qp_cholesky_solve(L, A.mT.expand(*M.shape[:-2], n, q))  # M⁻¹Aᵀ, (..., n, q)
+            L_s, info_s = torch.linalg.cholesky_ex(A @ Y + P_eq)
+            ok = ok & (info_s == 0)
+
+        def solve(top, bottom):
+            u = _qp_cholesky_solve(L, top[..., None])[..., 0]
+            if not q:
+                return u, bottom
+            nu = _qp_cholesky_solve(L_s, (_mv(A, u) - bottom)[..., None])[..., 0]
+            return u - _mv(Y, nu), nu
+
+        return solve, ok
+    K[..., :n, :n] = M
+    K_lu, pivots, info = torch.linalg.lu_factor_ex(K)
+    ok = info == 0  # a non-finite K (not flagged by info) gives a non-finite step, caught later
+    eye = torch.eye(n + q, dtype=K.dtype, device=K.device)
+    K_lu = torch.where(ok[..., None, None], K_lu, eye)
+
+    def solve(top, bottom):
+        rhs = torch.cat([top, bottom], dim=-1)[..., None]
+        sol = torch.linalg.lu_solve(K_lu, pivots, rhs)[..., 0]
+        return sol[..., :n], sol[..., n:]
+
+    return solve, ok
 
 
 def _qp_max_step(z, dz):
@@ -979,12 +1022,11 @@ def _qp_interior(H, c, G, b, A, e, todo, max_iter=100):
     if q:
         inconsistent = ~(_mv(P_eq, e).abs().amax(-1) <= tol * scale_p)
         done = done | inconsistent
-    # K = [M, Aᵀ; A, −P_eq] is preallocated: only its M block changes between iterations.
+    # K = [M, Aᵀ; A, −P_eq] is preallocated for the LU path: only M changes between iterations.
     K = torch.zeros(*batch, n + q, n + q, dtype=dtype, device=device)
     K[..., :n, n:] = A.mT
     K[..., n:, :n] = A
     K[..., n:, n:] = -P_eq
-    eye = torch.eye(n + q, dtype=dtype, device=device)
     rows = _qp_bound_rows(G, batch) if p else None
     for _ in range(max_iter):
         Gd = _mv(G, d)
@@ -1001,19 +1043,15 @@ def _qp_interior(H, c, G, b, A, e, todo, max_iter=100):
         if bool(done.all()):
             break
         W = lam / s  # (..., p)
-        K[..., :n, :n] = _qp_normal_matrix(H, G, W, rows)  # M, (..., n, n)
-        K_lu, pivots, info = torch.linalg.lu_factor_ex(K)
-        # A non-finite K (not flagged by info) gives a non-finite step, caught below.
-        ok = info == 0
+        solve, ok = _qp_factor(K, _qp_normal_matrix(H, G, W, rows), A, P_eq, done)
         done = done | ~ok
-        K_lu = torch.where(ok[..., None, None], K_lu, eye)
         # Predictor (affine scaling), then the centred corrector with σ = (μ_aff / μ)³.
-        dd, ds, dl, dn = _qp_newton(K_lu, pivots, ok, r_d, r_e, r_i, s * lam, s, lam, G)
+        dd, ds, dl, dn = _qp_newton(solve, ok, r_d, r_e, r_i, s * lam, s, lam, G)
         t = torch.minimum(_qp_max_step(s, ds), _qp_max_step(lam, dl)).clamp(max=1.0)[..., None]
         mu_aff = ((s + t * ds) * (lam + t * dl)).sum(-1) / max(p, 1)
         sigma = (mu_aff / mu.clamp_min(torch.finfo(dtype).tiny)).clamp(0, 1) ** 3
         r_c = s * lam + ds * dl - (sigma * mu)[..., None]
-        dd, ds, dl, dn = _qp_newton(K_lu, pivots, ok, r_d, r_e, r_i, r_c, s, lam, G)
+        dd, ds, dl, dn = _qp_newton(solve, ok, r_d, r_e, r_i, r_c, s, lam, G)
         t = torch.minimum(_qp_max_step(s, ds), _qp_max_step(lam, dl))
         t = torch.where(done, 0, torch.clamp(0.99 * t, max=1.0))[..., None]
         step = [z + t * dz for z, dz in ((d, dd), (s, ds), (lam, dl), (nu, dn))]

@@ -596,3 +596,33 @@ def test_a_singular_kkt_matrix_brings_the_regularisation_back(monkeypatch):
     assert regularised and len(calls) == 2
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
     assert bool(layer.backward_info.converged.all())
+
+
+@pytest.mark.parametrize("definite", [True, False])
+def test_reduced_system_factorisation_solves_the_kkt_system(definite):
+    """The interior point's reduced system [M, Aᵀ; A, −P]: by Cholesky and Schur complement
+    where every M is positive definite, by LU otherwise (an indefinite M), with a redundant
+    equality row (P ≠ 0); both against a dense solve of the same matrix."""
+    from foldgen.runtime.qp import _qp_factor, _qp_null_projector
+
+    gen = torch.Generator().manual_seed(11)
+    batch, n = 3, 6
+    a = torch.randn(batch, n, n, generator=gen, dtype=F64)
+    M = a @ a.mT + 0.5 * torch.eye(n, dtype=F64)
+    if not definite:
+        M[1] = M[1] - 10 * torch.eye(n, dtype=F64)
+    A = torch.randn(2, n, generator=gen, dtype=F64)
+    A = torch.cat([A, A[:1] * 2], 0)  # a redundant row
+    P = _qp_null_projector(A, torch.ones(3, dtype=torch.bool)).expand(batch, 3, 3)
+    K = torch.zeros(batch, n + 3, n + 3, dtype=F64)
+    K[..., :n, n:], K[..., n:, :n], K[..., n:, n:] = A.mT, A, -P
+    dense = K.clone()
+    dense[..., :n, :n] = M
+    solve, ok = _qp_factor(K, M, A, P, torch.zeros(batch, dtype=torch.bool))
+    top = torch.randn(batch, n, generator=gen, dtype=F64)
+    bottom = torch.randn(batch, 3, generator=gen, dtype=F64)
+    d, nu = solve(top, bottom)
+    expected = torch.linalg.solve(dense, torch.cat([top, bottom], -1)[..., None])[..., 0]
+    assert bool(ok.all())
+    torch.testing.assert_close(torch.cat([d, nu], -1), expected, rtol=1e-10, atol=1e-10)
+    assert (K[..., :n, :n] == 0).all() == definite  # the LU path writes M into K
