@@ -626,3 +626,19 @@ def test_reduced_system_factorisation_solves_the_kkt_system(definite):
     assert bool(ok.all())
     torch.testing.assert_close(torch.cat([d, nu], -1), expected, rtol=1e-10, atol=1e-10)
     assert (K[..., :n, :n] == 0).all() == definite  # the LU path writes M into K
+
+
+def test_unrolled_sqp_gradient_is_finite_and_near_the_folded_one():
+    """Autograd through the whole SQP forward (the interior point's factorisations
+    included): an element whose reduced system fails must not put NaN into the others'
+    gradients (a failed Cholesky factor is replaced before it is differentiated)."""
+    values = nonconvex_qp_data((4,), F64, torch.Generator().manual_seed(0), n=40, neq=20,
+                               nineq=20)  # fmt: skip
+    module, layer = layer_for("nonconvex_qp", on_nonconvergence="raise")
+    p = values.pop("p")
+    unrolled_p = p.clone().requires_grad_()
+    (unrolled,) = torch.autograd.grad(layer.unrolled(p=unrolled_p, **values).sum(), unrolled_p)
+    folded_p = p.clone().requires_grad_()
+    (folded,) = torch.autograd.grad(layer(p=folded_p, **values).sum(), folded_p)
+    assert bool(torch.isfinite(unrolled).all())
+    torch.testing.assert_close(unrolled, folded, rtol=1e-5, atol=1e-6)

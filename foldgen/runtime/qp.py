@@ -51,6 +51,18 @@ def _qp_cholesky_solve(L, b):
     return torch.linalg.solve_triangular(L.mT, y, upper=True)
 
 
+def _qp_safe_cholesky(M, L, ok):
+    """L, with the factor of the identity where ``ok`` is False (a stopped element): a failed
+    factor's NaN would otherwise reach every element's gradient when the solve is unrolled
+    under autograd (refactored then, with those elements' M replaced)."""
+    if bool(ok.all()):
+        return L
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    if M.requires_grad:
+        return torch.linalg.cholesky_ex(torch.where(ok[..., None, None], M, eye))[0]
+    return torch.where(ok[..., None, None], L, eye)
+
+
 def _qp_factor(K, M, A, P_eq, done):
     """The reduced system [M, Aᵀ; A, −P_eq] factorised, as ``(solve, ok)``: ``solve(top,
     bottom)`` returns (Δd, Δν); ``ok`` where the factorisation succeeded.
@@ -63,10 +75,13 @@ def _qp_factor(K, M, A, P_eq, done):
     L, info = torch.linalg.cholesky_ex(M)
     if bool(((info == 0) | done).all()):
         ok = info == 0
+        L = _qp_safe_cholesky(M, L, ok)
         if q:
             Y = _qp_cholesky_solve(L, A.mT.expand(*M.shape[:-2], n, q))  # M⁻¹Aᵀ, (..., n, q)
-            L_s, info_s = torch.linalg.cholesky_ex(A @ Y + P_eq)
+            S = A @ Y + P_eq
+            L_s, info_s = torch.linalg.cholesky_ex(S)
             ok = ok & (info_s == 0)
+            L_s = _qp_safe_cholesky(S, L_s, ok)
 
         def solve(top, bottom):
             u = _qp_cholesky_solve(L, top[..., None])[..., 0]
