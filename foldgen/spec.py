@@ -393,12 +393,6 @@ class Spec(_Frozen):
             )
         if not self.variables:
             raise _fail("declare at least one variable", ("variables",))
-        if self.backward.method == "active_set" and self.solver.rule == "admm":
-            raise _fail(
-                "backward method 'active_set' is PGD's reduced solve and SQP's KKT solve; "
-                "rule 'admm' takes 'auto', 'direct', 'gmres', 'lfpi' or 'cg'",
-                ("backward", "method"),
-            )
         if not self.parameters:
             raise _fail(
                 "declare at least one parameter: the layer's inputs (a problem without any "

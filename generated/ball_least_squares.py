@@ -255,7 +255,7 @@ def _set_data_vjp(x, _c_bar, _r_bar, A, b, center, radius, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 dadd0f936058ea45): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 b0876e95fafc3031): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1056,10 +1056,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

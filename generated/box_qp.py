@@ -218,7 +218,7 @@ def _set_data(x, Q, c):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 cd175021201459e2): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 425dd302cb62b20d): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1006,10 +1006,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -232,7 +232,7 @@ def _set_data(x, c, k, eps):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 d2ef3fc3bc17b41d): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 d30439dbf7aa921e): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1107,10 +1107,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -243,7 +243,7 @@ def _set_data_vjp(x, _A_bar, _b_bar, P, q, A, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 122e434107ef885e): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 16d43c41093a7865): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1070,10 +1070,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -241,7 +241,7 @@ def _kkt_vjp(x, _lam0, _u, _wg0, y, B):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 e91e6d506e058239): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 41ff63c0f47b24dd): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1354,10 +1354,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

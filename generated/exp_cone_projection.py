@@ -336,7 +336,7 @@ def _pack(x, y, z, a, b, c, ymin):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 c6dd662ab20b5c9a): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 8c95f228590d6220): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1484,10 +1484,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -232,7 +232,7 @@ def _set_data_vjp(x, _a_bar, _b_bar, y, a, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 48a8b6ab1d15a1cf): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 a180755e28ee53db): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1030,10 +1030,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -254,7 +254,7 @@ def _set_data_vjp(w, _lo_bar, _hi_bar, X, y, lo, hi, mu):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 a26bcbeb6a4b6aa9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 8df74745ecf7543b): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1042,10 +1042,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

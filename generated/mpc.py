@@ -422,7 +422,7 @@ def _pack(X, U, A, B, x0, q, r, umax):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 da57b5d4f76f0df5): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 0f6ad0d4068c7bea): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1570,10 +1570,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

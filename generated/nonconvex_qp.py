@@ -293,7 +293,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 ec28957f245e9785): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 4f5f97d202e3d3a6): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1411,10 +1411,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

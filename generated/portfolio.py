@@ -261,7 +261,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, mu, Sigma, gamma):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 a7a8269f071ee8a8): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 3b074171e7e5e491): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1384,10 +1384,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -214,7 +214,7 @@ def _gradient_vjp(x, _u, Q, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 4a954d6b27e4e9b1): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 30d4bb2c6047b4ab): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -982,10 +982,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

@@ -253,7 +253,7 @@ def _set_data_vjp(x, _lo_bar, _hi_bar, _w_bar, _c_bar, q, y, u, p, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 816495e9a8cf23af): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 31704c9b7b408a7c): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1152,10 +1152,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"

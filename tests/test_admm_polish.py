@@ -93,3 +93,48 @@ def test_polish_at_degenerate_points(tmp_path):
     exact[:, 3:] -= (t[:, 3:].sum(-1, keepdim=True) - 1) / 3
     assert bool(layer.info.converged.all()) and bool(layer.info.polished.all())
     torch.testing.assert_close(x, exact, atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------- the backward's KKT solve
+
+
+def test_auto_backward_of_a_qp_is_its_active_sets_kkt_solve():
+    """auto takes one KKT solve on the clamped rows (recorded as active_set); the fold
+    (gmres through the ADMM map) gives the same gradient for every input."""
+    module = load_module("inequality_qp")
+    values = qpth_qp(20, 15, 8, seed=6)
+    names = ["P", "q", "G", "h"]
+    kkt = module.InequalityQp(on_nonconvergence="raise")
+    _, g_kkt = solve(kkt, values, names)
+    assert kkt.backward_info.method == "active_set"
+    assert kkt.backward_info.iterations.tolist() == [1] * 8
+    assert float(kkt.backward_info.residual.max()) <= 1e-12
+    fold = module.InequalityQp(on_nonconvergence="raise", backward_method="gmres",
+                               backward_tol=1e-12)  # fmt: skip
+    _, g_fold = solve(fold, values, names)
+    assert fold.backward_info.method == "gmres"
+    for name, a, b in zip(names, g_kkt, g_fold):
+        torch.testing.assert_close(a, b, atol=1e-9 * max(1.0, float(b.abs().max())), rtol=0,
+                                   msg=name)  # fmt: skip
+
+
+def test_a_redundant_active_row_leaves_the_backward_to_the_fold(tmp_path):
+    """The duplicated equality makes the active set's KKT matrix singular: the backward
+    folds the ADMM map instead, and the gradient is still the exact one (∂x/∂t is the
+    projection onto the free coordinates' affine constraints)."""
+    module = built(tmp_path, DEGENERATE, "polish_degenerate_backward")
+    A = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=F64)
+    layer = module.PolishDegenerate(A=A, b=torch.tensor([0.8, 0.8, 1.0], dtype=F64),
+                                    on_nonconvergence="raise")  # fmt: skip
+    t = torch.tensor([[0.0, 0.3, 0.5, 0.2, 0.7, 0.4]], dtype=F64, requires_grad=True)
+    w = torch.tensor([[1.0, 2.0, -1.0, 0.5, 1.5, -2.0]], dtype=F64)
+    (g,) = torch.autograd.grad((layer(t=t) * w).sum(), t)
+    assert layer.backward_info.method != "active_set"
+    assert bool(layer.backward_info.converged.all())
+    # x₁ + x₂ = 0.8 and x₃ + x₄ + x₅ = 1 on the free coordinates 1–5; x₀ is weakly active
+    expected = torch.tensor([[0.0, 1.5, 1.5, 0.0, 0.0, 0.0]], dtype=F64)
+    expected[0, 1:3] = w[0, 1:3] - w[0, 1:3].mean()
+    expected[0, 3:] = w[0, 3:] - w[0, 3:].mean()
+    assert float(g[0, 0]) in (0.0, 1.0)  # the weakly active bound: free or clamped
+    expected[0, 0] = g[0, 0]
+    torch.testing.assert_close(g, expected, atol=1e-9, rtol=0)

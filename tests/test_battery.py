@@ -128,10 +128,6 @@ def test_forward_matches_cvxpy(name):
 @pytest.mark.parametrize("method", ["direct", "gmres", "lfpi", "active_set"])
 def test_backward_methods_agree(spec, method):
     name, module, case = spec
-    if method == "active_set" and module.PROBLEM.rule == "admm":
-        with pytest.raises(ValueError, match="active_set"):
-            make_layer(module, backward_method=method)
-        return
     values = draw(case, batch=(4,), seed=3)
     reference_layer = make_layer(module, backward_method="direct")
     weight = torch.randn(
@@ -148,6 +144,9 @@ def test_backward_methods_agree(spec, method):
         assert bool(converged.all())
     if method == "active_set" and module.PROBLEM.rule == "sqp":  # the closed-form KKT solve
         assert layer.backward_info.method == "active_set"  # these data are regular (δ = 0)
+    elif method == "active_set" and module.PROBLEM.rule == "admm":  # a QP's KKT solve
+        polishable = module._admm_polishable(module.PROBLEM)
+        assert (layer.backward_info.method == "active_set") == polishable
     elif method == "active_set":  # the reduced solve runs wherever the structure is proven:
         # J_P a free-set diagonal, or an orthogonal projector under a scalar step
         jacobian, step = module.PROBLEM.set.jacobian, layer.info.alpha.shape[-1]

@@ -144,8 +144,6 @@ BAD_SPECS = [
         "should be greater than 0, got -5", "solver.max_iter", 13, 48),
     Bad("bad-backward-method", edit("method: gmres", "method: gmrs"),
         "got 'gmrs' (did you mean 'gmres'?)", "backward.method", 14, 20),
-    Bad("active-set-not-admm", edit("rule: pgd, step_size: auto", "rule: admm").replace("method: gmres", "method: active_set"),
-        "backward method 'active_set' is PGD's reduced solve and SQP's KKT solve; rule 'admm' takes", "backward.method", 14, 20),
     Bad("not-a-mapping-value", edit("backward: {method: gmres, max_iter: 200, tol: 1.0e-10}", "backward: x"),
         "expected a mapping (key: value entries), got 'x'", "backward", 14, 11),
     Bad("constraint-not-a-string", edit("0 <= x <= 1", "[0, 1]"),

@@ -517,10 +517,6 @@ def _init_layer(layer, p, inputs, settings):
     method = settings["backward_method"]
     if method not in _BACKWARD_METHODS:
         raise ValueError(f"backward_method: unknown method {method!r}")
-    if method == "active_set" and p.rule == "admm":
-        raise ValueError(
-            "backward_method: 'active_set' is PGD's reduced solve and SQP's KKT solve, not admm's"
-        )
     policy = settings["on_nonconvergence"]
     if policy not in _NONCONVERGENCE_POLICIES:
         expected = "'warn', 'raise' or 'ignore'"
