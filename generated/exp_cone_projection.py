@@ -336,7 +336,7 @@ def _pack(x, y, z, a, b, c, ymin):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 8c95f228590d6220): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 6a34bb5534c5a2f5): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1955,11 +1955,11 @@ def _sqp_regularization(H, J_g, J_h, active):
     that failed); there δ = 0.
 
     Decided by the cheapest test that settles it, per element: H − margin·I positive
-    definite (one Cholesky) gives δ = 0, H exceeding the margin on every subspace; else
-    H + margin·I positive definite (H ⪰ −margin·I, e.g. a PSD Hessian that is singular)
-    gives δ = 2·margin, which makes H + δI ⪰ margin·I everywhere, N included; only the
-    others (an indefinite H) get the projector onto N and the eigenvalues
-    (`_sqp_projected_delta`), gathered into a smaller batch.
+    definite (one Cholesky) gives δ = 0, H exceeding the margin on every subspace; H = 0
+    gives δ = margin; only the others get the projector onto N and the eigenvalues
+    (`_sqp_projected_delta`), gathered into a smaller batch. (A shortcut δ = 2·margin for
+    every positive semidefinite H was tried and dropped: the margin scales with max|H|, and
+    under an entropy's 1/x curvature that δ is large enough to stall the SQP.)
     """
     n = H.shape[-1]
     eye = torch.eye(n, dtype=H.dtype, device=H.device)
@@ -1973,10 +1973,11 @@ def _sqp_regularization(H, J_g, J_h, active):
     delta = torch.zeros_like(scale)
     if bool(definite.all()):
         return delta, ok
-    _, info = torch.linalg.cholesky_ex(H + margin[..., None, None] * eye)
-    semidefinite = (info == 0) & ~definite
-    delta = torch.where(semidefinite, 2 * margin, delta)
-    rest = ~definite & ~semidefinite
+    # A zero Hessian (a linear objective, the nonlinear constraints' multipliers 0) is 0 on
+    # N too: δ = margin exactly, what the projector would give, without it.
+    zero = (H == 0).all((-2, -1)) & ~definite
+    delta = torch.where(zero, margin, delta)
+    rest = ~definite & ~zero
     if not bool(rest.any()):
         return delta, ok
     batch, size = rest.shape, rest.numel()

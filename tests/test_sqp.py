@@ -642,3 +642,17 @@ def test_unrolled_sqp_gradient_is_finite_and_near_the_folded_one():
     (folded,) = torch.autograd.grad(layer(p=folded_p, **values).sum(), folded_p)
     assert bool(torch.isfinite(unrolled).all())
     torch.testing.assert_close(unrolled, folded, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_entropic_knapsack_at_large_logits_converges(seed):
+    """Under the entropy's 1/x curvature (scale 5: x down to 1e-13) the QPs' regularisation
+    must stay the minimal δ: a δ proportional to max|∇²ₓₓL| (once tried for every positive
+    semidefinite Hessian) stalls 2–4 of these 32 elements at max_iter."""
+    from cases import _knapsack
+
+    values = _knapsack((32,), F64, torch.Generator().manual_seed(seed), n=50, scale=5.0)
+    _, layer = layer_for("entropic_knapsack_sqp", on_nonconvergence="ignore")
+    layer(**values)
+    assert bool(layer.info.converged.all())
+    assert int(layer.info.iterations.max()) <= 80
