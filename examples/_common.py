@@ -84,24 +84,43 @@ def train_and_track(name, model, loss_of, evaluate, *, samples, batch, epochs, l
     return evals, train_time / epochs
 
 
-def plot_regret(results, reference, reference_label, title, path, styles=None):
-    """Test regret per epoch of each method, with a reference level; saved to ``path``."""
+def plot_regret(results, reference, reference_label, title, path, styles=None, difference=None):
+    """Test regret per epoch of each method, with a reference level; saved to ``path``.
+
+    ``difference``, a pair of method names (a, b) whose curves lie on top of each other,
+    adds a lower panel with a − b per epoch, so that the agreement is visible rather than
+    one curve hidden under the other."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    if difference is None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    else:
+        fig, (ax, low) = plt.subplots(
+            2, 1, figsize=(6.4, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+        )
     for name, result in results.items():
-        style = (styles or {}).get(name, dict(marker="o"))
+        style = dict(marker="o", markersize=4)
+        style.update((styles or {}).get(name, {}))
         ax.plot(range(len(result["history"])), result["history"], label=name, **style)
     ax.axhline(reference, color="gray", linestyle=":", label=reference_label)
-    ax.set_xlabel("epoch")
     ax.set_ylabel("normalized regret (test)")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
+    if difference is not None:
+        a, b = difference
+        gap = [x - y for x, y in zip(results[a]["history"], results[b]["history"])]
+        low.plot(range(len(gap)), gap, marker="o", markersize=4, color="C3")
+        low.axhline(0, color="gray", lw=0.8)
+        low.set_ylabel(f"{a} − {b}", fontsize=8)
+        low.grid(alpha=0.3)
+        low.set_xlabel("epoch")
+    else:
+        ax.set_xlabel("epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

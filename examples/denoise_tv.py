@@ -256,9 +256,10 @@ def main() -> None:
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(
-        1, 4, figsize=(21, 4.6), gridspec_kw={"width_ratios": [1.9, 1.3, 1, 1]}
-    )
+    # 2 × 2 at 11 × 9 inches: each panel stays readable at the README's width (a 1 × 4 row
+    # at 21 inches shrank every panel to a quarter of it).
+    fig, grid = plt.subplots(2, 2, figsize=(11, 9))
+    axes = grid.reshape(-1)
     i = 0
     ax = axes[0]
     ax.plot(noisy_test[i], ".", color="0.6", ms=4, label=f"noisy (MSE {noisy_mse:.4f})")
@@ -266,7 +267,7 @@ def main() -> None:
     ax.plot(fixed_out[i], "-", label=f"fixed finite-difference D (MSE {fixed_mse:.4f})")
     ax.plot(learned_out[i], "-", label=f"learned D, FD init (MSE {learned_mse:.4f})")
     ax.plot(random_out[i], "-", label=f"learned D, random init (MSE {random_mse:.4f})")
-    ax.set_title(f"A test signal, lam = {lam:g} (MSE over the whole test set)")
+    ax.set_title(f"A test signal, lam = {lam:g} (MSE over the whole test set)", fontsize=10)
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.semilogy(range(epochs + 1), history, "o-", color="C1", label="learned D, FD init")
@@ -276,7 +277,7 @@ def main() -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0 = the initial D)")
     ax.set_ylabel("test MSE (log scale)")
-    ax.set_title("Test MSE of x*(y_noisy; D) vs the clean signal")
+    ax.set_title("Test MSE of x*(y_noisy; D) vs the clean signal", fontsize=10)
     ax.legend(fontsize=8)
     ax = axes[2]
     delta = (d_learned - d_fd).numpy()

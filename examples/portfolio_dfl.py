@@ -204,7 +204,9 @@ def main() -> None:
         results, reference, "decisions with E[r | z]",
         f"Portfolio ({assets} assets, deg {args.deg}): normalized test regret of x*(r̂)",
         args.out / "portfolio_dfl.png",
-        styles={"cvxpylayers_dfl": dict(linestyle="--", marker="x")},  # it overlays foldgen's
+        styles={"foldgen_dfl": dict(marker="o", markersize=7, markerfacecolor="none"),
+                "cvxpylayers_dfl": dict(linestyle="--", marker="x")},  # it overlays foldgen's
+        difference=("foldgen_dfl", "cvxpylayers_dfl"),
     )  # fmt: skip
 
 
