@@ -255,7 +255,7 @@ def _set_data_vjp(x, _c_bar, _r_bar, A, b, center, radius, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 b0876e95fafc3031): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 d1844c82c7088848): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1827,7 +1827,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

@@ -243,7 +243,7 @@ def _set_data_vjp(x, _A_bar, _b_bar, P, q, A, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 16d43c41093a7865): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 6b2a410ed5e854cb): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1861,7 +1861,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

@@ -227,7 +227,7 @@ def _set_data_vjp(x, _c_bar, _r_bar, y, r):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 2c15509f861fa306): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 7a029281ba4898ca): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1825,7 +1825,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

@@ -254,7 +254,7 @@ def _set_data_vjp(w, _lo_bar, _hi_bar, X, y, lo, hi, mu):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 8df74745ecf7543b): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 0e3f363dc1d68929): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1805,7 +1805,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

@@ -289,7 +289,7 @@ def _pack(W, X, Y, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 86c5442ea86f45f9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 3ad8d03dbebbc72c): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1827,7 +1827,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

@@ -214,7 +214,7 @@ def _gradient_vjp(x, _u, Q, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 30d4bb2c6047b4ab): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 aad9ae15edccc1b3): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1751,7 +1751,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

@@ -210,7 +210,7 @@ def _set_data(p, z):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 f7514fb06cd02ff4): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 0f89e8362ccc72d4): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1858,7 +1858,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

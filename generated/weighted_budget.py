@@ -253,7 +253,7 @@ def _set_data_vjp(x, _lo_bar, _hi_bar, _w_bar, _c_bar, q, y, u, p, b):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 31704c9b7b408a7c): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 a18b713196c08ce4): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1936,7 +1936,8 @@ def _dense_hessian(p, x, values):
     if math.prod(shape) > max(_DENSE_LIMIT, n * n):
         return None
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    return p.hvp(_lift(x, 1), eye, *lifted).mT  # rows ∇²f eᵢ, transposed: ∇²f itself
+    # rows ∇²f eᵢ, transposed: ∇²f itself (a linear f's product is printed as (n,) zeros)
+    return (p.hvp(_lift(x, 1), eye, *lifted) + eye.new_zeros(n, n)).mT
 
 
 class _ActiveSet:

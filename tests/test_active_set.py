@@ -188,3 +188,25 @@ def test_closed_form_dense_phi_equals_the_one_from_products():
         n = x.shape[-1]
         columns = torch.stack([phi_t(e.expand_as(x)) for e in torch.eye(n, dtype=F64)], -1)
         torch.testing.assert_close(structure.dense(), columns, rtol=1e-12, atol=1e-13)
+
+
+def test_a_linear_objective_has_a_zero_dense_hessian():
+    """A linear f prints ∇²f u as (n,) zeros; the dense Hessian the active-set backward
+    builds from it must still be the (n, n) zero matrix (found by the fuzzer: a crash in
+    the backward of an unbounded element, which must get a zero gradient and a report)."""
+    import foldgen
+
+    text = (
+        "foldgen: 1\nname: linear_fuzz\ndims: {n: 1}\nparameters:\n  a: {shape: [n]}\n"
+        "variables:\n  x: {shape: [n]}\nminimize: a @ x + 0.5 * sum(x)\nsolver: {rule: pgd}\n"
+    )
+    layer = foldgen.compile(text)(on_nonconvergence="ignore")
+    a = torch.tensor([[0.3], [-2.0]], dtype=torch.float64, requires_grad=True)
+    x = layer(a)
+    assert not bool(layer.info.feasible.any())  # unbounded below: reported, not raised
+    x.sum().backward()
+    assert torch.equal(a.grad, torch.zeros_like(a))
+    from foldgen.runtime.pgd import _dense_hessian
+
+    H = _dense_hessian(type(layer).__init__.__globals__["PROBLEM"], x.detach(), [a.detach()])
+    assert H.shape == (1, 1) and float(H.abs().max()) == 0.0
