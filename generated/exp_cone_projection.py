@@ -336,7 +336,7 @@ def _pack(x, y, z, a, b, c, ymin):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 6a34bb5534c5a2f5): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 e649fac711054abd): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1212,7 +1212,8 @@ def _packed_warm_start(p, values, warm):
     given (None when none is given); ValueError naming a warm start of the wrong shape."""
     if not any(t is not None for t in warm.values()):
         return None
-    parts = list(p.unpack(p.init(*values), *values))
+    # one variable unpacks to a bare tensor, several to a tuple
+    parts = list(_as_tuple(p.unpack(p.init(*values), *values)))
     for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
         if t is None:
             continue

@@ -422,7 +422,7 @@ def _pack(X, U, A, B, x0, q, r, umax):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 7cea48da83efe45b): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 899fff84da9fc401): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1298,7 +1298,8 @@ def _packed_warm_start(p, values, warm):
     given (None when none is given); ValueError naming a warm start of the wrong shape."""
     if not any(t is not None for t in warm.values()):
         return None
-    parts = list(p.unpack(p.init(*values), *values))
+    # one variable unpacks to a bare tensor, several to a tuple
+    parts = list(_as_tuple(p.unpack(p.init(*values), *values)))
     for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
         if t is None:
             continue

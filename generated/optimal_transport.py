@@ -322,7 +322,7 @@ def _pack(P, C, a, b, eps):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 dcc7d153ecc6c71f): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 5abe0e87a7a6ba07): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1192,7 +1192,8 @@ def _packed_warm_start(p, values, warm):
     given (None when none is given); ValueError naming a warm start of the wrong shape."""
     if not any(t is not None for t in warm.values()):
         return None
-    parts = list(p.unpack(p.init(*values), *values))
+    # one variable unpacks to a bare tensor, several to a tuple
+    parts = list(_as_tuple(p.unpack(p.init(*values), *values)))
     for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
         if t is None:
             continue

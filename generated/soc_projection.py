@@ -250,7 +250,7 @@ def _pack(x, t, y, s):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 f99b5a24e3c62440): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 b33cbb28acabf64b): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -791,7 +791,8 @@ def _packed_warm_start(p, values, warm):
     given (None when none is given); ValueError naming a warm start of the wrong shape."""
     if not any(t is not None for t in warm.values()):
         return None
-    parts = list(p.unpack(p.init(*values), *values))
+    # one variable unpacks to a bare tensor, several to a tuple
+    parts = list(_as_tuple(p.unpack(p.init(*values), *values)))
     for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
         if t is None:
             continue

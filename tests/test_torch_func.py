@@ -192,3 +192,22 @@ def test_a_tangent_on_a_grad_false_input_is_refused():
     Q, c = _box_qp((), seed=4)
     with pytest.raises(ValueError, match="Q: has a tangent, but the spec declares it grad: false"):
         torch.func.jvp(lambda Q: layer(Q, c), (Q,), (torch.ones_like(Q),))
+
+
+def test_a_matrix_variables_warm_start_plain_and_under_vmap():
+    """W_init of the one (matrix) variable of nnls_matrix: accepted (a single variable
+    unpacks to a bare tensor, once iterated row by row by mistake), a start at the solution
+    needs no iteration, and a vmapped warm start equals the batched call."""
+    module = foldgen.load_generated(ROOT / "generated" / "nnls_matrix.py", "nnls_warm")
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(4, 12, 5, generator=gen, dtype=F64)
+    B = torch.randn(4, 12, 3, generator=gen, dtype=F64)
+    W0 = torch.rand(4, 5, 3, generator=gen, dtype=F64)
+    layer = module.NnlsMatrix(on_nonconvergence="raise")
+    solution = layer(A=A, B=B)
+    started = layer(A=A, B=B, W_init=W0)
+    torch.testing.assert_close(started, solution, atol=1e-7, rtol=0)
+    layer(A=A, B=B, W_init=solution)
+    assert layer.info.iterations.tolist() == [0, 0, 0, 0]
+    mapped = torch.func.vmap(lambda A, B, W: layer(A=A, B=B, W_init=W))(A, B, W0)
+    torch.testing.assert_close(mapped, started, atol=1e-12, rtol=0)

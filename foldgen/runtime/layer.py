@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from foldgen.runtime.core import _wrapped
+from foldgen.runtime.core import _as_tuple, _wrapped
 from foldgen.runtime.linsolve import (
     _dense_from_matvec,
     _solve_cg,
@@ -217,7 +217,8 @@ def _packed_warm_start(p, values, warm):
     given (None when none is given); ValueError naming a warm start of the wrong shape."""
     if not any(t is not None for t in warm.values()):
         return None
-    parts = list(p.unpack(p.init(*values), *values))
+    # one variable unpacks to a bare tensor, several to a tuple
+    parts = list(_as_tuple(p.unpack(p.init(*values), *values)))
     for i, ((name, core), t) in enumerate(zip(p.variables, warm.values())):
         if t is None:
             continue
