@@ -266,18 +266,19 @@ def _read_regular(path: Path) -> bytes | str:
         return f"cannot be read: {err.strerror or err}"
 
 
-def _verified(paths: list[str], limits: Limits) -> bool:
+def _verified(paths: list[str], built: list[Built], limits: Limits, runtime: RuntimeMode) -> bool:
     """``--verify``: run `foldgen.verify` on each built module (imported from its source) and
-    print every check; False if one exceeded its tolerance."""
+    print every check; False if one exceeded its tolerance. A ``shared`` build imports a
+    runtime file not written yet, so its specs are rebuilt inline (the same math)."""
     from foldgen.api import module_from_source
     from foldgen.spec import load_spec
     from foldgen.verify import verify
 
     passed = True
-    for path in paths:
+    for path, b in zip(paths, built):
         spec = load_spec(path, limits).spec
         properties = {name: set[str](p.properties) for name, p in spec.parameters.items()}
-        inline = build(path, limits)  # the same math, importable without a runtime file
+        inline = b if runtime == "inline" else build(path, limits)
         checks = verify(module_from_source(inline), properties)
         failed = [c for c in checks if not c.ok]
         print(f"{path}: {len(checks) - len(failed)} of {len(checks)} checks passed")
@@ -300,7 +301,7 @@ def _cmd_build(
     built = _compile_all(paths, limits, out, runtime)
     if built is None:
         return 2
-    if verify and not _verified(paths, limits):
+    if verify and not _verified(paths, built, limits, runtime):
         return 3
     _usable_dir(out, create=True)
     changed = [b for b in built if _read_regular(out / b.filename) != b.source.encode("utf-8")]

@@ -218,7 +218,7 @@ def _set_data(x, Q, c):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 ce6ba6e1b7acaf84): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 e54b4dff318a1a78): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -512,6 +512,13 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     eye = torch.eye(n, dtype=dtype, device=device)
     unit = eye.expand(tuple(batch_shape) + (n, n))  # (..., n, n), row j = e_j
     return phi_t(unit).mT  # (..., n, n)
+
+
+def _cholesky_solve(L, b):
+    """M⁻¹b from M's Cholesky factor L, b (..., n, k): two batched triangular solves (several
+    times faster than ``cholesky_solve`` on small batched systems)."""
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)
 
 
 def _proj_box(y, lo, hi):
@@ -902,6 +909,17 @@ def _caller_level(layer):
     ):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _structured_result(phi_t, v, g):
+    """A structure's closed-form v as the iterative solvers return it: (v, one iteration, the
+    relative residual of (I − Φᵀ) v = g through the matrix-free ``phi_t`` itself), so a
+    structure that does not hold is seen by the tolerance check and falls back; v is 0 where
+    it is not finite."""
+    residual = _norm(v - phi_t(v) - g) / _norm(g).clamp_min(torch.finfo(g.dtype).tiny)
+    residual = torch.where(torch.isfinite(residual), residual, math.inf)
+    iterations = torch.ones(g.shape[:-1], dtype=torch.int64, device=g.device)
+    return torch.where(torch.isfinite(v), v, 0), iterations, residual
 
 
 def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
@@ -1858,20 +1876,15 @@ class _ActiveSet:
             M = P @ self.H @ P + torch.eye(n, dtype=g.dtype, device=g.device) - P
             u = _spd_solve(M, _mv(P, rhs))
         v = rhs + u / self.d - self.p.hvp(self.x, u, *self.values)
-        r = v - phi_t(v) - rhs
-        residual = _norm(r) / _norm(rhs).clamp_min(torch.finfo(g.dtype).tiny)
-        residual = torch.where(torch.isfinite(residual), residual, math.inf)
-        iterations = torch.ones(batch, dtype=torch.int64, device=g.device)
-        return torch.where(torch.isfinite(v), v, 0) * scale, iterations, residual
+        v, iterations, residual = _structured_result(phi_t, v, rhs)
+        return v * scale, iterations, residual
 
 
 def _spd_solve(M, b):
     """M⁻¹b per element: Cholesky where M is positive definite, LU where it is not; NaN
     where M is singular (the caller's residual check sees it)."""
     L, info = torch.linalg.cholesky_ex(M)
-    # two triangular solves: batched, they run several times faster than cholesky_solve
-    y = torch.linalg.solve_triangular(L, b[..., None], upper=False)
-    x = torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0]
+    x = _cholesky_solve(L, b[..., None])[..., 0]
     failed = info != 0
     if bool(failed.any()):
         lu, lu_info = torch.linalg.solve_ex(M, b[..., None])

@@ -293,7 +293,7 @@ def _kkt_vjp(y, _lam0, _nu0, _u, _wg0, _wh0, p, Q, A, b, G, h):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 c7a01afe8c5da5a9): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 d54e1ffe461f143d): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -589,6 +589,13 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     return phi_t(unit).mT  # (..., n, n)
 
 
+def _cholesky_solve(L, b):
+    """M⁻¹b from M's Cholesky factor L, b (..., n, k): two batched triangular solves (several
+    times faster than ``cholesky_solve`` on small batched systems)."""
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)
+
+
 def _qp_newton(solve, ok, r_d, r_e, r_i, r_c, s, lam, G):
     """One Newton direction of the interior point from the factorised reduced system
     (``solve``, `_qp_factor`'s).
@@ -602,13 +609,6 @@ def _qp_newton(solve, ok, r_d, r_e, r_i, r_c, s, lam, G):
     ds = -r_i - _mv(G, dd)
     dlam = (-r_c - lam * ds) / s
     return dd, ds, dlam, dnu
-
-
-def _qp_cholesky_solve(L, b):
-    """M⁻¹b from M's Cholesky factor L, b (..., n, k): two batched triangular solves (several
-    times faster than ``cholesky_solve`` on small batched systems)."""
-    y = torch.linalg.solve_triangular(L, b, upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True)
 
 
 def _qp_safe_cholesky(M, L, ok):
@@ -637,17 +637,17 @@ def _qp_factor(K, M, A, P_eq, done):
         ok = info == 0
         L = _qp_safe_cholesky(M, L, ok)
         if q:
-            Y = _qp_cholesky_solve(L, A.mT.expand(*M.shape[:-2], n, q))  # M⁻¹Aᵀ, (..., n, q)
+            Y = _cholesky_solve(L, A.mT.expand(*M.shape[:-2], n, q))  # M⁻¹Aᵀ, (..., n, q)
             S = A @ Y + P_eq
             L_s, info_s = torch.linalg.cholesky_ex(S)
             ok = ok & (info_s == 0)
             L_s = _qp_safe_cholesky(S, L_s, ok)
 
         def solve(top, bottom):
-            u = _qp_cholesky_solve(L, top[..., None])[..., 0]
+            u = _cholesky_solve(L, top[..., None])[..., 0]
             if not q:
                 return u, bottom
-            nu = _qp_cholesky_solve(L_s, (_mv(A, u) - bottom)[..., None])[..., 0]
+            nu = _cholesky_solve(L_s, (_mv(A, u) - bottom)[..., None])[..., 0]
             return u - _mv(Y, nu), nu
 
         return solve, ok
@@ -1307,6 +1307,17 @@ def _caller_level(layer):
     ):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _structured_result(phi_t, v, g):
+    """A structure's closed-form v as the iterative solvers return it: (v, one iteration, the
+    relative residual of (I − Φᵀ) v = g through the matrix-free ``phi_t`` itself), so a
+    structure that does not hold is seen by the tolerance check and falls back; v is 0 where
+    it is not finite."""
+    residual = _norm(v - phi_t(v) - g) / _norm(g).clamp_min(torch.finfo(g.dtype).tiny)
+    residual = torch.where(torch.isfinite(residual), residual, math.inf)
+    iterations = torch.ones(g.shape[:-1], dtype=torch.int64, device=g.device)
+    return torch.where(torch.isfinite(v), v, 0), iterations, residual
 
 
 def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):
@@ -2323,12 +2334,7 @@ class _SqpKkt:
     def solve(self, phi_t, g):
         """(v, iterations, residual) as the iterative solvers return them; the residual is
         that of (I − Φᵀ) v = g through ``phi_t`` itself (one more solve with K's factors)."""
-        v = g / self.step[..., None]
-        tiny = torch.finfo(g.dtype).tiny
-        residual = _norm(v - phi_t(v) - g) / _norm(g).clamp_min(tiny)
-        residual = torch.where(torch.isfinite(residual), residual, math.inf)
-        iterations = torch.ones(g.shape[:-1], dtype=torch.int64, device=g.device)
-        return torch.where(torch.isfinite(v), v, 0), iterations, residual
+        return _structured_result(phi_t, g / self.step[..., None], g)
 
 
 def _sqp_pullback(p, layer, x, values, state, grad_x):

@@ -245,7 +245,7 @@ def _block_data_vjp(x, _bar0, _bar1, _bar2, y, D, lam):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 9a6509c8861dccc5): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 4c24473d13bd7d7f): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -1793,6 +1793,22 @@ def _admm_pick(t, core, batch, flat):
     return t.expand(*batch, *shape).reshape(-1, *shape)[flat]
 
 
+def _admm_qp_hessian(p, x, values):
+    """∇²f₀ of a QP as a matrix, (n, n) where no batched input reaches it (a linear f₀'s
+    product is printed as (n,) zeros: the zero matrix)."""
+    n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
+    return p.hvp(x.new_zeros(n), eye, *lifted) + x.new_zeros(n, n)
+
+
+def _admm_kkt_matrix(H, A, d):
+    """[[H, AᵀD], [DA, D − I]] for the rows d (0/1) of A held active: the KKT matrix of the
+    QP's active set, symmetric; a free row's multiplier is 0."""
+    DA = d[..., None] * A
+    return torch.cat([torch.cat([H, DA.mT], -1), torch.cat([DA, torch.diag_embed(d - 1)], -1)], -2)
+
+
 def _admm_polish(p, x, s, values, blocks, rho, batch, todo):
     """OSQP's polish (Stellato et al. 2020, §4): the equality QP of the state's active set,
     solved exactly for the elements ``todo`` (a (...) mask). Returns the candidate state
@@ -1809,9 +1825,7 @@ def _admm_polish(p, x, s, values, blocks, rho, batch, todo):
     dims = _admm_sizes(blocks, n)
     flat = todo.reshape(-1)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
-    H = p.hvp(x.new_zeros(n), eye, *lifted) + x.new_zeros(n, n)  # a linear f₀'s is (n,) zeros
-    H = _admm_pick(H, 2, batch, flat)  # (k, n, n)
+    H = _admm_pick(_admm_qp_hessian(p, x, values), 2, batch, flat)  # (k, n, n)
     q = _admm_pick(p.gradient(torch.zeros_like(x), *values), 1, batch, flat)
     A = torch.cat([eye.expand(len(H), n, n) if Ai is None else _admm_pick(Ai, 2, batch, flat)
                    for Ai, _ in blocks], -2)  # (k, m, n)  # fmt: skip
@@ -1820,8 +1834,7 @@ def _admm_polish(p, x, s, values, blocks, rho, batch, todo):
     at_lo, at_hi = _admm_guess(_admm_pick(s, 1, batch, flat), rho_k, lo, hi, dims)
     d = (at_lo | at_hi).to(x.dtype)  # (k, m)
     b = torch.where(at_hi, hi, torch.where(at_lo, lo, 0))
-    DA = d[..., None] * A
-    M = torch.cat([torch.cat([H, DA.mT], -1), torch.cat([DA, torch.diag_embed(d - 1)], -1)], -2)
+    M = _admm_kkt_matrix(H, A, d)
     rhs = torch.cat([-q, b], -1)
     delta = math.sqrt(torch.finfo(x.dtype).eps) * (1 + H.abs().amax((-2, -1)))  # (k,)
     shift = torch.cat([delta[:, None].expand(-1, n), -delta[:, None] * d], -1)
@@ -2129,12 +2142,10 @@ def _admm_kkt_backward(p, layer, x, values, s, rho, blocks, grad_x):
     d = (free == 0).to(x.dtype)  # (..., m): the clamped rows
     y = rho[..., None] * torch.cat(u, -1)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    lifted = [_lift(v, len(core)) for v, core in zip(values, p.parameters.values())]
-    H = (p.hvp(x.new_zeros(n), eye, *lifted) + x.new_zeros(n, n)).expand(*batch, n, n)
+    H = _admm_qp_hessian(p, x, values).expand(*batch, n, n)
     A = torch.cat([eye.expand(*batch, n, n) if Ai is None else Ai.expand(*batch, *Ai.shape[-2:])
                    for Ai, _ in blocks], -2)  # (..., m, n)  # fmt: skip
-    DA = d[..., None] * A
-    M = torch.cat([torch.cat([H, DA.mT], -1), torch.cat([DA, torch.diag_embed(d - 1)], -1)], -2)
+    M = _admm_kkt_matrix(H, A, d)
     rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, A.shape[-2])], -1)
     sol, info = torch.linalg.solve_ex(M, rhs[..., None])
     sol = torch.where((info == 0)[..., None], sol[..., 0], 0)

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from foldgen.runtime.core import _as_tuple, _wrapped
+from foldgen.runtime.core import _as_tuple, _norm, _wrapped
 from foldgen.runtime.linsolve import (
     _dense_from_matvec,
     _solve_cg,
@@ -414,6 +414,17 @@ def _caller_level(layer):
     ):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _structured_result(phi_t, v, g):
+    """A structure's closed-form v as the iterative solvers return it: (v, one iteration, the
+    relative residual of (I − Φᵀ) v = g through the matrix-free ``phi_t`` itself), so a
+    structure that does not hold is seen by the tolerance check and falls back; v is 0 where
+    it is not finite."""
+    residual = _norm(v - phi_t(v) - g) / _norm(g).clamp_min(torch.finfo(g.dtype).tiny)
+    residual = torch.where(torch.isfinite(residual), residual, math.inf)
+    iterations = torch.ones(g.shape[:-1], dtype=torch.int64, device=g.device)
+    return torch.where(torch.isfinite(v), v, 0), iterations, residual
 
 
 def _adjoint(layer, phi_t, dense_phi_t, g, usable=None, structure=None):

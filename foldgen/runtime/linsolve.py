@@ -254,3 +254,10 @@ def _dense_from_matvec(phi_t, batch_shape, n, dtype, device):
     eye = torch.eye(n, dtype=dtype, device=device)
     unit = eye.expand(tuple(batch_shape) + (n, n))  # (..., n, n), row j = e_j
     return phi_t(unit).mT  # (..., n, n)
+
+
+def _cholesky_solve(L, b):
+    """M⁻¹b from M's Cholesky factor L, b (..., n, k): two batched triangular solves (several
+    times faster than ``cholesky_solve`` on small batched systems)."""
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)

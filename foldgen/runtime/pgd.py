@@ -18,7 +18,15 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
-from foldgen.runtime.layer import _DIVERGED, SolveInfo, _adjoint, _report_groups, _trend
+from foldgen.runtime.layer import (
+    _DIVERGED,
+    SolveInfo,
+    _adjoint,
+    _report_groups,
+    _structured_result,
+    _trend,
+)
+from foldgen.runtime.linsolve import _cholesky_solve
 from foldgen.runtime.sets import _project_point
 
 _RUNAWAY = 0.5
@@ -608,20 +616,15 @@ class _ActiveSet:
             M = P @ self.H @ P + torch.eye(n, dtype=g.dtype, device=g.device) - P
             u = _spd_solve(M, _mv(P, rhs))
         v = rhs + u / self.d - self.p.hvp(self.x, u, *self.values)
-        r = v - phi_t(v) - rhs
-        residual = _norm(r) / _norm(rhs).clamp_min(torch.finfo(g.dtype).tiny)
-        residual = torch.where(torch.isfinite(residual), residual, math.inf)
-        iterations = torch.ones(batch, dtype=torch.int64, device=g.device)
-        return torch.where(torch.isfinite(v), v, 0) * scale, iterations, residual
+        v, iterations, residual = _structured_result(phi_t, v, rhs)
+        return v * scale, iterations, residual
 
 
 def _spd_solve(M, b):
     """M⁻¹b per element: Cholesky where M is positive definite, LU where it is not; NaN
     where M is singular (the caller's residual check sees it)."""
     L, info = torch.linalg.cholesky_ex(M)
-    # two triangular solves: batched, they run several times faster than cholesky_solve
-    y = torch.linalg.solve_triangular(L, b[..., None], upper=False)
-    x = torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0]
+    x = _cholesky_solve(L, b[..., None])[..., 0]
     failed = info != 0
     if bool(failed.any()):
         lu, lu_info = torch.linalg.solve_ex(M, b[..., None])

@@ -27,6 +27,7 @@ import math
 import torch
 
 from foldgen.runtime.core import _mv
+from foldgen.runtime.linsolve import _cholesky_solve
 
 
 def _qp_newton(solve, ok, r_d, r_e, r_i, r_c, s, lam, G):
@@ -42,13 +43,6 @@ def _qp_newton(solve, ok, r_d, r_e, r_i, r_c, s, lam, G):
     ds = -r_i - _mv(G, dd)
     dlam = (-r_c - lam * ds) / s
     return dd, ds, dlam, dnu
-
-
-def _qp_cholesky_solve(L, b):
-    """M⁻¹b from M's Cholesky factor L, b (..., n, k): two batched triangular solves (several
-    times faster than ``cholesky_solve`` on small batched systems)."""
-    y = torch.linalg.solve_triangular(L, b, upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True)
 
 
 def _qp_safe_cholesky(M, L, ok):
@@ -77,17 +71,17 @@ def _qp_factor(K, M, A, P_eq, done):
         ok = info == 0
         L = _qp_safe_cholesky(M, L, ok)
         if q:
-            Y = _qp_cholesky_solve(L, A.mT.expand(*M.shape[:-2], n, q))  # M⁻¹Aᵀ, (..., n, q)
+            Y = _cholesky_solve(L, A.mT.expand(*M.shape[:-2], n, q))  # M⁻¹Aᵀ, (..., n, q)
             S = A @ Y + P_eq
             L_s, info_s = torch.linalg.cholesky_ex(S)
             ok = ok & (info_s == 0)
             L_s = _qp_safe_cholesky(S, L_s, ok)
 
         def solve(top, bottom):
-            u = _qp_cholesky_solve(L, top[..., None])[..., 0]
+            u = _cholesky_solve(L, top[..., None])[..., 0]
             if not q:
                 return u, bottom
-            nu = _qp_cholesky_solve(L_s, (_mv(A, u) - bottom)[..., None])[..., 0]
+            nu = _cholesky_solve(L_s, (_mv(A, u) - bottom)[..., None])[..., 0]
             return u - _mv(Y, nu), nu
 
         return solve, ok

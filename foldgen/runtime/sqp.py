@@ -20,7 +20,13 @@ import math
 import torch
 
 from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
-from foldgen.runtime.layer import SolveInfo, _adjoint, _indices, _report_groups
+from foldgen.runtime.layer import (
+    SolveInfo,
+    _adjoint,
+    _indices,
+    _report_groups,
+    _structured_result,
+)
 from foldgen.runtime.qp import _kkt_matrix, _qp_polish, _qp_solve
 
 
@@ -617,12 +623,7 @@ class _SqpKkt:
     def solve(self, phi_t, g):
         """(v, iterations, residual) as the iterative solvers return them; the residual is
         that of (I − Φᵀ) v = g through ``phi_t`` itself (one more solve with K's factors)."""
-        v = g / self.step[..., None]
-        tiny = torch.finfo(g.dtype).tiny
-        residual = _norm(v - phi_t(v) - g) / _norm(g).clamp_min(tiny)
-        residual = torch.where(torch.isfinite(residual), residual, math.inf)
-        iterations = torch.ones(g.shape[:-1], dtype=torch.int64, device=g.device)
-        return torch.where(torch.isfinite(v), v, 0), iterations, residual
+        return _structured_result(phi_t, g / self.step[..., None], g)
 
 
 def _sqp_pullback(p, layer, x, values, state, grad_x):
