@@ -141,13 +141,25 @@ class TorchPrinter:
                 parts[i] = new
         return Printed(" ".join(parts), p.prec, p.number)
 
-    def _hoist(self, node: Expr) -> Printed:
-        """Emit ``_tN = <node's text>`` and return the temp's name."""
+    def _hoist_constants(self, texts: list[str], constant: list[bool]) -> list[str]:
+        """Texts with the constant blocks (``_z.new_full((n,), 0.0)``: numbers printed as
+        tensors, which ``_fit_line`` cannot hoist) bound to temps, one per distinct text."""
+        names: dict[str, str] = {}
+        for text, is_constant in zip(texts, constant):
+            if is_constant and text not in names:
+                names[text] = self._hoist_text(text)
+        return [names.get(text, text) for text in texts]
+
+    def _hoist_text(self, text: str) -> str:
         name = f"_t{self.count}"
         self.count += 1
         self.temps.add(name)
-        self.lines.append(f"{name} = {self.memo[node].text}")
-        return Printed(name, ATOM)
+        self.lines.append(f"{name} = {text}")
+        return name
+
+    def _hoist(self, node: Expr) -> Printed:
+        """Emit ``_tN = <node's text>`` and return the temp's name."""
+        return Printed(self._hoist_text(self.memo[node].text), ATOM)
 
     def tensor(self, e: Expr) -> str:
         """The printed value of e as a tensor of its full core shape."""
@@ -273,8 +285,10 @@ class TorchPrinter:
                 flat = self._as_tensor(a).text
                 return Printed(f"_reshape({flat}, {a.rank}, {self._shape_tuple(shape)})", ATOM)
             case Concat(parts=parts, axis=axis):
-                items = ", ".join(self._as_tensor(p).text for p in parts)
-                return Printed(f"_cat(({items}), {e.rank}, {axis})", ATOM)
+                texts = [self._as_tensor(p).text for p in parts]
+                if len(", ".join(texts)) > LINE_LIMIT:  # constant blocks are no operands
+                    texts = self._hoist_constants(texts, [self._get(p).number for p in parts])
+                return Printed(f"_cat(({', '.join(texts)}), {e.rank}, {axis})", ATOM)
         raise TypeError(f"no printer for {type(e).__name__}")  # pragma: no cover
 
     def _print_slice(self, a: Expr, axis: int, start, stop) -> Printed:

@@ -336,7 +336,7 @@ def _pack(x, y, z, a, b, c, ymin):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 da6ea7ff85db3cad): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 e4db38d4b1c1e1d9): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -2038,7 +2038,7 @@ def _sqp_kkt_residual(p, x, lam, nu, g, h, values, sizes):
 
 def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
-    against the Maratos effect) or where d is below rounding (x stays put; only the
+    against the Maratos effect) or where d is within 100 ulps of x (x hardly moves; only the
     multipliers move, and φ's change is noise), else Armijo backtracking on
     φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
     rejected. Returns t (0 where no step was found) and which elements found one."""
@@ -2062,7 +2062,10 @@ def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
         ok = phi_t <= phi + 1e-4 * t * slope + slack
         if trial_index == 0:
             kkt_t = _sqp_kkt_residual(p, trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
-            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
+            # A step of a few hundred ulps changes φ by rounding only: taking it in full keeps
+            # the recorded α at 1 where the solve has converged (the backward reads α).
+            floor = 100 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
+            negligible = d.abs().amax(-1) <= floor
             ok = ok | (kkt_t <= 0.5 * kkt) | negligible
         ok = ok & finite & todo & ~found
         found = found | ok

@@ -6,6 +6,12 @@ state (x*, λ*, ν*), with the QP solved on its active set (its solution near th
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from cases import TIGHT, Case, _knapsack, _knapsack_cvx, _rand, _randn
 
@@ -88,7 +94,36 @@ def unrolled_sqp(module, layer, values, weight, iterations=20):
     return dict(zip(names, grads))
 
 
+@functools.cache
+def acopf_data():
+    """examples/acopf_data.py (PYPOWER cases as the Acopf layer's inputs) as a module;
+    skips the test when pypower, a test extra, is not installed."""
+    pytest.importorskip("pypower", reason="pypower (a test extra) is not installed")
+    path = Path(__file__).resolve().parent.parent / "examples" / "acopf_data.py"
+    spec = importlib.util.spec_from_file_location("acopf_data", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["acopf_data"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _acopf(batch, dtype, gen):
+    """IEEE case9 with every load scaled by a factor in [0.85, 1.05] and the generators'
+    cost coefficients by factors in [0.8, 1.2]: a nonconvex problem (no CVXPY model; test_acopf
+    compares with PYPOWER's runopf) whose flow limits and reactive bounds switch between
+    draws."""
+    inputs = acopf_data().load_case("case9").inputs
+    values = {k: v.to(dtype) for k, v in inputs.items()}
+    for name, low, high in (("Pd", 0.85, 1.05), ("Qd", 0.85, 1.05)):
+        factor = low + (high - low) * _rand(gen, *batch, 1, dtype=dtype)
+        values[name] = values[name] * factor
+    for name in ("c2", "c1", "c0"):
+        values[name] = values[name] * (0.8 + 0.4 * _rand(gen, *batch, 3, dtype=dtype))
+    return values
+
+
 CASES: dict[str, Case] = {
+    "acopf": Case(_acopf, None, unrolled_sqp),
     "portfolio": Case(_portfolio, _portfolio_cvx, unrolled_sqp),
     "nonconvex_qp": Case(nonconvex_qp_data, None, unrolled_sqp),
     "entropic_knapsack_sqp": Case(_knapsack, _knapsack_cvx, unrolled_sqp),

@@ -413,3 +413,36 @@ def test_zero_and_constant_outputs_are_tensors():
     assert two.shape[-1:] == (N,) and bool((two == 2).all())
     assert one.dim() == 0 or one.shape == (3,)
     assert float(one.reshape(-1)[0]) == 1.0
+
+
+def test_concatenated_constant_blocks_stay_within_99_columns():
+    """A stack of constant blocks (the gradient of an objective that ignores some variables,
+    as the AC-OPF cost ignores the voltages) prints each block once, bound to a temp."""
+    dims = {"number_of_buses": 4, "number_of_generators": 3}
+    variable = leaf("generation", ("number_of_generators",), "var")
+    loads = leaf("loads", ("number_of_buses",))
+    sc = scope([variable, loads], dims)
+    text = (
+        "hstack([ones(number_of_buses), loads, ones(number_of_buses), generation,"
+        " ones(number_of_generators)])"
+    )
+    e = parse_expression(text, sc)
+    source, fn = compile_function("f", [variable, loads], [e])
+    too_long = [ln for ln in source.splitlines() if len(ln) > 99]
+    assert not too_long, "\n".join(too_long)
+    assert source.count("new_full((number_of_buses,)") == 1
+    x = torch.arange(3.0, dtype=torch.float64)
+    y = -torch.arange(4.0, dtype=torch.float64)
+    (got,) = fn(x, y)
+    torch.testing.assert_close(
+        got,
+        torch.cat(
+            [
+                torch.ones(4, dtype=torch.float64),
+                y,
+                torch.ones(4, dtype=torch.float64),
+                x,
+                torch.ones(3, dtype=torch.float64),
+            ]
+        ),
+    )
