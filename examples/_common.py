@@ -25,8 +25,9 @@ class ChunkedLayer:
     """A generated layer called on chunks of the batch, counting the solves that did not
     converge (forward and backward) instead of hiding them.
 
-    Every input is split along the batch axis; the result is the solutions and a mask of the
-    converged ones (the caller leaves the others out of its loss).
+    Every input is split along the batch axis (positional or named: all batched); the result
+    is the solutions (a tuple for several variables) and a mask of the converged ones (the
+    caller leaves the others out of its loss).
     """
 
     def __init__(self, layer, chunk):
@@ -37,13 +38,15 @@ class ChunkedLayer:
         parts = [t.split(self.chunk) for t in inputs]
         named_parts = {k: t.split(self.chunk) for k, t in named.items()}
         xs, oks = [], []
-        for i in range(len(parts[0])):
+        for i in range(len([*parts, *named_parts.values()][0])):
             args = [p[i] for p in parts]
             xs.append(self.layer(*args, **{k: p[i] for k, p in named_parts.items()}))
             oks.append(self.layer.info.converged)
         ok = torch.cat(oks)
         self.solves += ok.numel()
         self.failed += int((~ok).sum())
+        if isinstance(xs[0], tuple):  # several variables: each joined over the chunks
+            return tuple(torch.cat(v) for v in zip(*xs)), ok
         return torch.cat(xs), ok
 
     def after_backward(self):

@@ -32,6 +32,7 @@ failed to converge.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
@@ -41,9 +42,15 @@ from _common import ROOT, ChunkedLayer, load_generated, plot_regret, train_and_t
 from cvxpylayers.torch import CvxpyLayer
 
 
-def make_data(samples, assets, features, deg, noise, seed):
-    """Features, realised returns, covariance and risk budget of a factor model in the style
-    of PyEPO's portfolio generator (four factors, noise level ``noise``)."""
+def make_data(samples, assets, features, deg, noise, seed, source="auto"):
+    """Features, realised returns, covariance and risk budget of a factor model, and the
+    noise-free mean E[r | z]. ``source``: "pyepo" draws them with PyEPO's portfolio generator
+    (pyepo.data.portfolio.genData: as many factors as features), "builtin" with this file's
+    generator in PyEPO's style (four factors), "auto" PyEPO's when pyepo is installed."""
+    if source == "auto":
+        source = "pyepo" if importlib.util.find_spec("pyepo") is not None else "builtin"
+    if source == "pyepo":
+        return (*_pyepo_data(samples, assets, features, deg, noise, seed), source)
     gen = torch.Generator().manual_seed(seed)
     mix = torch.bernoulli(torch.full((assets, features), 0.5), generator=gen)
     loadings = (2 * torch.rand(assets, 4, generator=gen) - 1) * 0.0025 * noise
@@ -54,7 +61,23 @@ def make_data(samples, assets, features, deg, noise, seed):
     r = mean + factors @ loadings.T + idiosyncratic
     sigma = loadings @ loadings.T + (0.01 * noise) ** 2 * torch.eye(assets)
     gamma = 2.25 * sigma.sum() / assets**2  # 2.25 times the equal-weight portfolio's variance
-    return z, r, sigma, gamma, mean
+    return z, r, sigma, gamma, mean, source
+
+
+def _pyepo_data(samples, assets, features, deg, noise, seed):
+    """PyEPO's portfolio data. genData returns no noise-free mean; it is its signal term,
+    (0.05 z Bᵀ / √p + 0.1^(1/deg))^deg, with B the generator's first draw from its seeded
+    RandomState, drawn here again the same way."""
+    import numpy as np
+    from pyepo.data import portfolio
+
+    cov, z, r = portfolio.genData(samples, features, assets, deg=deg, noise_level=noise, seed=seed)
+    B = np.random.RandomState(seed).binomial(1, 0.5, (assets, features))
+    mean = (0.05 * (z @ B.T) / np.sqrt(features) + 0.1 ** (1 / deg)) ** deg
+    sigma = torch.as_tensor(cov, dtype=torch.float64)
+    gamma = 2.25 * sigma.sum() / assets**2
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    return as_tensor(z), as_tensor(r), sigma, gamma, as_tensor(mean)
 
 
 class Linear(torch.nn.Module):
@@ -104,35 +127,26 @@ class Cvxpylayers:
         pass
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer assets, samples, epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--deg", type=int, default=4, help="degree of E[r | z] in z")
-    parser.add_argument("--out", type=Path, default=ROOT / "examples" / "figures")
-    args = parser.parse_args()
-    # Many small batched factorisations: one thread avoids oversubscribing a shared CPU.
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
+def experiment(args, deg, with_cvxpylayers=True):
+    """Train the models at one degree; returns their results, the E[r | z] reference regret,
+    the data source and the foldgen layer's solve counts."""
     features = 5
     assets, train, test, epochs = (20, 64, 32, 6) if args.quick else (30, 256, 128, 10)
     batch, lr = (8 if args.quick else 32), 0.03
 
-    z, r, sigma, gamma, r_mean = make_data(
-        train + test, assets, features, args.deg, 1.0, args.seed
+    z, r, sigma, gamma, r_mean, source = make_data(
+        train + test, assets, features, deg, 1.0, args.seed, args.data
     )
     module = load_generated("portfolio")
     # The same risk budget as x'(Sigma / gamma)x <= 1: with Sigma and gamma ~ 1e-5 as given,
     # a few SQP subproblems were wrongly found infeasible in training (3 of 5504 solves).
     layer = module.Portfolio(Sigma=sigma / gamma, gamma=1.0, on_nonconvergence="ignore")
-    foldgen = ChunkedLayer(
-        layer, chunk=32
-    )  # on_nonconvergence="ignore": counted and reported below
+    foldgen = ChunkedLayer(layer, chunk=32)  # not converged: counted and reported below
     z_train, r_train = z[:train], r[:train]
     z_test, r_test = z[train:], r[train:]
     print(
-        f"{assets} assets, {features} features, deg {args.deg}, {train} train / {test} test, "
-        f"gamma = {float(gamma):.3g}"
+        f"{assets} assets, {features} features, deg {deg}, {train} train / {test} test, "
+        f"gamma = {float(gamma):.3g}, data from {source}"
     )
 
     start = time.perf_counter()
@@ -177,29 +191,100 @@ def main() -> None:
     def mse_loss(model, rows):
         return ((model(z_train[rows]) - r_train[rows]) ** 2).mean()
 
-    cvxpylayers = Cvxpylayers(sigma, gamma, chunk=32)
     results = {"foldgen_dfl": fit("foldgen_dfl", foldgen, decision_loss(foldgen))}
     results["two_stage"] = fit("two_stage", foldgen, mse_loss)
-    results["cvxpylayers_dfl"] = fit("cvxpylayers_dfl", cvxpylayers, decision_loss(cvxpylayers))
-
+    if with_cvxpylayers:
+        cvxpylayers = Cvxpylayers(sigma, gamma, chunk=32)
+        results["cvxpylayers_dfl"] = fit(
+            "cvxpylayers_dfl", cvxpylayers, decision_loss(cvxpylayers)
+        )
+    # A reference no model of z can beat on average: decisions with E[r | z].
+    with torch.no_grad():
+        reference = regret(foldgen, r_mean[train:])[0]
     print(
         f"foldgen solves not converged: {foldgen.failed} of {foldgen.solves} forward (left out "
         f"of the losses and regrets), {foldgen.backward_failed} backward"
     )
-    # A reference no model of z can beat on average: decisions with E[r | z].
-    with torch.no_grad():
-        reference = regret(foldgen, r_mean[train:])[0]
     print(f"reference: decisions with the noise-free E[r | z]: regret {reference:.4f}")
     for name, result in results.items():
         print(f"{name}: largest x'Sigma x / gamma of its test decisions: {result['risk']:.6f}")
         if result["skipped"]:
             print(f"{name}: {result['skipped']} test samples left out of the final regret")
+    return results, reference, source, assets
+
+
+def sweep(args):
+    """Regret of decision-focused and two-stage training at each degree of ``--degs``: the
+    misspecification sweep of PyEPO's papers, plotted as regret against the degree."""
+    table = {}
+    for deg in args.degs:
+        results, reference, source, assets = experiment(args, deg, with_cvxpylayers=False)
+        table[deg] = {name: r["regret"] for name, r in results.items()}
+        table[deg]["reference"] = reference
+        for name, result in results.items():
+            print(
+                f"RESULT method={name}_deg{deg} regret={result['regret']:.6f} "
+                f"seconds_per_epoch={result['seconds']:.3f}"
+            )
+    print("| deg | foldgen_dfl | two_stage | E[r | z] |\n| ---: | ---: | ---: | ---: |")
+    for deg, row in table.items():
+        print(
+            f"| {deg} | {row['foldgen_dfl']:.4f} | {row['two_stage']:.4f} | {row['reference']:.4f} |"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    degs = list(table)
+    labels = {"foldgen_dfl": "decision-focused (foldgen)", "two_stage": "two-stage (MSE)",
+              "reference": "decisions with E[r | z]"}  # fmt: skip
+    styles = {"foldgen_dfl": dict(marker="o"), "two_stage": dict(marker="s"),
+              "reference": dict(marker=".", linestyle=":", color="gray")}  # fmt: skip
+    for name, label in labels.items():
+        ax.plot(degs, [table[d][name] for d in degs], label=label, **styles[name])
+    ax.set_xticks(degs)
+    ax.set_xlabel("polynomial degree of E[r | z] (misspecification)")
+    ax.set_ylabel("normalized regret (test)")
+    ax.set_title(f"Portfolio ({assets} assets, data from {source}): regret against degree")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = args.out / (
+        "portfolio_deg_sweep_quick.png" if args.quick else "portfolio_deg_sweep.png"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer assets, samples, epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deg", type=int, default=4, help="degree of E[r | z] in z")
+    parser.add_argument(
+        "--data", choices=["auto", "pyepo", "builtin"], default="auto",
+        help="PyEPO's generator (auto: when pyepo is installed) or the built-in one",
+    )  # fmt: skip
+    parser.add_argument("--sweep", action="store_true", help="regret over --degs, one plot")
+    parser.add_argument("--degs", type=int, nargs="+", default=[1, 2, 4, 6])
+    parser.add_argument("--out", type=Path, default=ROOT / "examples" / "figures")
+    args = parser.parse_args()
+    # Many small batched factorisations: one thread avoids oversubscribing a shared CPU.
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    if args.sweep:
+        sweep(args)
+        return
+    results, reference, source, assets = experiment(args, args.deg)
     for name, result in results.items():
         print(
             f"RESULT method={name} regret={result['regret']:.6f} mse={result['mse']:.6g} "
             f"seconds_per_epoch={result['seconds']:.3f}"
         )
-
     plot_regret(
         results, reference, "decisions with E[r | z]",
         f"Portfolio ({assets} assets, deg {args.deg}): normalized test regret of x*(r̂)",

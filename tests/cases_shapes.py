@@ -76,6 +76,39 @@ def _mpc_cvx(v, T=5):
     return np.concatenate([X.value.ravel(), U.value.ravel()])
 
 
+def _mpc_lqr(batch, dtype, gen, nx=3, nu=2):
+    """The bounded LQR at the spec's horizon (N = 20) with small nx, nu: H = L Lᵀ + 0.1 I,
+    A scaled to spectral radius 0.95, x₀ large enough that some controls sit at ±1."""
+    f64 = torch.float64
+    nt = nx + nu
+    L = _randn(gen, *batch, nt, nt, dtype=f64) / nt**0.5
+    H = L @ L.mT + 0.1 * torch.eye(nt, dtype=f64)
+    A = torch.eye(nx, dtype=f64) + 0.2 * _randn(gen, *batch, nx, nx, dtype=f64)
+    A = A * (0.95 / torch.linalg.eigvals(A).abs().amax(-1))[..., None, None]
+    values = {
+        "Hxx": H[..., :nx, :nx], "Hxu": H[..., :nx, nx:], "Hux": H[..., nx:, :nx],
+        "Huu": H[..., nx:, nx:], "A": A, "B": _randn(gen, *batch, nx, nu, dtype=f64),
+        "b": 0.1 * _randn(gen, *batch, nx, dtype=f64), "x0": 3 * _randn(gen, *batch, nx, dtype=f64),
+        "umax": torch.tensor(1.0, dtype=f64),
+    }  # fmt: skip
+    return {k: v.to(dtype) for k, v in values.items()}
+
+
+def _mpc_lqr_cvx(v, N=20):
+    import cvxpy as cp
+
+    nx, nu = v["B"].shape
+    H = np.block([[v["Hxx"], v["Hxu"]], [v["Hux"], v["Huu"]]])
+    X, U = cp.Variable((N, nx)), cp.Variable((N, nu))
+    tau = cp.hstack([X, U])
+    factor = np.linalg.cholesky(0.5 * (H + H.T))  # ½ Σ τₜᵀHτₜ = ½ ‖τ F‖², F Fᵀ = H
+    cost = 0.5 * cp.sum_squares(tau @ factor)
+    constraints = [X[0] == v["x0"], X[1:] == X[:-1] @ v["A"].T + U[:-1] @ v["B"].T + v["b"]]
+    constraints += [cp.abs(U) <= float(v["umax"])]
+    cp.Problem(cp.Minimize(cost), constraints).solve(solver=cp.CLARABEL, **TIGHT)
+    return np.concatenate([X.value.ravel(), U.value.ravel()])
+
+
 def _transport(batch, dtype, gen, n=3, m=4):
     a = 0.5 + _rand(gen, *batch, n, dtype=torch.float64)
     b = 0.5 + _rand(gen, *batch, m, dtype=torch.float64)
@@ -160,6 +193,7 @@ CASES: dict[str, Case] = {
     "nnls_matrix": Case(_nnls, _nnls_cvx),
     "multiclass_logreg": Case(_logreg, _logreg_cvx),
     "mpc": Case(_mpc, _mpc_cvx, unrolled_sqp),
+    "mpc_lqr": Case(_mpc_lqr, _mpc_lqr_cvx, unrolled_sqp),
     "optimal_transport": Case(_transport, _transport_cvx, unrolled_sqp),
     "exp_cone_projection": Case(_exp_cone, _exp_cone_cvx, unrolled_sqp),
     "psd_projection": Case(_psd, _psd_cvx),
