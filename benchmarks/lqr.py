@@ -269,9 +269,9 @@ def main(argv=None):
         Cvxpylayers(N, {"eps": 1e-8}, label="cvxpylayers eps=1e-8"),
     ]  # fmt: skip
     lines = [
-        f"| u_max | method | forward ms | backward ms | forward ÷ foldgen | backward ÷ foldgen "
-        f"| published forward ÷ acados | published backward ÷ acados | x err | grad err "
-        f"| converged |",
+        "| u_max | method | forward ms | backward ms | forward ÷ foldgen | backward ÷ foldgen "
+        "| published forward ÷ acados | published backward ÷ acados | x err | grad err "
+        "| converged |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for umax in (1e4, 1.0):

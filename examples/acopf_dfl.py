@@ -90,7 +90,7 @@ def main() -> None:
         f"{name}: {case.nb} buses, {case.ng} generators, {case.variables} variables, "
         f"{case.constraints} constraints; deg {args.deg}, {train} train / {test} test"
     )
-    tr, te = slice(0, train), slice(train, train + test)
+    te = slice(train, train + test)  # the test rows (training rows are drawn by index)
 
     def dispatch_batched(c1_hat, rows):
         (e, f, Pg, Qg), ok = layer(Pd=Pd[rows], Qd=Qd[rows], c1=c1_hat)
