@@ -254,3 +254,49 @@ def test_rules_table_every_rule_converges_and_agrees():
         assert done == total, row
         diff = row[7].strip(" |")
         assert diff == "—" or float(diff) < 1e-8, row
+
+
+def _table_rows(text):
+    """The markdown table rows of a results file, as lists of cells."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    ]
+
+
+def test_lqr_benchmark_quick(tmp_path):
+    """benchmarks/lqr.py on 4 problems: every peer runs, foldgen's gradient matches the KKT
+    reference, and the published acados rows are labelled as not run here."""
+    out = tmp_path / "lqr.md"
+    cmd = [sys.executable, "benchmarks/lqr.py", "--quick", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    header, *rows = _table_rows(out.read_text())
+    column = {name: i for i, name in enumerate(header)}
+    methods = {(r[column["u_max"]], r[column["method"]]): r for r in rows}
+    for umax in ("10000", "1"):
+        for method in ("foldgen (sqp)", "mpc.pytorch", "qpth", "cvxpylayers"):
+            assert (umax, method) in methods, (umax, method)
+        fold = methods[(umax, "foldgen (sqp)")]
+        assert float(fold[column["grad err"]]) <= 1e-8
+        assert float(fold[column["x err"]]) <= 1e-8
+        assert fold[column["converged"]] == "4/4"
+        assert (umax, "acados (published, not run here)") in methods
+
+
+def test_acopf_benchmark_case9(tmp_path):
+    """benchmarks/acopf.py on case9: the row's gaps to runopf are what the README claims."""
+    pytest.importorskip("pypower", reason="pypower (a test extra) is not installed")
+    out = tmp_path / "acopf.md"
+    cmd = [sys.executable, "benchmarks/acopf.py", "--cases", "case9", "--repeats", "1"]
+    result = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    header, row = _table_rows(out.read_text())
+    cells = dict(zip(header, row))
+    assert cells["converged"] == "True"
+    assert float(cells["objective gap"]) <= 1e-6
+    assert float(cells["max ΔVm"]) <= 1e-5 and float(cells["max Δθ (rad)"]) <= 1e-5
+    assert float(cells["max ΔLMP ($/MWh)"]) <= 1e-4
