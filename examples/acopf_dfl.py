@@ -22,8 +22,11 @@ Test metric: normalized regret (C(x*(ĉ1); c1) − C(x*(c1); c1)) / C(x*(c1); c1
 the test samples; "seconds_per_epoch" times the training passes (forward, backward, optimizer
 step) on one thread. Solves that do not converge are counted and left out of the losses.
 
-    python examples/acopf_dfl.py            # case57, 256 train / 128 test, 8 epochs
-    python examples/acopf_dfl.py --quick    # case30, 64 / 32, 4 epochs
+    python examples/acopf_dfl.py            # case57, 256 train / 128 test, 8 epochs: 6 min 40 s
+    python examples/acopf_dfl.py --quick    # case30, 64 / 32, 4 epochs: 42 s
+
+Measured (seed 0, 2026-12-03): test regret 0.0054 (DFL) against 0.0042 (two-stage), 0.0027
+with the noise-free E[c1 | z]; 31 s per DFL epoch; 1 of 4,608 forward solves unconverged.
 """
 
 from __future__ import annotations

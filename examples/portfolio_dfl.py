@@ -2,10 +2,12 @@
 cvxpylayers on the same data as a reference.
 
 The layer solves maximize mu'x s.t. sum(x) = 1, x >= 0, x'Sigma x <= gamma (SQP, folded
-backward). Returns come from a PyEPO-style factor model whose mean is a degree-deg polynomial
-of the features; a linear model predicts them (misspecified for deg > 1, the regime where
-training on the decision is known to help; but over the features' range this mean is nearly
-linear, so a least-squares fit loses little). Three models from the same initialisation:
+backward). Returns come from PyEPO's portfolio generator (pyepo.data.portfolio.genData) when
+pyepo is installed, else from this file's PyEPO-style factor model (``--data`` chooses); their
+mean is a degree-deg polynomial of the features and a linear model predicts them
+(misspecified for deg > 1, the regime where training on the decision is known to help; but
+over the features' range this mean is nearly linear, so a least-squares fit loses little).
+Three models from the same initialisation:
 
   foldgen_dfl      loss -r'x*(r_hat), the realised return of the decision, through foldgen;
   two_stage        loss ||r_hat - r||^2, decisions taken with foldgen;
@@ -18,15 +20,16 @@ training passes only (forward, backward, optimizer step), both layers on one thr
 The decision does not change when a constant is added to r_hat or it is scaled by a positive
 number, so the DFL models' MSE is not what they are trained for; the regret compares methods.
 
-    python examples/portfolio_dfl.py            # full run: 1 min 46-52 s on 2 shared cores
+    python examples/portfolio_dfl.py            # full run: about 1 min 30 s on 2 shared cores
     python examples/portfolio_dfl.py --quick    # 21 s (cvxpylayers runs every epoch too)
+    python examples/portfolio_dfl.py --sweep    # foldgen_dfl and two_stage at deg 1, 2, 4, 6: 4 min
 
-Measured with seed 0 (30 assets, deg 4, 256 train / 128 test, 10 epochs): test regret 0.0269
-for foldgen_dfl and for cvxpylayers_dfl (the two agree to 4 digits at every epoch), 0.0264 for
-two_stage; decisions with the noise-free E[r | z] reach 0.0252, so there is little left to
-gain and DFL does not beat two-stage here. Training: 4.3-4.6 s per epoch through foldgen
-against 0.77-0.81 s through cvxpylayers/SCS (the SQP forward is the cost); no foldgen solve
-failed to converge.
+Measured with seed 0 on PyEPO's data (30 assets, deg 4, 256 train / 128 test, 10 epochs): test
+regret 0.0272 for foldgen_dfl and for cvxpylayers_dfl (equal to 4 digits at every epoch),
+0.0274 for two_stage; decisions with the noise-free E[r | z] reach 0.0260. Training: 1.9 s per
+epoch through foldgen against 0.6 s through cvxpylayers/SCS (the SQP forward is the cost); no
+foldgen solve failed to converge. The sweep: 0.0205 / 0.0203 (foldgen_dfl / two_stage) at
+deg 1, 0.0304 / 0.0303 at 2, 0.0272 / 0.0274 at 4, 0.0223 / 0.0230 at 6.
 """
 
 from __future__ import annotations
