@@ -262,7 +262,7 @@ def _kkt_vjp(x, _lam0, _lam1, _nu0, _u, _wg0, _wg1, _wh0, c, k, eps):
 
 
 # =============================================================================================
-# foldgen 0.1.0 runtime (sha256 83bd97b9e2dbee56): the definitions this module uses,
+# foldgen 0.1.0 runtime (sha256 0c8b6578f6df0262): the definitions this module uses,
 # copied from foldgen/runtime/. Regenerate, never edit.
 # =============================================================================================
 
@@ -286,13 +286,6 @@ def _mv(A, x):
     if A.shape[-2] * A.shape[-1] > 200:
         return (x[..., None, :] @ A.mT)[..., 0, :]
     return (A @ x[..., None])[..., 0]
-
-
-def _finite(t, rank):
-    """Whether each element's trailing ``rank`` axes are all finite, by one sum instead of an
-    elementwise mask as large as t: a NaN or ±Inf entry makes the sum non-finite, and finite
-    entries overflow it only beyond 1e308 (where the element is lost anyway)."""
-    return torch.isfinite(t.sum(tuple(range(-rank, 0)))) if rank else torch.isfinite(t)
 
 
 def _dot(a, b):
@@ -739,69 +732,26 @@ def _kkt_matrix(H, G, A, active):
     return torch.cat([top, bottom], dim=-2)
 
 
-def _active_rows(G, active):
-    """The active rows of G gathered in front, padded to the batch's largest count r:
-    (order (..., r), valid (..., r), G_r (..., r, n)). An inactive row's KKT row and column
-    are those of the identity (λ_i = v_i), so `_kkt_matrix` of (G_r, valid) is K with the
-    inactive rows taken out (padding rows stay in, as inactive ones): n + r + q instead of
-    n + p + q, and the rest of K⁻¹v is v itself (`_kkt_expand`). On a horizon-20 LQR with
-    160 bounds, none active, that is an LU of 400 instead of 560 rows."""
-    p, n = G.shape[-2:]
-    batch = torch.broadcast_shapes(G.shape[:-2], active.shape[:-1])
-    active = active.expand(*batch, p)
-    r = int(active.sum(-1).amax()) if active.numel() else 0
-    order = torch.argsort(active.to(torch.int8), dim=-1, descending=True, stable=True)[..., :r]
-    valid = active.gather(-1, order)
-    G_r = G.expand(*batch, p, n).gather(-2, order[..., None].expand(*batch, r, n))
-    return order, valid, G_r
-
-
-def _kkt_gather(v, n, p, order):
-    """v = (v_x, v_λ, v_ν) with v_λ of size p, restricted to the compact K's rows."""
-    r = order.shape[-1]
-    batch = torch.broadcast_shapes(v.shape[:-1], order.shape[:-1])
-    v = v.expand(*batch, v.shape[-1])
-    lam = v[..., n : n + p].gather(-1, order.expand(*batch, r))
-    return torch.cat([v[..., :n], lam, v[..., n + p :]], dim=-1)
-
-
-def _kkt_expand(w, v, n, p, order):
-    """K⁻¹v from the compact solution w: the rows ``order`` from w, the others v's own."""
-    r = order.shape[-1]
-    batch = torch.broadcast_shapes(w.shape[:-1], v.shape[:-1], order.shape[:-1])
-    lam = (
-        v[..., n : n + p]
-        .expand(*batch, p)
-        .scatter(-1, order.expand(*batch, r), w[..., n : n + r].expand(*batch, r))
-    )
-    return torch.cat([w[..., :n].expand(*batch, n), lam, w[..., n + r :].expand(*batch, -1)], -1)
-
-
 def _qp_polish(H, c, G, b, A, e, active, tol):
     """The QP's solution on an active set from its KKT system; ``ok`` where it is the QP's
     solution: the system solved (residual ≤ tol, relative), the active and equality rows
     held (to tol, relative: redundant rows with inconsistent data fail here), λ ≥ −tol
-    (relative) and G d ≤ b + tol. The system is K on the active rows (`_active_rows`)."""
+    (relative) and G d ≤ b + tol."""
     n, p = H.shape[-1], G.shape[-2]
-    order, valid, G_r = _active_rows(G, active)
-    K = _kkt_matrix(H, G_r, A, valid)
+    K = _kkt_matrix(H, G, A, active)
     batch = K.shape[:-2]
-    b_r = b.expand(*batch, p).gather(-1, order)
-    rhs = torch.cat([-c.expand(*batch, n), torch.where(valid, b_r, 0), e.expand(*batch, -1)], -1)
+    rhs = torch.cat([-c.expand(*batch, n), torch.where(active, b, 0), e.expand(*batch, -1)], -1)
     sol, info = torch.linalg.solve_ex(K, rhs[..., None])
     sol = sol[..., 0]
     error = (_mv(K, sol) - rhs).abs().amax(-1)  # a nearly singular K shows
-    r = order.shape[-1]
-    d, nu = sol[..., :n], sol[..., n + r :]
-    lam = sol.new_zeros(*batch, p).scatter(-1, order, torch.where(valid, sol[..., n : n + r], 0))
+    d, lam, nu = sol[..., :n], sol[..., n : n + p], sol[..., n + p :]
+    lam = torch.where(active, lam, 0)
     slack = b - _mv(G, d)
     ok = (info == 0) & torch.isfinite(sol).all(-1)
     ok = ok & (error <= tol * (1 + rhs.abs().amax(-1)))
     held = torch.cat([torch.where(active, slack, 0), _mv(A, d) - e], -1)
     if held.shape[-1]:
-        tail = rhs[..., n:].abs()  # the active and equality rows' right-hand sides
-        scale = 1 + (tail.amax(-1) if tail.shape[-1] else torch.zeros_like(error))
-        ok = ok & (held.abs().amax(-1) <= tol * scale)
+        ok = ok & (held.abs().amax(-1) <= tol * (1 + rhs[..., n:].abs().amax(-1)))
     if p:
         ok = ok & (lam >= -tol * (1 + lam.abs().amax(-1, keepdim=True))).all(-1)
         ok = ok & (slack >= -tol).all(-1)  # absolute: a violated row means a wrong active set
@@ -888,14 +838,9 @@ def _qp_normal_matrix(H, G, W, rows):
     if rows is None:
         return H + G.mT @ (W[..., :, None] * G)
     squares, order, valid, G_r = rows
+    W_r = W.gather(-1, order) * valid
     diagonal = (W[..., None, :] @ squares)[..., 0, :]  # Σ_i W_i G_ij² over the bound rows
-    batch = torch.broadcast_shapes(H.shape[:-2], diagonal.shape[:-1])
-    M = H.expand(*batch, *H.shape[-2:]).clone()
-    M.diagonal(dim1=-2, dim2=-1).add_(diagonal)  # no (..., n, n) diagonal matrix built
-    if G_r.shape[-2]:  # every row a bound (box constraints): nothing more
-        W_r = W.gather(-1, order) * valid
-        M = M + G_r.mT @ (W_r[..., :, None] * G_r)
-    return M
+    return H + G_r.mT @ (W_r[..., :, None] * G_r) + torch.diag_embed(diagonal)
 
 
 def _qp_interior(H, c, G, b, A, e, todo, max_iter=100):
@@ -1886,11 +1831,11 @@ def _sqp_linearization(p, x, lam, nu, values, sizes):
     g, h, _ = _sqp_constraints(p, x, values)
     J_g, J_h = _sqp_jacobians(p, x, values, sizes)
     H = _sqp_hessian(p, x, lam, nu, values, sizes)
-    finite = _finite(H, 2) & _finite(grad, 1)
+    finite = torch.isfinite(H).all((-2, -1)) & torch.isfinite(grad).all(-1)
     for t in (g, h):
-        finite = finite & _finite(t, 1)
+        finite = finite & torch.isfinite(t).all(-1)
     for t in (J_g, J_h):
-        finite = finite & _finite(t, 2)
+        finite = finite & torch.isfinite(t).all((-2, -1))
     vector, matrix = finite[..., None], finite[..., None, None]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     grad, g, h = (torch.where(vector, t, 0) for t in (grad, g, h))
@@ -1929,7 +1874,8 @@ def _sqp_regularization(H, J_g, J_h, active):
     """
     n = H.shape[-1]
     eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    ok = _finite(H, 2) & _finite(J_g, 2) & _finite(J_h, 2)
+    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(J_g).all((-2, -1))
+    ok = ok & torch.isfinite(J_h).all((-2, -1))
     H = torch.where(ok[..., None, None], H, eye)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
     margin = torch.finfo(H.dtype).eps ** 0.5 * scale
@@ -1974,7 +1920,7 @@ def _sqp_projected_delta(H, J_g, J_h, active, margin):
 
     P = eye - _sqp_each(pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
-    ok = _finite(R, 2)
+    ok = torch.isfinite(R).all((-2, -1))
     R = torch.where(ok[..., None, None], R, eye)
     lowest = _sqp_each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
     ok = ok & torch.isfinite(lowest)
@@ -1991,7 +1937,7 @@ def _sqp_kkt_residual(p, x, lam, nu, g, h, values, sizes):
 
 def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
-    against the Maratos effect) or where d is within 100 ulps of x (x hardly moves; only the
+    against the Maratos effect) or where d is below rounding (x stays put; only the
     multipliers move, and φ's change is noise), else Armijo backtracking on
     φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
     rejected. Returns t (0 where no step was found) and which elements found one."""
@@ -2015,10 +1961,7 @@ def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
         ok = phi_t <= phi + 1e-4 * t * slope + slack
         if trial_index == 0:
             kkt_t = _sqp_kkt_residual(p, trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
-            # A step of a few hundred ulps changes φ by rounding only: taking it in full keeps
-            # the recorded α at 1 where the solve has converged (the backward reads α).
-            floor = 100 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
-            negligible = d.abs().amax(-1) <= floor
+            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
             ok = ok | (kkt_t <= 0.5 * kkt) | negligible
         ok = ok & finite & todo & ~found
         found = found | ok
@@ -2185,7 +2128,8 @@ def _sqp_conflicts(p, x, values, which):
     element's largest (and above 100√eps). Where that QP fails, the blocks x violates."""
     g, h, block_sizes = _sqp_constraints(p, x, values)
     J_g, J_h = _sqp_jacobians(p, x, values, block_sizes)
-    finite = _finite(g, 1) & _finite(h, 1) & _finite(J_g, 2) & _finite(J_h, 2)
+    finite = torch.isfinite(torch.cat([g, h], -1)).all(-1)
+    finite = finite & torch.isfinite(torch.cat([J_g, J_h], -2)).all((-2, -1))
     g, h = (torch.where(finite[..., None], t, 0) for t in (g, h))
     J_g, J_h = (torch.where(finite[..., None, None], t, 0) for t in (J_g, J_h))
     batch, n, rows = x.shape[:-1], x.shape[-1], g.shape[-1]
@@ -2303,19 +2247,12 @@ def _sqp_update_map(p, layer, x, state, values):
 
 
 def _sqp_lu_apply(factors, v):
-    """K⁻¹ v for v = (v_x, v_λ, v_ν) from the factors of K on the active rows
-    (`_active_rows`: the inactive rows of K⁻¹v are v's own), broadcasting v's extra axes."""
-    lu, pivots, order, n, rows = factors
-    w = _sqp_lu_solve(lu, pivots, _kkt_gather(v, n, rows, order))
-    return _kkt_expand(w, v, n, rows, order)
-
-
-def _sqp_lu_solve(lu, pivots, v):
     """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes.
 
     Where K has a unit axis that v fills (the dense backward's unit vectors), those vectors
     become the columns of one solve, instead of repeating K once per vector.
     """
+    lu, pivots = factors
     size = v.shape[-1]
     if lu.dim() > 2 and v.dim() > 1 and lu.shape[-3] == 1 and v.shape[-2] > 1:
         lu, pivots = lu.squeeze(-3), pivots.squeeze(-2)
@@ -2386,42 +2323,38 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
     # implicit function theorem's derivative, whatever δ the forward's QPs needed, and the
     # regularisation need not be decided again. Only where it is singular (a Hessian
     # singular on the active constraints' null space) does δ come back.
-    # K on the active rows only (the inactive ones are identity rows of K: `_active_rows`).
-    order, valid, J_r = _active_rows(J_g, active)
-    K = _kkt_matrix(H, J_r, J_h, valid)
+    K = _kkt_matrix(H, J_g, J_h, active)
     lu, pivots, info = torch.linalg.lu_factor_ex(K)
-    factored = (info == 0) & _finite(lu, 2)
+    factored = (info == 0) & torch.isfinite(lu).all(-1).all(-1)
     delta = torch.zeros(factored.shape, dtype=x.dtype, device=x.device)
     if not bool((factored | ~usable).all()):
         delta, regular = _sqp_regularization(H, J_g, J_h, active)
         usable = usable & regular
         H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
-        K = _kkt_matrix(H_qp, J_r, J_h, valid)
+        K = _kkt_matrix(H_qp, J_g, J_h, active)
         lu, pivots, info = torch.linalg.lu_factor_ex(K)
-        factored = (info == 0) & _finite(lu, 2)
+        factored = (info == 0) & torch.isfinite(lu).all(-1).all(-1)
     usable = usable & factored
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     lu = torch.where(usable[..., None, None], lu, eye)
     pivots = torch.where(usable[..., None], pivots, torch.arange(1, K.shape[-1] + 1).to(pivots))
     mask = active.to(x.dtype)
-    rows = J_g.shape[-2]
-    factors = (lu, pivots, order, n, rows)
-    pieces = (H, J_g, J_h, mask, factors)
+    pieces = (H, J_g, J_h, mask, (lu, pivots))
     phi_t = _sqp_phi_t(pieces, step)
 
     def dense_phi_t():
         lifted = tuple(_lift(t, 2) for t in (H, J_g, J_h)) + (_lift(mask, 1),)
-        factors = (_lift(lu, 2), _lift(pivots, 1), _lift(order, 1), n, rows)
-        return _sqp_phi_t((*lifted, factors), _lift(step, 0))
+        return _sqp_phi_t((*lifted, (_lift(lu, 2), _lift(pivots, 1))), _lift(step, 0))
 
-    size = n + rows + J_h.shape[-2]  # the adjoint's state (x, λ, ν), every row
+    size = K.shape[-1]
     rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
     structure = _SqpKkt(step.expand(batch), delta.expand(batch), usable.expand(batch), size)
     v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable, structure)  # v = 0 where not usable
     grads = [None] * len(values)
     if p.kkt_grad_indices:
         # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.
-        w = _sqp_lu_apply(factors, v) * -step[..., None]
+        w = _sqp_lu_apply((lu, pivots), v) * -step[..., None]
+        rows = J_g.shape[-2]
         w_x, w_g, w_h = w[..., :n], mask * w[..., n : n + rows], w[..., n + rows :]
         multipliers = _sqp_multiplier_blocks(p, lam, nu, sizes)
         cotangents = [

@@ -24,13 +24,6 @@ def _mv(A, x):
     return (A @ x[..., None])[..., 0]
 
 
-def _finite(t, rank):
-    """Whether each element's trailing ``rank`` axes are all finite, by one sum instead of an
-    elementwise mask as large as t: a NaN or ±Inf entry makes the sum non-finite, and finite
-    entries overflow it only beyond 1e308 (where the element is lost anyway)."""
-    return torch.isfinite(t.sum(tuple(range(-rank, 0)))) if rank else torch.isfinite(t)
-
-
 def _dot(a, b):
     """Batched dot product over the last axis."""
     return (a * b).sum(-1)

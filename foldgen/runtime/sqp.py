@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from foldgen.runtime.core import _as_tuple, _finite, _lift, _mv, _norm
+from foldgen.runtime.core import _as_tuple, _lift, _mv, _norm
 from foldgen.runtime.layer import (
     SolveInfo,
     _adjoint,
@@ -27,14 +27,7 @@ from foldgen.runtime.layer import (
     _report_groups,
     _structured_result,
 )
-from foldgen.runtime.qp import (
-    _active_rows,
-    _kkt_expand,
-    _kkt_gather,
-    _kkt_matrix,
-    _qp_polish,
-    _qp_solve,
-)
+from foldgen.runtime.qp import _kkt_matrix, _qp_polish, _qp_solve
 
 
 def _check_step(step):
@@ -153,11 +146,11 @@ def _sqp_linearization(p, x, lam, nu, values, sizes):
     g, h, _ = _sqp_constraints(p, x, values)
     J_g, J_h = _sqp_jacobians(p, x, values, sizes)
     H = _sqp_hessian(p, x, lam, nu, values, sizes)
-    finite = _finite(H, 2) & _finite(grad, 1)
+    finite = torch.isfinite(H).all((-2, -1)) & torch.isfinite(grad).all(-1)
     for t in (g, h):
-        finite = finite & _finite(t, 1)
+        finite = finite & torch.isfinite(t).all(-1)
     for t in (J_g, J_h):
-        finite = finite & _finite(t, 2)
+        finite = finite & torch.isfinite(t).all((-2, -1))
     vector, matrix = finite[..., None], finite[..., None, None]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     grad, g, h = (torch.where(vector, t, 0) for t in (grad, g, h))
@@ -196,7 +189,8 @@ def _sqp_regularization(H, J_g, J_h, active):
     """
     n = H.shape[-1]
     eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    ok = _finite(H, 2) & _finite(J_g, 2) & _finite(J_h, 2)
+    ok = torch.isfinite(H).all((-2, -1)) & torch.isfinite(J_g).all((-2, -1))
+    ok = ok & torch.isfinite(J_h).all((-2, -1))
     H = torch.where(ok[..., None, None], H, eye)
     scale = 1 + H.abs().amax((-2, -1))  # (...)
     margin = torch.finfo(H.dtype).eps ** 0.5 * scale
@@ -241,7 +235,7 @@ def _sqp_projected_delta(H, J_g, J_h, active, margin):
 
     P = eye - _sqp_each(pinv, M, (n, M.shape[-2])) @ M if M.shape[-2] else eye
     R = P @ H @ P + scale[..., None, None] * (eye - P)
-    ok = _finite(R, 2)
+    ok = torch.isfinite(R).all((-2, -1))
     R = torch.where(ok[..., None, None], R, eye)
     lowest = _sqp_each(torch.linalg.eigvalsh, (R + R.mT) / 2, (n,))[..., 0]
     ok = ok & torch.isfinite(lowest)
@@ -258,7 +252,7 @@ def _sqp_kkt_residual(p, x, lam, nu, g, h, values, sizes):
 
 def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
     """The step t ≤ step along d: the full step where it shrinks the KKT residual (a guard
-    against the Maratos effect) or where d is within 100 ulps of x (x hardly moves; only the
+    against the Maratos effect) or where d is below rounding (x stays put; only the
     multipliers move, and φ's change is noise), else Armijo backtracking on
     φ = f + μ(‖h‖₁ + ‖g₊‖₁); trial points where f, ∇f or the constraints are not finite are
     rejected. Returns t (0 where no step was found) and which elements found one."""
@@ -282,10 +276,7 @@ def _sqp_merit_step(p, x, d, lam_qp, nu_qp, values, sizes, step, penalty, todo):
         ok = phi_t <= phi + 1e-4 * t * slope + slack
         if trial_index == 0:
             kkt_t = _sqp_kkt_residual(p, trial, lam_qp, nu_qp, g_t, h_t, values, sizes)
-            # A step of a few hundred ulps changes φ by rounding only: taking it in full keeps
-            # the recorded α at 1 where the solve has converged (the backward reads α).
-            floor = 100 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
-            negligible = d.abs().amax(-1) <= floor
+            negligible = d.abs().amax(-1) <= 10 * torch.finfo(x.dtype).eps * (1 + x.abs().amax(-1))
             ok = ok | (kkt_t <= 0.5 * kkt) | negligible
         ok = ok & finite & todo & ~found
         found = found | ok
@@ -452,7 +443,8 @@ def _sqp_conflicts(p, x, values, which):
     element's largest (and above 100√eps). Where that QP fails, the blocks x violates."""
     g, h, block_sizes = _sqp_constraints(p, x, values)
     J_g, J_h = _sqp_jacobians(p, x, values, block_sizes)
-    finite = _finite(g, 1) & _finite(h, 1) & _finite(J_g, 2) & _finite(J_h, 2)
+    finite = torch.isfinite(torch.cat([g, h], -1)).all(-1)
+    finite = finite & torch.isfinite(torch.cat([J_g, J_h], -2)).all((-2, -1))
     g, h = (torch.where(finite[..., None], t, 0) for t in (g, h))
     J_g, J_h = (torch.where(finite[..., None, None], t, 0) for t in (J_g, J_h))
     batch, n, rows = x.shape[:-1], x.shape[-1], g.shape[-1]
@@ -570,19 +562,12 @@ def _sqp_update_map(p, layer, x, state, values):
 
 
 def _sqp_lu_apply(factors, v):
-    """K⁻¹ v for v = (v_x, v_λ, v_ν) from the factors of K on the active rows
-    (`_active_rows`: the inactive rows of K⁻¹v are v's own), broadcasting v's extra axes."""
-    lu, pivots, order, n, rows = factors
-    w = _sqp_lu_solve(lu, pivots, _kkt_gather(v, n, rows, order))
-    return _kkt_expand(w, v, n, rows, order)
-
-
-def _sqp_lu_solve(lu, pivots, v):
     """K⁻¹ v from K's LU factors, broadcasting v's extra leading axes.
 
     Where K has a unit axis that v fills (the dense backward's unit vectors), those vectors
     become the columns of one solve, instead of repeating K once per vector.
     """
+    lu, pivots = factors
     size = v.shape[-1]
     if lu.dim() > 2 and v.dim() > 1 and lu.shape[-3] == 1 and v.shape[-2] > 1:
         lu, pivots = lu.squeeze(-3), pivots.squeeze(-2)
@@ -653,42 +638,38 @@ def _sqp_pullback(p, layer, x, values, state, grad_x):
     # implicit function theorem's derivative, whatever δ the forward's QPs needed, and the
     # regularisation need not be decided again. Only where it is singular (a Hessian
     # singular on the active constraints' null space) does δ come back.
-    # K on the active rows only (the inactive ones are identity rows of K: `_active_rows`).
-    order, valid, J_r = _active_rows(J_g, active)
-    K = _kkt_matrix(H, J_r, J_h, valid)
+    K = _kkt_matrix(H, J_g, J_h, active)
     lu, pivots, info = torch.linalg.lu_factor_ex(K)
-    factored = (info == 0) & _finite(lu, 2)
+    factored = (info == 0) & torch.isfinite(lu).all(-1).all(-1)
     delta = torch.zeros(factored.shape, dtype=x.dtype, device=x.device)
     if not bool((factored | ~usable).all()):
         delta, regular = _sqp_regularization(H, J_g, J_h, active)
         usable = usable & regular
         H_qp = H + delta[..., None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
-        K = _kkt_matrix(H_qp, J_r, J_h, valid)
+        K = _kkt_matrix(H_qp, J_g, J_h, active)
         lu, pivots, info = torch.linalg.lu_factor_ex(K)
-        factored = (info == 0) & _finite(lu, 2)
+        factored = (info == 0) & torch.isfinite(lu).all(-1).all(-1)
     usable = usable & factored
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     lu = torch.where(usable[..., None, None], lu, eye)
     pivots = torch.where(usable[..., None], pivots, torch.arange(1, K.shape[-1] + 1).to(pivots))
     mask = active.to(x.dtype)
-    rows = J_g.shape[-2]
-    factors = (lu, pivots, order, n, rows)
-    pieces = (H, J_g, J_h, mask, factors)
+    pieces = (H, J_g, J_h, mask, (lu, pivots))
     phi_t = _sqp_phi_t(pieces, step)
 
     def dense_phi_t():
         lifted = tuple(_lift(t, 2) for t in (H, J_g, J_h)) + (_lift(mask, 1),)
-        factors = (_lift(lu, 2), _lift(pivots, 1), _lift(order, 1), n, rows)
-        return _sqp_phi_t((*lifted, factors), _lift(step, 0))
+        return _sqp_phi_t((*lifted, (_lift(lu, 2), _lift(pivots, 1))), _lift(step, 0))
 
-    size = n + rows + J_h.shape[-2]  # the adjoint's state (x, λ, ν), every row
+    size = K.shape[-1]
     rhs = torch.cat([grad_x.expand(*batch, n), x.new_zeros(*batch, size - n)], dim=-1)
     structure = _SqpKkt(step.expand(batch), delta.expand(batch), usable.expand(batch), size)
     v = _adjoint(layer, phi_t, dense_phi_t, rhs, usable, structure)  # v = 0 where not usable
     grads = [None] * len(values)
     if p.kkt_grad_indices:
         # Ψᵀv = −α[(∂∇ₓL/∂θ)ᵀ w_x + (∂g/∂θ)ᵀ(1_A ⊙ w_λ) + (∂h/∂θ)ᵀ w_ν], w = K⁻¹v.
-        w = _sqp_lu_apply(factors, v) * -step[..., None]
+        w = _sqp_lu_apply((lu, pivots), v) * -step[..., None]
+        rows = J_g.shape[-2]
         w_x, w_g, w_h = w[..., :n], mask * w[..., n : n + rows], w[..., n + rows :]
         multipliers = _sqp_multiplier_blocks(p, lam, nu, sizes)
         cotangents = [
