@@ -26,7 +26,8 @@ step) on one thread. Solves that do not converge are counted and left out of the
     python examples/acopf_dfl.py --quick    # case30, 64 / 32, 4 epochs: 42 s
 
 Measured (seed 0, 2026-12-03): test regret 0.0054 (DFL) against 0.0042 (two-stage), 0.0027
-with the noise-free E[c1 | z]; 31 s per DFL epoch; 1 of 4,608 forward solves unconverged.
+with the noise-free E[c1 | z]; 31 s per DFL epoch (with an SQP runtime change since withdrawn:
+expect longer); 1 of 4,608 forward solves unconverged.
 """
 
 from __future__ import annotations
