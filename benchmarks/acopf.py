@@ -38,38 +38,26 @@ HEADER = (
 )
 
 
-def median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(module, name, repeats):
-    case, reference = acopf_data.load_case(name), acopf_data.reference(name)
-    runopf_s = median_seconds(lambda: acopf_data.reference(name), repeats)
+    """One table row: ``repeats`` runopf calls (each timed by ``reference``) and ``repeats``
+    forward + backward passes of the layer, each backward on its own forward's graph."""
+    case = acopf_data.load_case(name)
+    runs = [acopf_data.reference(name) for _ in range(repeats)]
+    reference, runopf_s = runs[-1], statistics.median(r.seconds for r in runs)
     layer = module.Acopf()
-    inputs = dict(case.inputs)
-
-    def forward():
-        values = {**inputs, "Pd": inputs["Pd"].clone().requires_grad_()}
-        values["Qd"] = inputs["Qd"].clone().requires_grad_()
-        return values, layer(**values)
-
-    values, (e, f, Pg, Qg) = forward()
-    info = layer.info
-    cost = acopf_data.cost(case, Pg)
-
-    forward_s = median_seconds(forward, repeats)
-    backward_times = []
+    forward_times, backward_times = [], []
     for _ in range(repeats):
-        vals, out = forward()
-        c = acopf_data.cost(case, out[2])
+        values = dict(case.inputs)
+        values["Pd"], values["Qd"] = (values[k].clone().requires_grad_() for k in ("Pd", "Qd"))
         start = time.perf_counter()
-        grad_pd, _ = torch.autograd.grad(c, [vals["Pd"], vals["Qd"]])
+        e, f, Pg, Qg = layer(**values)
+        forward_times.append(time.perf_counter() - start)
+        cost = acopf_data.cost(case, Pg)
+        start = time.perf_counter()
+        grad_pd, _ = torch.autograd.grad(cost, [values["Pd"], values["Qd"]])
         backward_times.append(time.perf_counter() - start)
+    info = layer.info
+    forward_s = statistics.median(forward_times)
     vm, va, pg, qg = acopf_data.to_pypower_units(case, e, f, Pg, Qg)
     lmp = acopf_data.lmp(case, grad_pd)
     base = case.base_mva

@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))
 
 from _common import load_generated  # noqa: E402
+from reference import relative_error  # noqa: E402
 
 NX, NU = 8, 4
 F64 = torch.float64
@@ -229,11 +230,6 @@ def kkt_reference(d, p, U_star, g):
         loss = loss + (z * g[i]).sum()
     grads = torch.autograd.grad(loss, [q[k] for k in GRAD])
     return split(torch.stack(zs).detach(), N), dict(zip(GRAD, grads))
-
-
-def relative_error(grads, reference):
-    num = sum(float((grads[k] - reference[k]).norm() ** 2) for k in reference)
-    return (num / sum(float(reference[k].norm() ** 2) for k in reference)) ** 0.5
 
 
 def run(method, d, g, repeats):

@@ -7,7 +7,6 @@ state (x*, λ*, ν*), with the QP solved on its active set (its solution near th
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -99,11 +98,12 @@ def acopf_data():
     """examples/acopf_data.py (PYPOWER cases as the Acopf layer's inputs) as a module;
     skips the test when pypower, a test extra, is not installed."""
     pytest.importorskip("pypower", reason="pypower (a test extra) is not installed")
-    path = Path(__file__).resolve().parent.parent / "examples" / "acopf_data.py"
-    spec = importlib.util.spec_from_file_location("acopf_data", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["acopf_data"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
+    examples = str(Path(__file__).resolve().parent.parent / "examples")
+    sys.path.insert(0, examples)
+    try:
+        import acopf_data as module
+    finally:
+        sys.path.remove(examples)
     return module
 
 

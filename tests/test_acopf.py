@@ -54,9 +54,9 @@ def test_a_batch_of_load_scenarios_matches_runopf_one_by_one(module):
     inputs["Qd"] = inputs["Qd"] * scales[:, None]
     layer = module.Acopf(on_nonconvergence="raise")
     _, _, Pg, _ = layer(**inputs)
-    for i, scale in enumerate(scales.tolist()):
-        from pypower.api import case9
+    from pypower.api import case9
 
+    for i, scale in enumerate(scales.tolist()):
         ppc = case9()
         ppc["bus"][:, 2:4] *= scale
         reference = data.reference(ppc)

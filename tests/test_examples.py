@@ -132,15 +132,9 @@ def test_portfolio_deg_sweep(tmp_path):
 def test_portfolio_builtin_data_is_the_fallback(monkeypatch):
     """Without pyepo the example draws from its own PyEPO-style generator (data of the same
     shapes); with it, PyEPO's returns scatter around the re-derived noise-free mean."""
-    import importlib.util
-
     sys.path.insert(0, str(ROOT / "examples"))
     try:
-        spec = importlib.util.spec_from_file_location(
-            "portfolio_dfl", ROOT / "examples" / "portfolio_dfl.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        import portfolio_dfl as module
     finally:
         sys.path.remove(str(ROOT / "examples"))
     built = module.make_data(40, 6, 5, 4, 1.0, 0, "builtin")
